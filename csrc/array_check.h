@@ -1,0 +1,66 @@
+// Validation of arrays handed over from Python. The C++ side trusts nothing: every
+// entry point checks dtype, rank, shape and contiguity here and throws
+// std::invalid_argument (a Python ValueError) or pybind11::type_error (a TypeError).
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace hyp {
+
+namespace py = pybind11;
+
+// Element kinds as the Python side passes them (bfloat16 travels as a uint16 view).
+enum class Kind { F32, F16, BF16, I32, I64 };
+
+inline const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::F32: return "float32";
+    case Kind::F16: return "float16";
+    case Kind::BF16: return "bfloat16 (as uint16)";
+    case Kind::I32: return "int32";
+    case Kind::I64: return "int64";
+  }
+  return "?";
+}
+
+inline bool array_is(const py::array& a, Kind k) {
+  switch (k) {
+    case Kind::F32: return py::isinstance<py::array_t<float>>(a);
+    case Kind::F16: return a.dtype().kind() == 'f' && a.itemsize() == 2;
+    case Kind::BF16: return a.dtype().kind() == 'u' && a.itemsize() == 2;
+    case Kind::I32: return a.dtype().kind() == 'i' && a.itemsize() == 4;
+    case Kind::I64: return a.dtype().kind() == 'i' && a.itemsize() == 8;
+  }
+  return false;
+}
+
+// Checks rank, C-contiguity and each dimension (-1: any) of `a`.
+inline void check_shape(const py::array& a, const char* name, std::vector<int64_t> shape) {
+  if (a.ndim() != static_cast<py::ssize_t>(shape.size()))
+    throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(shape.size()) +
+                                "-D array, got " + std::to_string(a.ndim()) + "-D");
+  for (size_t i = 0; i < shape.size(); ++i)
+    if (shape[i] >= 0 && a.shape(i) != shape[i])
+      throw std::invalid_argument(std::string(name) + ": dimension " + std::to_string(i) + " is " +
+                                  std::to_string(a.shape(i)) + ", expected " + std::to_string(shape[i]));
+  if (!(a.flags() & py::array::c_style))
+    throw std::invalid_argument(std::string(name) + ": array must be C-contiguous");
+}
+
+inline void check_kind(const py::array& a, const char* name, Kind k) {
+  if (!array_is(a, k))
+    throw py::type_error(std::string(name) + ": expected " + kind_name(k) + " array, got dtype " +
+                         std::string(py::str(a.dtype())));
+}
+
+inline void check_writeable(const py::array& a, const char* name) {
+  if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": array must be writeable");
+}
+
+}  // namespace hyp

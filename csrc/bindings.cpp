@@ -1,0 +1,13 @@
+// The one pybind11 module, engine._C: each part of csrc/ registers its functions here.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace hyp {
+void register_topk(py::module_& m);
+}  // namespace hyp
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "Hypencoder engine CPU kernels";
+  hyp::register_topk(m);
+}

@@ -1,0 +1,24 @@
+"""Hypencoder retrieval engine: fused q-net scoring, exact and graph search.
+
+Quick start::
+
+    import engine
+    qnets = engine.QNet.load("qnets.safetensors")
+    index = engine.Index.load("my-index")
+    result = index.search(qnets, k=10)
+    result.scores, result.ids
+"""
+
+from .backends import available_backends
+from .qnet import QNet
+from .qnet_config import QNetConfig
+from .scoring import score, score_gather
+
+__all__ = [
+    "QNet",
+    "QNetConfig",
+    "available_backends",
+    "score",
+    "score_gather",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,57 @@
+"""Build the engine and its C++ CPU extension ``engine._C``.
+
+Every ``csrc/**/*.cpp`` file goes into one extension (CUDA sources under ``csrc/cuda``
+are built separately, at first use or with ``HYPENCODER_BUILD_CUDA=1``). SIMD code paths
+carry their own ``target`` attributes and are picked at run time from the CPU's features,
+so the build uses no ``-march`` flag and one wheel runs on any x86-64.
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    from pybind11.setup_helpers import Pybind11Extension, build_ext
+except ImportError:  # pragma: no cover - pybind11 is a build requirement
+    sys.exit("pybind11 is needed to build the engine: pip install pybind11")
+
+sources = sorted(
+    p for p in glob.glob("csrc/**/*.cpp", recursive=True) if not p.startswith(os.path.join("csrc", "cuda"))
+)
+
+extra_compile = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+extra_link = ["-fopenmp"]
+
+ext_modules = [
+    Pybind11Extension(
+        "engine._C",
+        sources,
+        include_dirs=["csrc"],
+        cxx_std=17,
+        extra_compile_args=extra_compile,
+        extra_link_args=extra_link,
+    )
+]
+
+setup(
+    name="hypencoder-engine",
+    version="0.1.0",
+    description="Fast inference engine for Hypencoder retrieval",
+    packages=find_packages(include=["engine", "engine.*", "kernels", "kernels.*"]),
+    package_data={"kernels": ["*.py"], "engine": ["cuda_src/*"]},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext},
+    python_requires=">=3.9",
+    install_requires=["numpy", "safetensors", "tqdm"],
+    extras_require={
+        "hf": ["transformers", "tokenizers"],
+        "triton": ["triton"],
+        "faiss": ["faiss-cpu"],
+        "eval": ["ir-measures"],
+        "bench": ["pytest-benchmark", "matplotlib"],
+        "test": ["pytest", "pytest-benchmark"],
+    },
+    entry_points={"console_scripts": ["hypencoder-engine=engine.cli:main"]},
+)
