@@ -9,13 +9,18 @@ Quick start::
     result.scores, result.ids
 """
 
+from . import synthetic
 from .backends import available_backends
+from .index import Index, SearchResult
 from .qnet import QNet
 from .qnet_config import QNetConfig
 from .scoring import score, score_gather
 
 __all__ = [
+    "Index",
     "QNet",
+    "SearchResult",
+    "synthetic",
     "QNetConfig",
     "available_backends",
     "score",

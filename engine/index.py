@@ -1,0 +1,339 @@
+"""``Index``: document vectors, optional external ids and a neighbour graph, on disk or in
+memory, with exact and graph search."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import storage
+from .qnet import QNet
+from .scoring import as_vectors, check_pair, check_qnets
+from .search.exact import exact_search
+
+SEARCH_MODES = ("exact", "graph")
+
+
+@dataclass
+class SearchResult:
+    """Top-k of a batch of queries.
+
+    scores: ``(Q, k)`` float32, best first. ids: ``(Q, k)`` int64 row indices into the
+    index (use :meth:`Index.external_ids` for the stored ids). Slots that no document
+    filled (``k`` larger than the corpus, or than what a graph search reached) hold score
+    ``-inf`` and id ``-1``. ``stats`` holds what the search reports (mode, backend, time,
+    documents scored, ...).
+    """
+
+    scores: torch.Tensor
+    ids: torch.Tensor
+    stats: dict = field(default_factory=dict)
+
+
+def _normalise_ids(ids, n: int):
+    """External ids: None, an int64 array, or a list of str."""
+    if ids is None:
+        return None
+    if isinstance(ids, torch.Tensor):
+        ids = ids.cpu().numpy()
+    if isinstance(ids, np.ndarray):
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"integer ids must have an integer dtype, got {ids.dtype}")
+        if ids.shape != (n,):
+            raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
+        return ids.astype(np.int64)
+    ids = list(ids)
+    if len(ids) != n:
+        raise ValueError(f"got {len(ids)} ids for {n} vectors")
+    if all(isinstance(i, str) for i in ids):
+        return ids
+    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        return np.asarray(ids, dtype=np.int64)
+    raise TypeError("ids must be all str or all int")
+
+
+class _StringIds:
+    """String ids read lazily from the offsets + UTF-8 blob files."""
+
+    def __init__(self, offsets: torch.Tensor, blob: torch.Tensor):
+        self.offsets, self.blob = offsets.numpy(), blob.numpy()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return bytes(self.blob[a:b]).decode("utf-8")
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class Index:
+    """Document vectors ``(n, d)`` (float32, float16 or bfloat16), optional external ids
+    (integers or strings) and an optional neighbour graph ``(n, R)`` int32.
+
+    Build with :meth:`from_vectors`, persist with :meth:`save`, open with :meth:`load`
+    (memory-mapped), search with :meth:`search`.
+    """
+
+    def __init__(self, vectors: torch.Tensor, ids=None, graph: torch.Tensor | None = None,
+                 graph_params: dict | None = None, *, _checked: bool = False):
+        if not _checked:
+            vectors = as_vectors(vectors)
+            ids = _normalise_ids(ids, vectors.shape[0])
+        self.vectors = vectors
+        self._ids = ids
+        self.graph: torch.Tensor | None = None
+        self.graph_params: dict = {}
+        self.path: str | None = None
+        if graph is not None:
+            self.set_graph(graph, graph_params or {})
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_vectors(cls, vectors, ids: Sequence | np.ndarray | None = None) -> "Index":
+        """An in-memory index over ``vectors`` (n, d); ``ids``: n str or n int, optional."""
+        return cls(vectors, ids)
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vectors.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vectors.device
+
+    @property
+    def ids_kind(self) -> str:
+        if self._ids is None:
+            return "none"
+        return "int" if isinstance(self._ids, np.ndarray) else "str"
+
+    def __repr__(self) -> str:
+        g = f", graph degree {self.graph.shape[1]}" if self.graph is not None else ""
+        return f"Index(n={len(self)}, dim={self.dim}, dtype={self.dtype}, ids={self.ids_kind}{g})"
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "Index":
+        """A copy with the vectors on ``device`` / in ``dtype`` (graph and ids kept)."""
+        out = Index(self.vectors.to(device=device, dtype=dtype), self._ids, _checked=True)
+        if self.graph is not None:
+            out.set_graph(self.graph, self.graph_params)
+        return out
+
+    def set_graph(self, neighbors: torch.Tensor, params: dict) -> None:
+        """Attach a neighbour graph: ``(n, R)`` int32 row indices, -1 for no neighbour."""
+        if not isinstance(neighbors, torch.Tensor):
+            raise TypeError("neighbors must be a torch.Tensor")
+        if neighbors.dim() != 2 or neighbors.shape[0] != len(self):
+            raise ValueError(f"neighbors must have shape ({len(self)}, R), got {tuple(neighbors.shape)}")
+        if neighbors.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"neighbors must be int32 or int64, got {neighbors.dtype}")
+        if neighbors.numel():
+            lo, hi = int(neighbors.min()), int(neighbors.max())
+            if lo < -1 or hi >= len(self):
+                raise ValueError(f"graph neighbour out of range ({lo}..{hi}) for {len(self)} documents")
+        self.graph = neighbors.to(torch.int32)
+        self.graph_params = dict(params)
+
+    def build_graph(self, degree: int = 32, **kwargs) -> "Index":
+        """Build the ``degree`` nearest other documents of every document by L2 (see
+        :func:`engine.graph.build.build_knn_graph`); returns self."""
+        from .graph.build import build_knn_graph
+
+        neighbors, params = build_knn_graph(self.vectors, degree, **kwargs)
+        self.set_graph(neighbors, params)
+        return self
+
+    # ------------------------------------------------------------------ ids
+    def external_ids(self, ids: torch.Tensor) -> list:
+        """Map row indices (any shape, -1 for padding) to stored ids (None for padding).
+
+        Without stored ids the row indices themselves are returned. Nested lists follow
+        the shape of ``ids``.
+        """
+        arr = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+
+        def one(i):
+            i = int(i)
+            if i < 0:
+                return None
+            if i >= len(self):
+                raise ValueError(f"row index {i} out of range for {len(self)} documents")
+            if self._ids is None:
+                return i
+            return int(self._ids[i]) if isinstance(self._ids, np.ndarray) else self._ids[i]
+
+        def rec(a):
+            return [rec(x) for x in a] if a.ndim > 0 else one(a)
+
+        return rec(arr)
+
+    # ------------------------------------------------------------------ search
+    def search(self, qnets: QNet, k: int, *, mode: str = "exact", backend: str = "auto",
+               block_size: int | None = None, **graph_options) -> SearchResult:
+        """Top-``k`` documents for each q-net, best first.
+
+        Args:
+            qnets: :class:`QNet` of ``Q`` q-nets reading ``dim``-wide vectors.
+            k: number of results per query (> 0). When ``k`` exceeds what the search can
+                return, the remaining slots are padded with score ``-inf`` and id ``-1``
+                (shapes stay ``(Q, k)``).
+            mode: ``"exact"`` (a full streaming scan) or ``"graph"`` (needs a graph; see
+                :meth:`build_graph`; ``graph_options`` go to the graph search).
+            backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
+            block_size: documents per streamed block in exact search.
+
+        Returns:
+            :class:`SearchResult` with ``scores`` (Q, k) float32 and ``ids`` (Q, k) int64 on
+            the q-nets' device.
+        """
+        import time
+
+        qnets = check_qnets(qnets)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+        if qnets.dim != self.dim:
+            raise ValueError(f"dimension mismatch: q-nets read {qnets.dim}-d vectors, the index holds {self.dim}-d")
+        if self.vectors.device == qnets.device:
+            check_pair(qnets, self.vectors)
+        t0 = time.perf_counter()
+        if mode == "exact":
+            if graph_options:
+                raise TypeError(f"unexpected options for exact search: {sorted(graph_options)}")
+            scores, ids = exact_search(qnets, self.vectors, int(k), backend=backend, block_size=block_size)
+            stats = {"mode": "exact", "documents_scored": len(self) * qnets.num_queries}
+        else:
+            if self.graph is None:
+                raise ValueError("graph search needs a graph: call index.build_graph() first")
+            from .graph.search import graph_search
+
+            scores, ids, stats = graph_search(self, qnets, int(k), backend=backend, **graph_options)
+            stats = {"mode": "graph", **stats}
+        if qnets.device.type == "cuda":
+            torch.cuda.synchronize(qnets.device)
+        stats["seconds"] = time.perf_counter() - t0
+        return SearchResult(scores, ids, stats)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to directory ``path`` atomically (format v1, see
+        :mod:`engine.storage`); an existing index there is replaced in one step."""
+        path = os.fspath(path)
+        n, d = self.vectors.shape
+        # Stream in row chunks: a memory-mapped source is never read whole.
+        step = max(1, (64 << 20) // max(1, d * self.vectors.element_size()))
+        chunks = (self.vectors[s : s + step] for s in range(0, n, step))
+        write_index_files(path, chunks, n, d, storage.TORCH_TO_NAME[self.dtype],
+                          ids=self._ids, graph=self.graph, graph_params=self.graph_params)
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, verify: bool = False, mmap: bool = True) -> "Index":
+        """Open an index directory.
+
+        Arrays are memory-mapped (``mmap=True``): opening reads only the manifest. Sizes
+        are always checked; ``verify=True`` also checks every file's SHA-256 (reads all).
+        Raises ``FileNotFoundError`` for a missing directory and
+        :class:`engine.storage.IndexFormatError` (a ``ValueError``) for an unknown version
+        or a missing, truncated or tampered file.
+        """
+        path = os.fspath(path)
+        m = storage.read_manifest(path)
+        files = m["files"]
+        n, d = m["count"], m["dim"]
+
+        def get(name, dtype, shape):
+            entry = files.get(name)
+            if entry is None:
+                raise storage.IndexFormatError(f"manifest of {path} does not list {name}")
+            if entry.get("dtype") != dtype or (shape is not None and list(entry.get("shape", [])) != shape):
+                raise storage.IndexFormatError(f"{name}: manifest says {entry.get('dtype')} {entry.get('shape')}, expected {dtype} {shape}")
+            fpath = storage.check_file(path, name, entry, verify)
+            t = storage.map_array(fpath, entry)
+            return t if mmap else t.clone()
+
+        for name in files:  # every listed file must be present and intact
+            storage.check_file(path, name, files[name], verify)
+        vectors = get("vectors.bin", m["dtype"], [n, d])
+        ids = None
+        if m["ids"] == "int":
+            ids = get("ids.i64.bin", "int64", [n]).numpy()
+        elif m["ids"] == "str":
+            offsets = get("ids.offsets.bin", "int64", [n + 1])
+            blob = get("ids.utf8.bin", "uint8", None)
+            o = offsets.numpy()
+            if n and (o[0] != 0 or o[-1] != blob.shape[0] or np.any(np.diff(o) < 0)):
+                raise storage.IndexFormatError(f"{path}: string id offsets are inconsistent")
+            ids = _StringIds(offsets, blob)
+        index = cls(vectors, ids, _checked=True)
+        if m.get("graph"):
+            g = m["graph"]
+            neighbors = get("graph.i32.bin", "int32", [n, int(g["degree"])])
+            index.graph = neighbors  # bounds were checked when it was set before saving
+            index.graph_params = dict(g.get("params", {}))
+            if verify:
+                index.set_graph(neighbors, index.graph_params)
+        index.path = path
+        return index
+
+
+def write_index_files(path: str, vector_chunks, n: int, d: int, dtype_name: str, *, ids=None,
+                      graph: torch.Tensor | None = None, graph_params: dict | None = None) -> None:
+    """Write an index directory atomically from an iterator of vector row chunks."""
+    tmp = storage.temp_dir_for(path)
+    try:
+        files = {}
+        info = storage.write_array(os.path.join(tmp, "vectors.bin"), vector_chunks)
+        expect = n * d * storage.DTYPES[dtype_name][0].itemsize
+        if info["size"] != expect:
+            raise ValueError(f"vector chunks gave {info['size']} bytes, expected {expect}")
+        files["vectors.bin"] = {"dtype": dtype_name, "shape": [n, d], **info}
+        kind = "none" if ids is None else ("int" if isinstance(ids, np.ndarray) else "str")
+        if kind == "int":
+            info = storage.write_array(os.path.join(tmp, "ids.i64.bin"), torch.from_numpy(ids))
+            files["ids.i64.bin"] = {"dtype": "int64", "shape": [n], **info}
+        elif kind == "str":
+            encoded = [x.encode("utf-8") for x in ids]
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum([len(b) for b in encoded], out=offsets[1:])
+            info = storage.write_array(os.path.join(tmp, "ids.offsets.bin"), torch.from_numpy(offsets))
+            files["ids.offsets.bin"] = {"dtype": "int64", "shape": [n + 1], **info}
+            info = storage.write_bytes(os.path.join(tmp, "ids.utf8.bin"), b"".join(encoded))
+            files["ids.utf8.bin"] = {"dtype": "uint8", "shape": [info["size"]], **info}
+        graph_entry = None
+        if graph is not None:
+            info = storage.write_array(os.path.join(tmp, "graph.i32.bin"), graph)
+            files["graph.i32.bin"] = {"dtype": "int32", "shape": list(graph.shape), **info}
+            graph_entry = {"degree": int(graph.shape[1]), "params": dict(graph_params or {})}
+        manifest = {
+            "format": storage.FORMAT,
+            "version": storage.VERSION,
+            "count": n,
+            "dim": d,
+            "dtype": dtype_name,
+            "ids": kind,
+            "graph": graph_entry,
+            "files": files,
+        }
+        storage.commit_dir(tmp, path, manifest)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

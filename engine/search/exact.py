@@ -1,0 +1,80 @@
+"""Exact search: stream the corpus in blocks, keep a running top-k per query.
+
+Memory stays bounded by one block of scores (Q x block_size) and the running (Q, k)
+top-k, whatever the corpus size, so a memory-mapped corpus larger than RAM streams
+through. Backends with a fused scan (``exact_topk``) run the whole loop natively.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import backends
+
+DEFAULT_BLOCK = 16384
+
+
+def _merge_torch(run_s, run_i, blk_s, base):
+    """Merge a block into the running top-k with torch ops (any device).
+
+    A stable descending sort keeps equal scores in id order, and running ids are all
+    lower than the block's, so ties go to the lower id.
+    """
+    k = run_s.shape[1]
+    Q, b = blk_s.shape
+    blk_i = torch.arange(base, base + b, device=blk_s.device, dtype=torch.int64).expand(Q, b)
+    if b > k:  # keep the block's own best k first: less to sort in the merge
+        s, order = torch.sort(blk_s, dim=1, descending=True, stable=True)
+        blk_s, blk_i = s[:, :k], torch.gather(blk_i, 1, order[:, :k])
+    cs = torch.cat([run_s, blk_s], dim=1)
+    ci = torch.cat([run_i, blk_i], dim=1)
+    s, order = torch.sort(cs, dim=1, descending=True, stable=True)
+    return s[:, :k].contiguous(), torch.gather(ci, 1, order[:, :k])
+
+
+def _merge_cpu(run_s, run_i, blk_s, base):
+    from .. import _C  # the compiled top-k merge
+
+    _C.topk_merge(blk_s.numpy(), base, run_s.numpy(), run_i.numpy())
+    return run_s, run_i
+
+
+def _cpu_merge_available() -> bool:
+    try:
+        from .. import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def exact_search(qnets, vectors: torch.Tensor, k: int, *, backend: str = "auto",
+                 block_size: int | None = None):
+    """Top-``k`` documents of ``vectors`` (n, d) for every q-net, best first.
+
+    Returns ``(scores, ids)``: (Q, k) float32 and (Q, k) int64 row indices on the q-nets'
+    device; ties go to the lower index; slots beyond n hold score -inf and id -1.
+    Blocks of a CPU (possibly memory-mapped) corpus are moved to the q-nets' device as
+    they stream.
+    """
+    device = qnets.device
+    Q, n = qnets.num_queries, vectors.shape[0]
+    be = backends.get_backend(backend, device)
+    block = int(block_size or DEFAULT_BLOCK)
+    if block <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    if hasattr(be, "exact_topk") and vectors.device == device:
+        return be.exact_topk(qnets.weights, qnets.biases, qnets.config, vectors, k, block_size)
+
+    run_s = torch.full((Q, k), float("-inf"), dtype=torch.float32, device=device)
+    run_i = torch.full((Q, k), -1, dtype=torch.int64, device=device)
+    merge = _merge_cpu if device.type == "cpu" and _cpu_merge_available() else _merge_torch
+    buf = torch.empty((Q, block), dtype=torch.float32, device=device)
+    for s in range(0, n, block):
+        blk = vectors[s : s + block]
+        if blk.device != device:
+            blk = blk.to(device, non_blocking=True)
+        # A contiguous output for every block, the ragged last one included.
+        out = buf if blk.shape[0] == block else buf.new_empty((Q, blk.shape[0]))
+        be.score_dense(qnets.weights, qnets.biases, qnets.config, blk, out)
+        run_s, run_i = merge(run_s, run_i, out, s)
+    return run_s, run_i
