@@ -1,0 +1,1 @@
+"""CLI commands of ``python -m engine`` (see engine/cli.py)."""

@@ -1,0 +1,40 @@
+"""``python -m engine info``: what an index holds, and what this machine can run."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="describe an index and the available backends")
+    p.add_argument("index", nargs="?", help="index directory")
+    p.add_argument("--verify", action="store_true", help="check every file's SHA-256")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import json
+
+    from .. import backends
+    from ..index import Index
+    from ..storage import read_manifest
+
+    print("backends:")
+    for name, status in backends.available_backends().items():
+        print(f"  {name:7s} {status}")
+    try:
+        from ..backends import cpu
+
+        print(f"cpu ISA: {cpu.isa()}")
+    except Exception:
+        pass
+    if args.index:
+        index = Index.load(args.index, verify=args.verify)
+        print(f"index: {index}")
+        m = read_manifest(args.index)
+        print(f"format version: {m['version']}")
+        for name, e in sorted(m["files"].items()):
+            print(f"  {name:18s} {e['size']:>14,d} bytes  {e['dtype']} {e['shape']}")
+        if m.get("graph"):
+            print(f"graph: {json.dumps(m['graph'])}")
+        if args.verify:
+            print("checksums: ok")
+    return 0
