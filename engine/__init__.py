@@ -25,5 +25,16 @@ __all__ = [
     "available_backends",
     "score",
     "score_gather",
+    "HypencoderModel",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # HypencoderModel is resolved on first use so that ``import engine`` stays light; the
+    # class itself imports transformers (an optional extra) only when a model is loaded.
+    if name == "HypencoderModel":
+        from .hf import HypencoderModel
+
+        return HypencoderModel
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
