@@ -1,0 +1,70 @@
+"""Launch parameters shared by the Triton q-net kernels: mode flags, tile sizes, the
+persistent program count and the per-program scratch tiles."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from engine.qnet_config import QNetConfig
+
+
+def interpreting() -> bool:
+    """True under ``TRITON_INTERPRET=1`` (kernels then run on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def autotune_configs() -> list:
+    """Block shapes the autotuner tries on a GPU; one small shape when interpreting, where
+    every extra config would be another slow interpreted run of the whole kernel."""
+    if interpreting():
+        return [triton.Config({"BK": 16, "BH": 16}, num_warps=1, num_stages=1)]
+    out = []
+    for bk, bh in ((64, 64), (64, 128), (32, 128), (128, 64), (64, 256)):
+        for warps in (4, 8):
+            for stages in (2, 3):
+                out.append(triton.Config({"BK": bk, "BH": bh}, num_warps=warps, num_stages=stages))
+    return out
+
+
+def block_n(device: torch.device) -> int:
+    """Documents per tile. Fixed per launch rather than autotuned: the fused top-k writes
+    ``min(k, BN)`` candidates per tile, so its output shape depends on it."""
+    if interpreting():
+        return 16
+    return int(os.environ.get("HYPENCODER_TRITON_BN", "64"))
+
+
+def norm_mode(config: QNetConfig) -> int:
+    """0: y + x; 1: layer_norm(y) + x; 2: layer_norm(y + x) (see kernels.qnet_tile)."""
+    if not config.layer_norm:
+        return 0
+    return 1 if config.layer_norm_before_residual else 2
+
+
+def num_programs(tiles: int, device: torch.device) -> int:
+    """A persistent grid: about two programs per SM, each looping over tiles, so the
+    scratch is sized by the machine, not by the corpus."""
+    if device.type != "cuda":
+        return max(1, min(tiles, 2))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(tiles, 2 * sms))
+
+
+_SCRATCH: dict = {}
+
+
+def scratch(programs: int, bn: int, width: int, dtype: torch.dtype, device: torch.device):
+    """``(xs, ys)``: per-program tiles (programs, BN, width) of the compute dtype and of
+    float32. Zero-filled once (no NaN garbage behind masked lanes) and reused across calls
+    on the same stream; only grows."""
+    key = (device, dtype)
+    have = _SCRATCH.get(key)
+    need = programs * bn * width
+    if have is None or have[0].numel() < need:
+        have = (torch.zeros(need, dtype=dtype, device=device),
+                torch.zeros(need, dtype=torch.float32, device=device))
+        _SCRATCH[key] = have
+    return have

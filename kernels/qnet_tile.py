@@ -1,0 +1,143 @@
+"""The fused q-net on one tile of documents, shared by the dense and gather kernels.
+
+A program scores ``BN`` documents for one query and runs every layer on them: for each
+``BH``-wide slice of a layer's output it accumulates ``tl.dot`` over ``BK``-wide slices
+of the input in float32, then adds the bias and applies relu, and the layer norm,
+residual and output dot follow. Everything is masked, so any width and any n work.
+
+Where the activations live: Triton has no way to slice a register tensor by a run-time
+index, and a whole 768 x 768 weight matrix cannot be one ``tl.dot`` operand (it would need
+1.2 MB of shared memory), so a layer is computed slice by slice and the slices have to be
+parked somewhere in between. They go to a scratch tile private to the program
+(``xs``: the layer input in the compute dtype, ``ys``: the raw float32 output before
+normalisation), which the program writes and reads back at once and reuses for every
+tile it scores. The grid is persistent, so the scratch is ``programs x BN x width`` and
+stays in L1/L2; no (Q, n, width) activation tensor ever exists. The CUDA kernels keep the
+same two tiles in shared memory instead.
+
+Barriers: other threads of the program read what a thread stored to the scratch, so
+every phase ends with ``tl.debug_barrier()`` (a CTA barrier, which also orders global
+memory within the CTA).
+"""
+
+import triton
+import triton.language as tl
+
+# Columns of the ``meta`` table built by kernels.qnet_pack (DIN, DOUT, WOFF, BOFF, RES,
+# DIN_PAD, DOUT_PAD): kept literal here because Triton functions read plain ints.
+META_COLS = 7
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    if UPCAST:
+        # The Triton interpreter multiplies bf16 tensors wrongly; float32 operands give
+        # the same products (bf16/fp16 -> fp32 is exact, accumulation is fp32 anyway).
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def qnet_tile(
+    rows, row_ok,  # (BN,) int64 document ids, (BN,) valid-row mask
+    vec_ptr, stride_v, d,
+    w_ptr, b_ptr, meta_ptr, L,  # this query's packed weights and biases
+    xs_ptr, ys_ptr, ld_s,  # this program's scratch tiles, row stride ld_s
+    eps,
+    BN: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
+    ACT_RELU: tl.constexpr, NORM_MODE: tl.constexpr,  # 0 y + x, 1 LN(y) + x, 2 LN(y + x)
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Scores (BN,) float32 of the tile; invalid rows hold garbage the caller masks."""
+    cdt = w_ptr.dtype.element_ty
+    r = tl.arange(0, BN)
+    ck = tl.arange(0, BK)
+    ch = tl.arange(0, BH)
+
+    # The documents enter the scratch in the compute dtype; invalid rows become zeros so
+    # that nothing downstream (layer norm of a zero row included) makes NaN.
+    for k0 in range(0, d, BK):
+        cols = k0 + ck
+        cm = cols < d
+        v = tl.load(vec_ptr + rows[:, None] * stride_v + cols[None, :],
+                    mask=row_ok[:, None] & cm[None, :], other=0.0)
+        tl.store(xs_ptr + r[:, None] * ld_s + cols[None, :], v.to(cdt), mask=cm[None, :])
+    tl.debug_barrier()
+
+    for layer in range(L):
+        m = meta_ptr + layer * META_COLS
+        din = tl.load(m + 0).to(tl.int32)
+        dout = tl.load(m + 1).to(tl.int32)
+        woff = tl.load(m + 2)
+        boff = tl.load(m + 3)
+        has_res = tl.load(m + 4) != 0
+        ldw = tl.load(m + 6)
+
+        # Phase 1: y = act(x @ W + b) (+ x when the norm comes after the residual).
+        s1 = tl.zeros((BN,), tl.float32)
+        for j0 in range(0, dout, BH):
+            cols = j0 + ch
+            cm = cols < dout
+            acc = tl.zeros((BN, BH), tl.float32)
+            for k0 in range(0, din, BK):
+                kk = k0 + ck
+                km = kk < din
+                a = tl.load(xs_ptr + r[:, None] * ld_s + kk[None, :], mask=km[None, :], other=0.0)
+                b = tl.load(w_ptr + woff + kk[:, None] * ldw + cols[None, :],
+                            mask=km[:, None] & cm[None, :], other=0.0)
+                acc = _dot(a, b, acc, IEEE, UPCAST)
+            bias = tl.load(b_ptr + boff + cols, mask=cm, other=0.0).to(tl.float32)
+            y = acc + bias[None, :]
+            if ACT_RELU:
+                y = tl.maximum(y, 0.0)
+            if NORM_MODE == 2:
+                xr = tl.load(xs_ptr + r[:, None] * ld_s + cols[None, :], mask=cm[None, :], other=0.0)
+                y = tl.where(has_res, y + xr.to(tl.float32), y)
+            y = tl.where(cm[None, :], y, 0.0)
+            s1 += tl.sum(y, axis=1)
+            tl.store(ys_ptr + r[:, None] * ld_s + cols[None, :], y, mask=cm[None, :])
+        tl.debug_barrier()
+
+        # Phase 2: layer-norm statistics, two-pass (as exact as the reference's).
+        mean = s1 / dout
+        rstd = tl.full((BN,), 1.0, tl.float32)
+        if NORM_MODE != 0:
+            s2 = tl.zeros((BN,), tl.float32)
+            for j0 in range(0, dout, BH):
+                cols = j0 + ch
+                cm = cols < dout
+                y = tl.load(ys_ptr + r[:, None] * ld_s + cols[None, :], mask=cm[None, :], other=0.0)
+                dl = tl.where(cm[None, :], y - mean[:, None], 0.0)
+                s2 += tl.sum(dl * dl, axis=1)
+            rstd = 1.0 / tl.sqrt(s2 / dout + eps)
+
+        # Phase 3: normalise, add the residual, and make it the next layer's input.
+        for j0 in range(0, dout, BH):
+            cols = j0 + ch
+            cm = cols < dout
+            y = tl.load(ys_ptr + r[:, None] * ld_s + cols[None, :], mask=cm[None, :], other=0.0)
+            if NORM_MODE != 0:
+                y = (y - mean[:, None]) * rstd[:, None]
+            if NORM_MODE != 2:
+                xr = tl.load(xs_ptr + r[:, None] * ld_s + cols[None, :], mask=cm[None, :], other=0.0)
+                y = tl.where(has_res, y + xr.to(tl.float32), y)
+            tl.store(xs_ptr + r[:, None] * ld_s + cols[None, :], y.to(cdt), mask=cm[None, :])
+        tl.debug_barrier()
+
+    # Output layer: one column, so a multiply-and-reduce rather than a dot.
+    m = meta_ptr + L * META_COLS
+    hl = tl.load(m + 0).to(tl.int32)
+    woff = tl.load(m + 2)
+    ldw = tl.load(m + 6)
+    score = tl.zeros((BN,), tl.float32)
+    for k0 in range(0, hl, BK):
+        kk = k0 + ck
+        km = kk < hl
+        x = tl.load(xs_ptr + r[:, None] * ld_s + kk[None, :], mask=km[None, :], other=0.0)
+        wo = tl.load(w_ptr + woff + kk * ldw, mask=km, other=0.0)
+        score += tl.sum(x.to(tl.float32) * wo.to(tl.float32)[None, :], axis=1)
+    tl.debug_barrier()  # the next tile overwrites the scratch
+    return score
