@@ -34,5 +34,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}" if str(e) else f"error: {type(e).__name__}", file=sys.stderr)
         return 2

@@ -29,7 +29,8 @@ import torch
 from .qnet import QNet
 from .qnet_config import QNetConfig
 
-CHUNK = 1 << 16
+CHUNK = 1 << 16  # rows per yielded chunk
+_UNIT = 1 << 12  # rows per seeded unit: a corpus of n rows is a prefix of any larger one
 _SPECTRUM_POWER = 0.45  # fitted to the centred spectrum of the MiniLM vectors
 
 
@@ -61,19 +62,27 @@ class CorpusModel:
     def _embed(self, z: torch.Tensor) -> torch.Tensor:
         return self.mean + (z * self.spectrum) @ self.rotation.T
 
-    def chunk(self, index: int, size: int) -> torch.Tensor:
-        """Vectors ``[index * CHUNK, index * CHUNK + size)`` as float32."""
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + index) * 7919 + 3)
-        c = torch.multinomial(self.cluster_probs, size, replacement=True, generator=g)
-        z = self.centers[c] * self.cluster_scale + torch.randn(size, self.dim, generator=g) * self.doc_scale
-        return self._embed(z)
+    def _unit(self, u: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + u) * 7919 + 3)
+        c = torch.multinomial(self.cluster_probs, _UNIT, replacement=True, generator=g)
+        return self.centers[c] * self.cluster_scale + torch.randn(_UNIT, self.dim, generator=g) * self.doc_scale
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Vectors ``[start, stop)`` as float32 (``start`` a multiple of the unit).
+
+        Whole units are generated and embedded, then cut: a row's value (rounding
+        included) never depends on the size of the corpus or chunk it is part of.
+        """
+        assert start % _UNIT == 0
+        units = [self._embed(self._unit(u)) for u in range(start // _UNIT, -(-stop // _UNIT))]
+        return torch.cat(units)[: stop - start] if units else torch.empty(0, self.dim)
 
 
 def vector_chunks(n: int, dim: int, *, seed: int = 0, dtype=torch.float32, **model_kwargs):
     """Yield the ``n`` synthetic vectors in chunks of at most ``CHUNK`` rows."""
     model = CorpusModel(dim, seed, **model_kwargs)
-    for i, s in enumerate(range(0, n, CHUNK)):
-        yield model.chunk(i, min(CHUNK, n - s)).to(dtype)
+    for s in range(0, n, CHUNK):
+        yield model.rows(s, min(s + CHUNK, n)).to(dtype)
 
 
 def vectors(n: int, dim: int, *, seed: int = 0, dtype=torch.float32, **model_kwargs) -> torch.Tensor:
