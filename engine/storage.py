@@ -121,9 +121,27 @@ def _exchange(a: str, b: str) -> bool:
     return rc == 0
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def temp_dir_for(target: str) -> str:
+    """A fresh temporary sibling of ``target``; leftovers of writers that died are removed."""
     parent, name = os.path.split(os.path.abspath(target))
-    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    prefix = f".{name}.tmp-"
+    if os.path.isdir(parent):
+        for entry in os.listdir(parent):
+            if entry.startswith(prefix):
+                pid = entry[len(prefix):].split("-")[0]
+                if pid.isdigit() and not _pid_alive(int(pid)):
+                    shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    tmp = os.path.join(parent, f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     return tmp
 

@@ -128,6 +128,11 @@ def test_killed_save_leaves_previous_index(tmp_path):
     proc.wait()
     back = Index.load(target, verify=True)
     assert torch.equal(back.vectors, old)
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith(".idx.tmp-")]
+    assert len(leftovers) == 1  # the dead writer's partial directory, beside the index
+    Index.from_vectors(old[:10]).save(target)  # the next save clears it
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".idx.")] == []
+    assert len(Index.load(target, verify=True)) == 10
 
 
 def _rss_mb() -> float:
