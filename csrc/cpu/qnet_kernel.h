@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 namespace hyp {
 
@@ -36,7 +37,45 @@ struct VectorsView {
 
 // Scores query q against the m documents ids[0..m) (each in [0, n), checked by the
 // caller) into out[0..m). Single-threaded; safe to call concurrently from many threads.
+// It packs query q's weights on every call (about 1 MB for d = 384, L = 2); a caller that
+// scores the same query many times should hold a PackedQNet instead.
 void score_gather_query(const QNetView& qn, int64_t q, const VectorsView& v, const int64_t* ids,
                         int64_t m, float* out);
+
+// Query q of `qn` packed once for the kernel of the active ISA (weights converted and laid
+// out in panels), for callers that score the same query many times, e.g. the graph search
+// loop. Owns its copy: `qn` may go away after construction. Const methods are thread-safe.
+class PackedQNet {
+ public:
+  PackedQNet(const QNetView& qn, int64_t q);
+  ~PackedQNet();
+  PackedQNet(const PackedQNet&) = delete;
+  PackedQNet& operator=(const PackedQNet&) = delete;
+
+  // As score_gather_query for the packed query: ids pre-validated by the caller (each in
+  // [0, v.n)), v.d equal to the q-net's input width. Single-threaded.
+  void score_gather(const VectorsView& v, const int64_t* ids, int64_t m, float* out) const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Multi-threaded entry points behind the "cpu" backend (OpenMP, `num_threads` threads over
+// (query, block) pairs; `block` document rows per kernel call, 0 for the tuned default).
+// Inputs are validated by the caller. Scores are written row-major (Q, n) / (Q, m).
+void score_dense(const QNetView& qn, const VectorsView& v, float* out, int num_threads,
+                 int64_t block);
+void score_gather(const QNetView& qn, const VectorsView& v, const int64_t* ids, int64_t m,
+                  float* out, int num_threads, int64_t block);
+// Exact top-k over all n documents for every query: out_scores/out_ids (Q, k), best first,
+// ties to the lower id, slots beyond n padded with -inf / -1. Streams blocks of v (which may
+// be memory-mapped) through per-thread running top-k lists merged at the end.
+void exact_topk(const QNetView& qn, const VectorsView& v, int64_t k, float* out_scores,
+                int64_t* out_ids, int num_threads, int64_t block);
+
+// Name of the kernel the active ISA selects for weights of `wdtype` ("avx2", ...).
+const char* kernel_name(DType wdtype);
 
 }  // namespace hyp

@@ -1,0 +1,72 @@
+// Internal interface between the scoring driver (scoring.cpp) and the per-ISA block
+// kernels (kernel_*.cpp). The driver packs weights and owns buffers and threads; a block
+// kernel runs the whole q-net of one query on one block of document rows held in fp32.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/isa.h"
+#include "cpu/qnet_kernel.h"
+
+namespace hyp {
+namespace cpu {
+
+// How a hidden layer's weights are laid out for the micro-kernel: column panels of NR
+// columns (the last one zero-padded), each panel k-major. F32: panel[k][j] floats.
+// BF16_PAIRS (AVX512-BF16 dot products): panel[k/2][j][k%2] bf16, k zero-padded to even.
+enum class PackFormat : int { F32 = 0, BF16_PAIRS = 1 };
+
+struct PackedLayer {
+  const void* w = nullptr;     // npanels * in_pad * NR elements (see PackFormat)
+  const float* bias = nullptr; // out_pad floats, zero-padded
+  int64_t in = 0, out = 0;
+  int64_t in_pad = 0;          // in, or in rounded up to even for BF16_PAIRS
+  int64_t out_pad = 0;         // out rounded up to NR
+  bool ln_before = false;      // layer norm of act(xW+b) before the residual (or alone)
+  bool residual = false;       // add the layer's input
+  bool ln_after = false;       // layer norm after the residual
+};
+
+// One query's q-net, packed for one kernel.
+struct PackedQuery {
+  int num_layers = 0;
+  const PackedLayer* layers = nullptr;  // num_layers hidden layers
+  const float* w_last = nullptr;        // (h_L,) output weights in fp32
+  int64_t d = 0;                        // input width
+  bool relu = true;
+  float eps = 1e-5f;
+  PackFormat format = PackFormat::F32;
+};
+
+// Per-thread scratch of a block kernel. x and y hold rows x ld floats each (rows a multiple
+// of the kernel's MR, ld >= every padded layer width); xb holds rows x ld bf16 values for
+// kernels that take bf16 activations.
+struct Workspace {
+  float* x = nullptr;
+  float* y = nullptr;
+  uint16_t* xb = nullptr;
+  int64_t ld = 0;
+};
+
+struct KernelOps {
+  Isa isa;
+  int mr;  // rows of the micro-tile; blocks are padded to a multiple of it
+  int nr;  // columns of the micro-tile = weight panel width
+  // Runs the q-net on `rows` rows of ws.x (rows up to round_up(rows, mr) must hold finite
+  // values, zeros for padding), writes `rows` scores. Clobbers ws.
+  void (*forward_f32)(const PackedQuery& pq, const Workspace& ws, int64_t rows, float* scores);
+  // As forward_f32 for BF16_PAIRS-packed queries; null where the ISA has no bf16 dot.
+  void (*forward_bf16)(const PackedQuery& pq, const Workspace& ws, int64_t rows, float* scores);
+  // Converts n elements of `dtype` at src to fp32 at dst.
+  void (*convert_row)(DType dtype, const void* src, float* dst, int64_t n);
+};
+
+const KernelOps& kernel_ops_portable();
+const KernelOps& kernel_ops_avx2();
+const KernelOps& kernel_ops_avx512();      // AVX-512F fp32 FMA
+const KernelOps& kernel_ops_avx512_bf16(); // + vdpbf16ps for bf16 weights
+
+const KernelOps& kernel_ops(Isa isa);
+
+}  // namespace cpu
+}  // namespace hyp

@@ -1,0 +1,97 @@
+// Portable block kernel: plain C++ that the compiler vectorises for the baseline x86-64
+// (SSE2) or any other target. Used where the CPU has no AVX2, and as the reference path
+// the SIMD kernels are tested against.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/kernel_ops.h"
+
+namespace hyp {
+namespace cpu {
+namespace portable {
+namespace {
+
+// 4 x 16: 16 four-wide SSE accumulators, the 16 xmm registers of baseline x86-64.
+constexpr int MR = 4, NR = 16, VW = 4;
+constexpr int64_t KC = 256;
+
+// A 4-float "vector" the compiler maps onto SSE registers.
+struct V {
+  float v[4];
+};
+static inline V vzero() { return V{{0.f, 0.f, 0.f, 0.f}}; }
+static inline V vload(const float* p) { V r; std::memcpy(r.v, p, sizeof r.v); return r; }
+static inline void vstore(float* p, V a) { std::memcpy(p, a.v, sizeof a.v); }
+static inline V vset1(float f) { return V{{f, f, f, f}}; }
+static inline V vadd(V a, V b) { for (int i = 0; i < 4; ++i) a.v[i] += b.v[i]; return a; }
+static inline V vsub(V a, V b) { for (int i = 0; i < 4; ++i) a.v[i] -= b.v[i]; return a; }
+static inline V vmul(V a, V b) { for (int i = 0; i < 4; ++i) a.v[i] *= b.v[i]; return a; }
+static inline V vfma(V a, V b, V c) { for (int i = 0; i < 4; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
+static inline float hsum(V a) { return (a.v[0] + a.v[1]) + (a.v[2] + a.v[3]); }
+
+static inline void micro_f32(int64_t kc, const float* x, int64_t ldx, const float* w, float* c,
+                             int64_t ldc, const float* bias, bool relu) {
+  float acc[MR][NR];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NR; ++j) acc[r][j] = bias ? bias[j] : c[r * ldc + j];
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* wk = w + k * NR;
+    for (int r = 0; r < MR; ++r) {
+      const float a = x[r * ldx + k];
+      for (int j = 0; j < NR; ++j) acc[r][j] += a * wk[j];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NR; ++j) c[r * ldc + j] = relu && acc[r][j] < 0.f ? 0.f : acc[r][j];
+}
+
+#include "cpu/qnet_block.inc"
+
+static inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);  // inf / nan
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal half: normalise
+    int e = -1;
+    do {
+      ++e;
+      man <<= 1;
+    } while (!(man & 0x400u));
+    bits = sign | ((112u - e) << 23) | ((man & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+static void convert_row(DType dtype, const void* src, float* dst, int64_t n) {
+  const uint16_t* s = static_cast<const uint16_t*>(src);
+  if (dtype == DType::F32) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  } else if (dtype == DType::F16) {
+    for (int64_t j = 0; j < n; ++j) dst[j] = half_to_float(s[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      const uint32_t b = static_cast<uint32_t>(s[j]) << 16;
+      std::memcpy(dst + j, &b, 4);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace portable
+
+const KernelOps& kernel_ops_portable() {
+  static const KernelOps ops{Isa::Portable, portable::MR, portable::NR, &portable::forward_f32,
+                             nullptr, &portable::convert_row};
+  return ops;
+}
+
+}  // namespace cpu
+}  // namespace hyp

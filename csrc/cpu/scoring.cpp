@@ -1,0 +1,416 @@
+// Scoring driver: packs q-net weights for the active ISA's block kernel, owns per-thread
+// buffers, and runs (query, block) pairs over OpenMP threads for the dense scan, the
+// gather scorer and exact top-k search.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <vector>
+
+#include "cpu/kernel_ops.h"
+#include "cpu/qnet_kernel.h"
+#include "topk.h"
+
+namespace hyp {
+namespace cpu {
+
+const KernelOps& kernel_ops(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512Bf16: return kernel_ops_avx512_bf16();
+    case Isa::Avx512: return kernel_ops_avx512();
+    case Isa::Avx2: return kernel_ops_avx2();
+    case Isa::Portable: break;
+  }
+  return kernel_ops_portable();
+}
+
+namespace {
+
+// Rows per kernel call when the caller gives none. Chosen by measurement on Zen 3 (1 MiB
+// L2 per... see bench/RESULTS.md): the block's two fp32 activation buffers (block x 768 x 4
+// bytes each, 2 x 288 KiB at 96 rows) must stay in the 512 KiB-1 MiB L2 next to the weight
+// chunk streaming through L1, while each block must be long enough that streaming all of
+// a query's weights once per block (from L3: 14 MB for d = 768, L = 6 fp32) is amortised
+// over many rows; 96 rows is 48 FLOP per weight byte, far above L3's bandwidth needs.
+constexpr int64_t kDefaultBlock = 96;
+// Queries packed at once are bounded by this many bytes of packed weights.
+constexpr size_t kPackBudget = size_t(64) << 20;
+
+inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// 64-byte aligned, grow-only float buffer.
+struct AlignedBuf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  AlignedBuf() = default;
+  AlignedBuf(const AlignedBuf&) = delete;
+  AlignedBuf& operator=(const AlignedBuf&) = delete;
+  ~AlignedBuf() { std::free(p); }
+  void* get(size_t need) {
+    if (need > bytes) {
+      std::free(p);
+      p = nullptr;
+      bytes = 0;
+      void* q = std::aligned_alloc(64, round_up(static_cast<int64_t>(need), 64));
+      if (!q) throw std::bad_alloc();
+      p = q;
+      bytes = need;
+    }
+    return p;
+  }
+};
+
+size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+
+// Offsets (in 64-byte units... in bytes, 64-aligned) of each part of one packed query.
+struct PackPlan {
+  PackFormat format = PackFormat::F32;
+  int nr = 16;
+  std::vector<size_t> w_off, b_off;  // per hidden layer
+  std::vector<int64_t> in_pad, out_pad;
+  size_t last_off = 0;
+  size_t bytes = 0;  // per query
+  int64_t max_width = 0;  // padded: the workspace row length
+};
+
+PackPlan make_plan(const QNetView& qn, const KernelOps& ops) {
+  PackPlan pl;
+  pl.nr = ops.nr;
+  pl.format = (qn.wdtype == DType::BF16 && ops.forward_bf16) ? PackFormat::BF16_PAIRS : PackFormat::F32;
+  const int L = qn.num_layers;
+  size_t off = 0;
+  auto take = [&](size_t b) {
+    size_t o = off;
+    off += static_cast<size_t>(round_up(static_cast<int64_t>(b), 64));
+    return o;
+  };
+  pl.max_width = round_up(qn.dims[0], pl.nr);
+  for (int i = 0; i < L; ++i) {
+    const int64_t in = qn.dims[i], out = qn.dims[i + 1];
+    const int64_t ip = pl.format == PackFormat::BF16_PAIRS ? round_up(in, 2) : in;
+    const int64_t op = round_up(out, pl.nr);
+    pl.in_pad.push_back(ip);
+    pl.out_pad.push_back(op);
+    const size_t es = pl.format == PackFormat::BF16_PAIRS ? 2 : 4;
+    pl.w_off.push_back(take(static_cast<size_t>(ip * op) * es));
+    pl.b_off.push_back(take(static_cast<size_t>(op) * 4));
+    pl.max_width = std::max({pl.max_width, round_up(ip, pl.nr), op});
+  }
+  pl.last_off = take(static_cast<size_t>(qn.dims[L]) * 4);
+  pl.bytes = off;
+  return pl;
+}
+
+// Packing is split into tasks so that large q-nets pack on all threads: one task per
+// (hidden layer, panel) plus one for the biases and output weights.
+struct PackTasks {
+  std::vector<int> layer;
+  std::vector<int64_t> panel;  // -1: biases + output weights
+};
+
+PackTasks make_tasks(const QNetView& qn, const PackPlan& pl) {
+  PackTasks t;
+  for (int i = 0; i < qn.num_layers; ++i)
+    for (int64_t p = 0; p < pl.out_pad[i] / pl.nr; ++p) {
+      t.layer.push_back(i);
+      t.panel.push_back(p);
+    }
+  t.layer.push_back(-1);
+  t.panel.push_back(-1);
+  return t;
+}
+
+void pack_task(const QNetView& qn, int64_t q, const PackPlan& pl, const KernelOps& ops, int layer,
+               int64_t p, char* base) {
+  const int L = qn.num_layers;
+  const size_t es = dtype_size(qn.wdtype);
+  if (layer < 0) {
+    for (int i = 0; i < L; ++i) {
+      const int64_t out = qn.dims[i + 1];
+      float* b = reinterpret_cast<float*>(base + pl.b_off[i]);
+      ops.convert_row(qn.wdtype, static_cast<const char*>(qn.biases[i]) + q * out * es, b, out);
+      std::fill(b + out, b + pl.out_pad[i], 0.0f);
+    }
+    const int64_t h = qn.dims[L];
+    ops.convert_row(qn.wdtype, static_cast<const char*>(qn.weights[L]) + q * h * es,
+                    reinterpret_cast<float*>(base + pl.last_off), h);
+    return;
+  }
+  const int64_t in = qn.dims[layer], out = qn.dims[layer + 1], nr = pl.nr;
+  const char* src = static_cast<const char*>(qn.weights[layer]) + q * in * out * es;
+  const int64_t c0 = p * nr, cols = std::min<int64_t>(nr, out - c0);
+  if (pl.format == PackFormat::F32) {
+    float* dst = reinterpret_cast<float*>(base + pl.w_off[layer]) + p * in * nr;
+    for (int64_t k = 0; k < in; ++k) {
+      float* d = dst + k * nr;
+      ops.convert_row(qn.wdtype, src + (k * out + c0) * es, d, cols);
+      for (int64_t j = cols; j < nr; ++j) d[j] = 0.0f;
+    }
+  } else {  // BF16_PAIRS from bf16 weights: bits copied, k and columns zero-padded
+    const int64_t ip = pl.in_pad[layer];
+    uint16_t* dst = reinterpret_cast<uint16_t*>(base + pl.w_off[layer]) + p * ip * nr;
+    const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+    for (int64_t kk = 0; kk < ip / 2; ++kk)
+      for (int64_t j = 0; j < nr; ++j)
+        for (int t = 0; t < 2; ++t) {
+          const int64_t k = 2 * kk + t;
+          dst[(kk * nr + j) * 2 + t] = (k < in && j < cols) ? s[k * out + c0 + j] : uint16_t(0);
+        }
+  }
+}
+
+// The PackedQuery view of one packed query at `base` (layers written into `layers`).
+PackedQuery make_view(const QNetView& qn, const PackPlan& pl, char* base, PackedLayer* layers) {
+  const int L = qn.num_layers;
+  for (int i = 0; i < L; ++i) {
+    PackedLayer& ly = layers[i];
+    const bool res = qn.residual && (qn.residual_on_last || i < L - 1);
+    ly.w = base + pl.w_off[i];
+    ly.bias = reinterpret_cast<const float*>(base + pl.b_off[i]);
+    ly.in = qn.dims[i];
+    ly.out = qn.dims[i + 1];
+    ly.in_pad = pl.in_pad[i];
+    ly.out_pad = pl.out_pad[i];
+    ly.ln_before = qn.layer_norm && (qn.layer_norm_before_residual || !res);
+    ly.residual = res;
+    ly.ln_after = qn.layer_norm && res && !qn.layer_norm_before_residual;
+  }
+  PackedQuery pq;
+  pq.num_layers = L;
+  pq.layers = layers;
+  pq.w_last = reinterpret_cast<const float*>(base + pl.last_off);
+  pq.d = qn.dims[0];
+  pq.relu = qn.relu;
+  pq.eps = qn.eps;
+  pq.format = pl.format;
+  return pq;
+}
+
+// Per-thread kernel buffers, reused across calls so that a graph search's many small
+// gathers neither allocate nor fault pages.
+struct ThreadScratch {
+  AlignedBuf x, y, xb, scores;
+  Workspace ws(int64_t rows, int64_t ld, bool bf16) {
+    Workspace w;
+    w.ld = ld;
+    const size_t n = static_cast<size_t>(rows * ld);
+    w.x = static_cast<float*>(x.get(n * 4));
+    w.y = static_cast<float*>(y.get(n * 4));
+    w.xb = bf16 ? static_cast<uint16_t*>(xb.get(n * 2)) : nullptr;
+    return w;
+  }
+  float* score_buf(int64_t rows) { return static_cast<float*>(scores.get(rows * 4)); }
+};
+
+ThreadScratch& scratch() {
+  thread_local ThreadScratch s;
+  return s;
+}
+
+using ForwardFn = void (*)(const PackedQuery&, const Workspace&, int64_t, float*);
+
+ForwardFn forward_for(const KernelOps& ops, PackFormat f) {
+  return f == PackFormat::BF16_PAIRS ? ops.forward_bf16 : ops.forward_f32;
+}
+
+// Loads rows of v into ws.x: ids[r] if ids, else first + r; zeroes the padding rows.
+void load_rows(const KernelOps& ops, const VectorsView& v, const int64_t* ids, int64_t first,
+               int64_t rows, int64_t rp, const Workspace& ws) {
+  const size_t es = dtype_size(v.dtype);
+  const char* base = static_cast<const char*>(v.data);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = ids ? ids[r] : first + r;
+    ops.convert_row(v.dtype, base + static_cast<size_t>(row) * v.d * es, ws.x + r * ws.ld, v.d);
+  }
+  for (int64_t r = rows; r < rp; ++r) std::fill(ws.x + r * ws.ld, ws.x + r * ws.ld + v.d, 0.0f);
+}
+
+int64_t block_rows(int64_t block, const KernelOps& ops) {
+  return round_up(block > 0 ? block : kDefaultBlock, ops.mr);
+}
+
+// Runs every (query, block) pair: `items` rows per query, `load(ws, q, start, rows, rp)`
+// fills the block, `emit(tid, q, start, rows, scores)` consumes its scores. Queries are
+// packed in groups bounded by kPackBudget, each group on all threads.
+template <class Load, class Emit>
+void run_pairs(const QNetView& qn, int64_t items, int num_threads, int64_t block, Load load,
+               Emit emit) {
+  const KernelOps& ops = kernel_ops(active_isa());
+  const PackPlan pl = make_plan(qn, ops);
+  const PackTasks tasks = make_tasks(qn, pl);
+  const ForwardFn fwd = forward_for(ops, pl.format);
+  const int64_t Q = qn.num_queries;
+  const int64_t B = block_rows(block, ops);
+  const int64_t nblocks = (items + B - 1) / B;
+  const int64_t G = std::max<int64_t>(1, std::min<int64_t>(Q, kPackBudget / pl.bytes));
+  AlignedBuf packed;
+  char* pbase = static_cast<char*>(packed.get(G * pl.bytes));
+  std::vector<PackedLayer> layers(static_cast<size_t>(G * std::max(1, qn.num_layers)));
+  std::vector<PackedQuery> views(static_cast<size_t>(G));
+  const int64_t ntasks = static_cast<int64_t>(tasks.layer.size());
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, std::max(G * nblocks, G * ntasks))));
+
+#pragma omp parallel num_threads(nt)
+  {
+    ThreadScratch& ts = scratch();
+    const Workspace ws = ts.ws(B, pl.max_width, pl.format == PackFormat::BF16_PAIRS);
+    float* scores = ts.score_buf(B);
+    const int tid = omp_get_thread_num();
+    for (int64_t g0 = 0; g0 < Q; g0 += G) {
+      const int64_t gq = std::min(G, Q - g0);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < gq * ntasks; ++t) {
+        const int64_t qi = t / ntasks, ti = t % ntasks;
+        char* base = pbase + qi * pl.bytes;
+        pack_task(qn, g0 + qi, pl, ops, tasks.layer[ti], tasks.panel[ti], base);
+        if (tasks.layer[ti] < 0) views[qi] = make_view(qn, pl, base, &layers[qi * std::max(1, qn.num_layers)]);
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < gq * nblocks; ++t) {
+        const int64_t qi = t / nblocks, start = (t % nblocks) * B;
+        const int64_t rows = std::min(B, items - start), rp = round_up(rows, ops.mr);
+        load(ws, g0 + qi, start, rows, rp);
+        fwd(views[qi], ws, rows, scores);
+        emit(tid, g0 + qi, start, rows, scores);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+
+using namespace cpu;
+
+void score_dense(const QNetView& qn, const VectorsView& v, float* out, int num_threads,
+                 int64_t block) {
+  const KernelOps& ops = kernel_ops(active_isa());
+  run_pairs(
+      qn, v.n, num_threads, block,
+      [&](const Workspace& ws, int64_t, int64_t start, int64_t rows, int64_t rp) {
+        load_rows(ops, v, nullptr, start, rows, rp, ws);
+      },
+      [&](int, int64_t q, int64_t start, int64_t rows, const float* s) {
+        std::memcpy(out + q * v.n + start, s, rows * sizeof(float));
+      });
+}
+
+void score_gather(const QNetView& qn, const VectorsView& v, const int64_t* ids, int64_t m,
+                  float* out, int num_threads, int64_t block) {
+  const KernelOps& ops = kernel_ops(active_isa());
+  run_pairs(
+      qn, m, num_threads, block,
+      [&](const Workspace& ws, int64_t q, int64_t start, int64_t rows, int64_t rp) {
+        load_rows(ops, v, ids + q * m + start, 0, rows, rp, ws);
+      },
+      [&](int, int64_t q, int64_t start, int64_t rows, const float* s) {
+        std::memcpy(out + q * m + start, s, rows * sizeof(float));
+      });
+}
+
+namespace {
+struct Cand {
+  float score;
+  int64_t id;
+};
+// Best first, ties to the lower id; padding (id -1) after every real entry.
+inline bool cand_better(const Cand& a, const Cand& b) {
+  if ((a.id < 0) != (b.id < 0)) return b.id < 0;
+  return a.score > b.score || (a.score == b.score && a.id < b.id);
+}
+}  // namespace
+
+void exact_topk(const QNetView& qn, const VectorsView& v, int64_t k, float* out_scores,
+                int64_t* out_ids, int num_threads, int64_t block) {
+  const KernelOps& ops = kernel_ops(active_isa());
+  const int64_t Q = qn.num_queries;
+  const int64_t kk = std::min(k, std::max<int64_t>(v.n, 1));  // running list length
+  const int T = std::max(1, num_threads);
+  // Per-thread running lists for every query: each thread's blocks of a query arrive in
+  // increasing id order (dynamic scheduling hands out increasing indices), which is what
+  // topk_merge_row's tie rule relies on.
+  std::vector<float> run_s(static_cast<size_t>(T * Q * kk), -std::numeric_limits<float>::infinity());
+  std::vector<int64_t> run_i(static_cast<size_t>(T * Q * kk), -1);
+  run_pairs(
+      qn, v.n, num_threads, block,
+      [&](const Workspace& ws, int64_t, int64_t start, int64_t rows, int64_t rp) {
+        load_rows(ops, v, nullptr, start, rows, rp, ws);
+      },
+      [&](int tid, int64_t q, int64_t start, int64_t rows, const float* s) {
+        const size_t o = static_cast<size_t>((tid * Q + q) * kk);
+        topk_merge_row(s, rows, start, run_s.data() + o, run_i.data() + o, kk);
+      });
+  std::vector<Cand> c;
+  for (int64_t q = 0; q < Q; ++q) {
+    c.clear();
+    for (int t = 0; t < T; ++t) {
+      const size_t o = static_cast<size_t>((t * Q + q) * kk);
+      for (int64_t j = 0; j < kk; ++j)
+        if (run_i[o + j] >= 0) c.push_back({run_s[o + j], run_i[o + j]});
+    }
+    const int64_t keep = std::min<int64_t>(k, static_cast<int64_t>(c.size()));
+    std::partial_sort(c.begin(), c.begin() + keep, c.end(), cand_better);
+    for (int64_t j = 0; j < k; ++j) {
+      out_scores[q * k + j] = j < keep ? c[j].score : -std::numeric_limits<float>::infinity();
+      out_ids[q * k + j] = j < keep ? c[j].id : -1;
+    }
+  }
+}
+
+// ----------------------------------------------------------------- single-query gathers
+
+struct PackedQNet::Impl {
+  const KernelOps* ops = nullptr;
+  PackPlan plan;
+  AlignedBuf buf;
+  std::vector<PackedLayer> layers;
+  PackedQuery view;
+  ForwardFn fwd = nullptr;
+
+  void pack(const QNetView& qn, int64_t q) {
+    ops = &kernel_ops(active_isa());
+    plan = make_plan(qn, *ops);
+    char* base = static_cast<char*>(buf.get(plan.bytes));
+    const PackTasks t = make_tasks(qn, plan);
+    for (size_t i = 0; i < t.layer.size(); ++i) pack_task(qn, q, plan, *ops, t.layer[i], t.panel[i], base);
+    layers.resize(static_cast<size_t>(std::max(1, qn.num_layers)));
+    view = make_view(qn, plan, base, layers.data());
+    fwd = forward_for(*ops, plan.format);
+  }
+
+  void gather(const VectorsView& v, const int64_t* ids, int64_t m, float* out) const {
+    ThreadScratch& ts = scratch();
+    const int64_t B = block_rows(0, *ops);
+    const Workspace ws = ts.ws(B, plan.max_width, plan.format == PackFormat::BF16_PAIRS);
+    for (int64_t start = 0; start < m; start += B) {
+      const int64_t rows = std::min(B, m - start), rp = round_up(rows, ops->mr);
+      load_rows(*ops, v, ids + start, 0, rows, rp, ws);
+      fwd(view, ws, rows, out + start);
+    }
+  }
+};
+
+PackedQNet::PackedQNet(const QNetView& qn, int64_t q) : impl_(new Impl) { impl_->pack(qn, q); }
+PackedQNet::~PackedQNet() = default;
+
+void PackedQNet::score_gather(const VectorsView& v, const int64_t* ids, int64_t m, float* out) const {
+  impl_->gather(v, ids, m, out);
+}
+
+void score_gather_query(const QNetView& qn, int64_t q, const VectorsView& v, const int64_t* ids,
+                        int64_t m, float* out) {
+  thread_local PackedQNet::Impl impl;  // reuses its packing buffer across calls
+  impl.pack(qn, q);
+  impl.gather(v, ids, m, out);
+}
+
+const char* kernel_name(DType wdtype) {
+  const KernelOps& ops = kernel_ops(active_isa());
+  if (wdtype == DType::BF16 && ops.forward_bf16) return "avx512_bf16 (vdpbf16ps)";
+  return isa_name(ops.isa);
+}
+
+}  // namespace hyp
