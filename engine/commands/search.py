@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .common import add_backend_arg, print_table
+from .text_model import add_text_search_args, document_texts, text_qnets
 
 
 def add_parser(sub) -> None:
@@ -13,6 +14,7 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", choices=("exact", "graph"), default="exact")
     p.add_argument("--queries", type=int, default=None, help="use only the first N q-nets")
     add_backend_arg(p)
+    add_text_search_args(p)
     p.set_defaults(run=run)
 
 
@@ -20,18 +22,21 @@ def run(args) -> int:
     from ..index import Index
     from ..qnet import QNet
 
-    if not args.qnets:
-        raise ValueError("search needs --qnets FILE")
     index = Index.load(args.index)
-    qnets = QNet.load(args.qnets)
+    by_text = text_qnets(args, index)  # (qnets, texts) for query texts through --model
+    if by_text is None and not args.qnets:
+        raise ValueError('search needs --qnets FILE, or --model CHECKPOINT and query texts')
+    qnets, labels = by_text if by_text else (QNet.load(args.qnets), None)
     if args.queries is not None:
         qnets = qnets[: args.queries]
     result = index.search(qnets, args.k, mode=args.mode, backend=args.backend)
     ext = index.external_ids(result.ids)
+    texts = document_texts(args, ext)
     for q in range(qnets.num_queries):
-        print(f"query {q}:")
-        rows = [[r + 1, ext[q][r], f"{float(result.scores[q, r]):.4f}"] for r in range(args.k)
-                if int(result.ids[q, r]) >= 0]
-        print_table(["rank", "id", "score"], rows)
+        print(f"query {q}:" + (f" {labels[q]}" if labels else ""))
+        rows = [[r + 1, ext[q][r], f"{float(result.scores[q, r]):.4f}"]
+                + ([texts.get(str(ext[q][r]), "")] if texts is not None else [])
+                for r in range(args.k) if int(result.ids[q, r]) >= 0]
+        print_table(["rank", "id", "score"] + (["text"] if texts is not None else []), rows)
     print(f"{result.stats['mode']} search: {result.stats['seconds'] * 1e3:.1f} ms for {qnets.num_queries} queries")
     return 0
