@@ -1,0 +1,181 @@
+"""The default graph search: linearised candidate search, then q-net refinement.
+
+A trained q-net is close to linear over the region of document space that matters
+(../shared/docs/search-findings.md): its gradient ``w_q`` at the corpus mean ranks
+documents by ``x . w_q`` much as the q-net does, and a dot product costs ``d`` MACs
+against the q-net's ``sum(in_i * out_i)`` (hundreds of times more). So per query:
+
+1. *Linearise*: ``w_q = grad qnet_q`` at the corpus mean (one forward and backward).
+2. *Linear stage*: best-first beam search on the L2 neighbour graph with the objective
+   ``x . w_q``, from the best of ``num_samples`` fixed sampled documents, candidate list
+   ``ef_lin = lin_factor * ef``: finds the documents with the largest linear scores at
+   dot-product cost.
+3. *Q-net stage*: those ``ef_lin`` documents are scored by the q-net; a best-first beam
+   search with the q-net itself on the same graph, candidate list ``ef``, refines them.
+4. With ``passes=2``, re-linearise at each query's best document and repeat 2-3, keeping
+   what was scored (a second look around the region the q-net prefers).
+
+Beam search (both stages): a candidate list of at most ``ef`` scored documents sorted
+best first; each step expands the ``width`` best unexpanded ones (neighbours not yet
+visited are scored and merged, the list is cut back to ``ef``); a query stops when its
+list has nothing left to expand or after ``max_steps`` steps. The speed/recall knob is
+``ef``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..backends import torch_ref
+from .common import entry_points, linear_qnet, new_candidates, score_ids, score_shared, sort_by_key
+
+BEAM_DEFAULTS = {
+    "ef": 64,  # the knob: q-net candidate list; more = slower and better
+    "lin_factor": 4.0,  # linear candidate list = lin_factor * ef documents
+    "num_samples": 1024,  # fixed sampled documents the linear stage starts from
+    "width": 4,  # documents expanded per step
+    "max_steps": 256,
+    "passes": 1,
+}
+
+
+def corpus_mean(index) -> torch.Tensor:
+    """Mean document vector (float32), computed once per index and cached on it."""
+    m = index.__dict__.get("_graph_mean")
+    if m is None:
+        v = index.vectors
+        acc = torch.zeros(v.shape[1], dtype=torch.float64, device=v.device)
+        for s in range(0, v.shape[0], 1 << 16):
+            acc += v[s : s + (1 << 16)].double().sum(0)
+        m = (acc / max(1, v.shape[0])).float()
+        index._graph_mean = m
+    return m
+
+
+def linearise(qnets, at: torch.Tensor) -> torch.Tensor:
+    """Gradient of each q-net at ``at`` ((d,) shared or (Q, d) per query): (Q, d) float32."""
+    Q, d = qnets.num_queries, qnets.dim
+    x = at.float().expand(Q, d).reshape(Q, 1, d).clone().requires_grad_(True)
+    with torch.enable_grad():
+        w = [t.float() for t in qnets.weights]
+        b = [t.float() for t in qnets.biases]
+        s = torch_ref.apply_qnet(w, b, qnets.config, x)
+        (g,) = torch.autograd.grad(s.sum(), x)
+    return g.reshape(Q, d).detach()
+
+
+def beam_torch(be, qnets, vectors, graph, ef: int, width: int, max_steps: int, *,
+               shared_entries=None, entries=None, init=None, visited=None):
+    """Batched best-first beam search with torch ops (any device).
+
+    Starts from ``shared_entries`` (1-D, the same for every query), ``entries`` ((Q, m),
+    -1 padding) and ``init`` (already scored ``(scores, ids)``); documents marked in
+    ``visited`` ((Q, n+1) bool) are never scored again. Returns the sorted list
+    ``(scores, ids)`` ((Q, ef), -inf/-1 padding), visited, and per-query
+    ``(scored, steps)``.
+    """
+    Q, n = qnets.num_queries, vectors.shape[0]
+    dev = vectors.device
+    if visited is None:
+        visited = torch.zeros((Q, n + 1), dtype=torch.bool, device=dev)
+    parts_s, parts_i = [], []
+    scored = torch.zeros(Q, dtype=torch.int64, device=dev)
+    if init is not None:
+        parts_s.append(init[0]), parts_i.append(init[1])
+    if shared_entries is not None and shared_entries.numel():
+        e = shared_entries.to(dev)
+        parts_s.append(score_shared(be, qnets, vectors, e))
+        parts_i.append(e.expand(Q, -1))
+        visited[:, e] = True
+        scored += e.numel()
+    if entries is not None and entries.numel():
+        valid = entries >= 0
+        ids, count = new_candidates(entries, valid, visited, n)
+        parts_s.append(score_ids(be, qnets, vectors, ids))
+        parts_i.append(ids)
+        scored += count
+    ls, li = sort_by_key(torch.cat(parts_s, 1), torch.cat(parts_i, 1))
+    if ls.shape[1] < ef:
+        pad = ef - ls.shape[1]
+        ls = torch.cat([ls, ls.new_full((Q, pad), float("-inf"))], 1)
+        li = torch.cat([li, li.new_full((Q, pad), -1)], 1)
+    ls, li = ls[:, :ef].contiguous(), li[:, :ef].contiguous()
+    expanded = torch.zeros_like(li, dtype=torch.bool)
+    steps = torch.zeros(Q, dtype=torch.int64, device=dev)
+    g = graph
+    for _ in range(max_steps):
+        open_ = ~expanded & (li >= 0)
+        active = open_.any(1)
+        # Positions of the `width` best unexpanded entries (the list is sorted).
+        pos = torch.argsort((~open_).to(torch.int8), dim=1, stable=True)[:, :width]
+        sel = torch.gather(open_, 1, pos)
+        expanded.scatter_(1, pos, torch.gather(expanded, 1, pos) | sel)
+        nbr = g[torch.gather(li, 1, pos).clamp_min(0)]  # (Q, width, R)
+        ok = sel[:, :, None].expand_as(nbr)
+        ids, count = new_candidates(nbr.flatten(1), ok.flatten(1), visited, n)
+        any_active, m = torch.stack([active.any().long(), count.max()]).tolist()
+        if not any_active:
+            break
+        steps += active
+        if m == 0:
+            continue
+        ids = ids[:, :m]
+        s = score_ids(be, qnets, vectors, ids)
+        scored += count
+        cs, ci, ce = sort_by_key(torch.cat([ls, s], 1), torch.cat([li, ids], 1),
+                                 torch.cat([expanded, torch.zeros_like(ids, dtype=torch.bool)], 1))
+        ls, li, expanded = cs[:, :ef].contiguous(), ci[:, :ef].contiguous(), ce[:, :ef].contiguous()
+    return ls, li, visited, scored, steps
+
+
+def default_search(index, qnets, k: int, be, *, impl: str, ef: int, lin_factor: float,
+                   num_samples: int, width: int, max_steps: int, passes: int):
+    if passes not in (1, 2):
+        raise ValueError(f"passes must be 1 or 2, got {passes}")
+    vectors = index.vectors
+    dev = qnets.device
+    graph = index.graph
+    if impl == "torch":
+        graph = graph.to(dev, torch.int64)
+    ef_q = max(ef, k)
+    ef_lin = max(ef_q, int(math.ceil(lin_factor * ef)))
+    samples = entry_points(index, num_samples, salt=1)
+    at = corpus_mean(index).to(dev)
+    lin_scored = q_scored = steps = 0
+    best = None  # (scores, ids) of the q-net stage so far
+    lin_ids = None
+    qvis = None
+    for p in range(passes):
+        w = linearise(qnets, at)
+        lq = linear_qnet(w, qnets.config)
+        if impl == "native":
+            from . import native
+
+            _, lin_ids_new, sc, st = native.beam_search(lq, index, ef_lin, width, max_steps,
+                                                        shared_entries=samples, entries=lin_ids)
+        else:
+            _, lin_ids_new, _, sc, st = beam_torch(be, lq, vectors, graph, ef_lin, width, max_steps,
+                                                    shared_entries=samples if p == 0 else None,
+                                                    entries=None if p == 0 else torch.cat([lin_ids, best[1]], 1))
+        lin_scored = lin_scored + sc
+        steps = steps + st
+        lin_ids = lin_ids_new
+        if impl == "native":
+            from . import native
+
+            bs, bi, sc, st = native.beam_search(qnets, index, ef_q, width, max_steps,
+                                                entries=lin_ids, init=best)
+        else:
+            bs, bi, qvis, sc, st = beam_torch(be, qnets, vectors, graph, ef_q, width, max_steps,
+                                              entries=lin_ids, init=best, visited=qvis)
+        q_scored = q_scored + sc
+        steps = steps + st
+        best = (bs, bi)
+        if p + 1 < passes:
+            # Re-linearise where the q-net is best; queries with nothing found keep the mean.
+            top = bi[:, 0]
+            at = torch.where((top >= 0)[:, None], vectors[top.clamp_min(0)].float(), at.expand(len(top), -1))
+    s, i = best[0][:, :k].contiguous(), best[1][:, :k].contiguous()
+    return s, i, {"documents_scored": q_scored, "linear_scored": lin_scored, "steps": steps}

@@ -1,0 +1,194 @@
+"""Build the L2 k-nearest-neighbour graph of a corpus.
+
+``exact``: blocked brute force with torch (CPU or CUDA): distances of a block of rows to
+every document, the document itself excluded by position (not by distance, so duplicates
+of it stay eligible), ties broken by the lower id. ``faiss``: an IVF-Flat index searched
+with ``R + 1`` neighbours, the document itself removed by id; approximate, for corpora
+too large for brute force on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+METHODS = ("auto", "exact", "faiss")
+# Above this many documents a CPU build goes to faiss under method="auto": exact brute
+# force is O(n^2 d) and would take hours on a few cores.
+EXACT_CPU_LIMIT = 200_000
+
+
+def _check_degree(degree, n: int) -> int:
+    if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)):
+        raise TypeError(f"degree must be an int, got {type(degree).__name__}")
+    if degree <= 0:
+        raise ValueError(f"degree must be positive, got {degree}")
+    return int(degree)
+
+
+def _finish(nbr: torch.Tensor, degree: int) -> torch.Tensor:
+    """Pad with -1 to ``degree`` columns (corpora with fewer than degree + 1 documents)."""
+    n, r = nbr.shape
+    if r < degree:
+        nbr = torch.cat([nbr, torch.full((n, degree - r), -1, dtype=nbr.dtype)], dim=1)
+    return nbr.to(torch.int32).contiguous()
+
+
+def _smallest(dist: torch.Tensor, ids: torch.Tensor, r: int):
+    """The ``r`` smallest distances of each row with their ids, ties by lower id.
+
+    The ``r + 1`` smallest come from topk (a full sort of every row is slow). Where the
+    ``r``-th and ``(r+1)``-th are equal (a tie across the cut: duplicates), that row's
+    elements up to the tied value are re-ranked by (distance, id) on their own.
+    """
+    r = min(r, dist.shape[1])
+    top = min(r + 1, dist.shape[1])
+    vals, pos = torch.topk(dist, top, dim=1, largest=False, sorted=True)
+    cand = torch.gather(ids, 1, pos)
+    out_v, out_i = vals[:, :r].clone(), cand[:, :r].clone()
+    if top > r:
+        for row in torch.nonzero(vals[:, r] == vals[:, r - 1]).flatten().tolist():
+            sel = torch.nonzero(dist[row] <= vals[row, r]).flatten()
+            rv, ri = dist[row, sel], ids[row, sel]
+            by_id = torch.argsort(ri)
+            rv, ri = rv[by_id], ri[by_id]
+            order = torch.argsort(rv, stable=True)[:r]
+            out_v[row], out_i[row] = rv[order], ri[order]
+    # Order every row by (distance, id): topk leaves equal distances in any order.
+    by_id = torch.argsort(out_i, dim=1)
+    out_v, out_i = torch.gather(out_v, 1, by_id), torch.gather(out_i, 1, by_id)
+    order = torch.argsort(out_v, dim=1, stable=True)
+    return torch.gather(out_v, 1, order), torch.gather(out_i, 1, order)
+
+
+_COL_BLOCK = 1 << 16
+
+
+def exact_knn(vectors: torch.Tensor, degree: int, *, block_size: int = 1024,
+              device=None, progress: bool = False) -> torch.Tensor:
+    """Exact ``(n, min(degree, n-1))`` int64 neighbours computed on ``device`` (default:
+    the vectors' device), nearest first, ties by lower id; returned on the CPU."""
+    n = vectors.shape[0]
+    device = torch.device(device) if device is not None else vectors.device
+    r = min(degree, n - 1)
+    out = torch.empty((n, max(r, 0)), dtype=torch.int64)
+    if r <= 0:
+        return out
+    data = vectors.to(device)
+    if n <= _COL_BLOCK:  # small: convert once instead of per block
+        data = data.float()
+    norms = torch.empty(n, dtype=torch.float32, device=device)
+    for s in range(0, n, _COL_BLOCK):
+        norms[s : s + _COL_BLOCK] = data[s : s + _COL_BLOCK].float().pow(2).sum(1)
+    rows = range(0, n, block_size)
+    if progress:
+        from tqdm import tqdm
+
+        rows = tqdm(rows, desc="knn graph (exact)", unit="block")
+    for s in rows:
+        xb = data[s : s + block_size].float()
+        b = xb.shape[0]
+        best_d = best_i = None
+        for c in range(0, n, _COL_BLOCK):
+            yc = data[c : c + _COL_BLOCK].float()
+            # |x|^2 is the same along a row, so |y|^2 - 2 x.y ranks like the distance.
+            dist = torch.addmm(norms[None, c : c + yc.shape[0]], xb, yc.T, beta=1.0, alpha=-2.0)
+            ids = torch.arange(c, c + yc.shape[0], device=device).expand(b, -1)
+            # The document itself is excluded by position, never by its distance value.
+            lo, hi = max(s, c), min(s + b, c + yc.shape[0])
+            if lo < hi:
+                r_idx = torch.arange(lo, hi, device=device)
+                dist[r_idx - s, r_idx - c] = float("inf")
+            if best_d is not None:
+                dist = torch.cat([best_d, dist], 1)
+                ids = torch.cat([best_i, ids], 1)
+            best_d, best_i = _smallest(dist, ids, r)
+        out[s : s + b] = best_i.cpu()
+    return out
+
+
+def faiss_knn(vectors: torch.Tensor, degree: int, *, nlist: int | None = None,
+              nprobe: int | None = None, batch_size: int = 16384, seed: int = 0,
+              progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """Approximate neighbours with a faiss IVF-Flat index (CPU)."""
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - faiss is an optional extra
+        raise RuntimeError("method='faiss' needs faiss-cpu: pip install faiss-cpu") from e
+    n, d = vectors.shape
+    r = min(degree, n - 1)
+    nlist = int(nlist or max(1, min(n // 64, int(4 * math.sqrt(n)))))
+    nprobe = int(nprobe or max(1, min(nlist, 24)))
+    if nlist <= 0 or nprobe <= 0:
+        raise ValueError("nlist and nprobe must be positive")
+    quant = faiss.IndexFlatL2(d)
+    index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_L2)
+    rng = np.random.default_rng(seed)
+    train_n = min(n, max(nlist * 64, 50_000))
+    train_ids = np.sort(rng.choice(n, size=train_n, replace=False))
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(vectors[torch.from_numpy(train_ids)].float().numpy()))
+    for s in range(0, n, 1 << 16):
+        index.add(np.ascontiguousarray(vectors[s : s + (1 << 16)].float().numpy()))
+    index.nprobe = nprobe
+    out = np.empty((n, max(r, 0)), dtype=np.int64)
+    rows = range(0, n, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        rows = tqdm(rows, desc="knn graph (faiss ivf)", unit="batch")
+    for s in rows:
+        x = np.ascontiguousarray(vectors[s : s + batch_size].float().numpy())
+        dist, ids = index.search(x, r + 1)
+        own = np.arange(s, s + x.shape[0])[:, None]
+        # Drop the document itself by id (a duplicate of it may come first), keep order.
+        drop = ids == own
+        order = np.argsort(drop, axis=1, kind="stable")[:, :r]
+        row = np.take_along_axis(ids, order, 1)
+        row[np.take_along_axis(drop, order, 1)] = -1
+        out[s : s + x.shape[0]] = row
+    return torch.from_numpy(out), {"nlist": nlist, "nprobe": nprobe, "train_size": int(train_n)}
+
+
+def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
+                    block_size: int = 1024, device=None, progress: bool = False,
+                    seed: int = 0, **faiss_options) -> tuple[torch.Tensor, dict]:
+    """The ``degree`` nearest other documents of every document by L2.
+
+    Args:
+        vectors: ``(n, d)`` corpus (any float dtype, CPU or CUDA).
+        degree: neighbours per document ``R``; rows are padded with -1 when the corpus
+            has ``n <= R`` documents.
+        method: ``"exact"``, ``"faiss"`` (IVF-Flat, CPU) or ``"auto"`` (exact on CUDA or
+            below ``EXACT_CPU_LIMIT`` documents, faiss otherwise).
+        seed: also fixes the graph search's entry points for this index.
+
+    Returns:
+        ``(neighbors, params)``: ``(n, degree)`` int32 on the CPU, nearest first, never a
+        document itself; ``params`` (JSON-serialisable) for the manifest.
+    """
+    if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2:
+        raise TypeError("vectors must be a 2-D torch.Tensor")
+    n = vectors.shape[0]
+    degree = _check_degree(degree, n)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    dev = torch.device(device) if device is not None else vectors.device
+    if method == "auto":
+        method = "exact" if dev.type == "cuda" or n <= EXACT_CPU_LIMIT else "faiss"
+    if faiss_options and method != "faiss":
+        raise TypeError(f"unexpected options for an exact build: {sorted(faiss_options)}")
+    t0 = time.perf_counter()
+    params = {"metric": "l2", "degree": degree, "method": method, "seed": int(seed)}
+    if method == "exact":
+        nbr = exact_knn(vectors, degree, block_size=block_size, device=dev, progress=progress)
+    else:
+        nbr, extra = faiss_knn(vectors, degree, seed=seed, progress=progress, **faiss_options)
+        params.update(extra)
+    params["build_seconds"] = round(time.perf_counter() - t0, 3)
+    return _finish(nbr, degree), params

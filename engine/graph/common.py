@@ -1,0 +1,93 @@
+"""Pieces shared by the graph searches: entry points, ordering, scoring, visited marks.
+
+Every ordering in graph search is by score descending, then id ascending, so results do
+not depend on the order in which candidates were met, on the device or on the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..qnet import QNet
+
+# Activations of one gather-scoring chunk stay under this many floats (64 MiB).
+_CHUNK_ELEMS = 1 << 24
+
+
+def entry_points(index, count: int, salt: int = 0) -> torch.Tensor:
+    """``min(count, n)`` distinct documents drawn uniformly once per index, sorted by id.
+
+    Fixed by the graph's seed (``index.graph_params["seed"]``), so the same index gives
+    the same entry points in every run; cached on the index object."""
+    n = len(index)
+    count = min(int(count), n)
+    seed = int(index.graph_params.get("seed", 0))
+    cache = index.__dict__.setdefault("_graph_entry_cache", {})
+    key = (seed, count, salt, n)
+    if key not in cache:
+        rng = np.random.default_rng([seed, salt, 0x6E7])
+        ids = np.sort(rng.choice(n, size=count, replace=False)) if count < n else np.arange(n)
+        cache[key] = torch.from_numpy(ids.astype(np.int64))
+    return cache[key]
+
+
+def sort_by_key(scores: torch.Tensor, ids: torch.Tensor, *extra: torch.Tensor):
+    """Sort each row by score descending, ties by id ascending (padding, score -inf with
+    id -1, goes last). Returns the sorted scores, ids and ``extra`` tensors."""
+    big = torch.iinfo(torch.int64).max
+    by_id = torch.argsort(torch.where(ids < 0, big, ids), dim=1, stable=True)
+    s1 = torch.gather(scores, 1, by_id)
+    order = torch.argsort(s1, dim=1, descending=True, stable=True)
+    order = torch.gather(by_id, 1, order)
+    return (torch.gather(scores, 1, order), torch.gather(ids, 1, order),
+            *(torch.gather(e, 1, order) for e in extra))
+
+
+def score_ids(be, qnets: QNet, vectors: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """q-net ``q`` on ``vectors[ids[q]]`` (``(Q, m)``, -1 = padding, scored -inf), in
+    query chunks that bound the backend's gathered activations."""
+    Q, m = ids.shape
+    out = torch.full((Q, m), float("-inf"), dtype=torch.float32, device=ids.device)
+    if m == 0 or Q == 0:
+        return out
+    valid = ids >= 0
+    safe = torch.where(valid, ids, torch.zeros_like(ids))
+    width = max(max(w.shape[1], w.shape[2]) for w in qnets.weights)
+    qc = max(1, _CHUNK_ELEMS // max(1, m * width))
+    for q0 in range(0, Q, qc):
+        q1 = min(Q, q0 + qc)
+        w = [t[q0:q1] for t in qnets.weights]
+        b = [t[q0:q1] for t in qnets.biases]
+        out[q0:q1] = be.score_gather(w, b, qnets.config, vectors, safe[q0:q1].contiguous(), None)
+    return out.masked_fill_(~valid, float("-inf"))
+
+
+def score_shared(be, qnets: QNet, vectors: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Every q-net on the same documents ``ids`` (1-D): one dense scoring, ``(Q, m)``."""
+    if ids.numel() == 0:
+        return torch.empty((qnets.num_queries, 0), dtype=torch.float32, device=vectors.device)
+    return be.score_dense(qnets.weights, qnets.biases, qnets.config, vectors[ids].contiguous(), None)
+
+
+def new_candidates(nbr: torch.Tensor, valid: torch.Tensor, visited: torch.Tensor, n: int):
+    """Keep the neighbours not yet visited, each once per row, and mark them visited.
+
+    ``nbr`` (Q, m) int64, ``valid`` (Q, m) bool, ``visited`` (Q, n + 1) bool whose last
+    column absorbs padding. Returns ``(ids, count)``: (Q, m) ids sorted ascending, -1
+    after the ``count[q]`` new ones."""
+    ids = torch.where(valid & (nbr >= 0), nbr, torch.full_like(nbr, n))
+    ids, _ = torch.sort(ids, dim=1)
+    dup = torch.zeros_like(ids, dtype=torch.bool)
+    dup[:, 1:] = ids[:, 1:] == ids[:, :-1]
+    new = (ids < n) & ~dup & ~torch.gather(visited, 1, ids)
+    ids = torch.where(new, ids, torch.full_like(ids, n))
+    ids, _ = torch.sort(ids, dim=1)
+    visited.scatter_(1, ids, True)
+    count = new.sum(1)
+    return torch.where(ids < n, ids, torch.full_like(ids, -1)), count
+
+
+def linear_qnet(w: torch.Tensor, config) -> QNet:
+    """A q-net with no hidden layer scoring ``x . w_q`` (w: (Q, d))."""
+    return QNet([w.unsqueeze(-1).contiguous()], [], config, check_finite=False)

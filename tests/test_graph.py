@@ -1,0 +1,262 @@
+"""Graph build and graph search: exactness against brute force and the reference
+implementation of the paper's algorithm, edge cases, determinism, input checks."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import engine
+from engine.graph import native
+from engine.graph.build import build_knn_graph
+from engine.graph.common import entry_points
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+from paper_baseline import paper_search_python  # noqa: E402
+
+IMPLS = ["torch"] + (["native"] if native.available() else [])
+
+
+def brute_knn(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Reference: float64 distances, self excluded, ties by lower id."""
+    x = x.double()
+    d = torch.cdist(x, x)
+    d.fill_diagonal_(float("inf"))
+    out = []
+    for i in range(len(x)):
+        row = sorted(range(len(x)), key=lambda j: (d[i, j].item(), j))[:r]
+        out.append(row)
+    return torch.tensor(out)
+
+
+@pytest.fixture(scope="module")
+def small():
+    x = engine.synthetic.vectors(600, 32, seed=5)
+    idx = engine.Index.from_vectors(x).build_graph(12)
+    q = engine.synthetic.qnets(6, [32, 32, 32, 1], seed=7, corpus_seed=5)
+    return idx, q
+
+
+def recall(a: torch.Tensor, b: torch.Tensor) -> float:
+    return sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)) / b.numel()
+
+
+# ---------------------------------------------------------------- build
+def test_exact_graph_matches_brute_force():
+    x = engine.synthetic.vectors(300, 16, seed=2)
+    nbr, params = build_knn_graph(x, 10, method="exact", block_size=64)
+    assert nbr.dtype == torch.int32 and nbr.shape == (300, 10)
+    assert torch.equal(nbr.long(), brute_knn(x, 10))
+    assert params["degree"] == 10 and params["method"] == "exact" and params["metric"] == "l2"
+
+
+def test_exact_graph_never_lists_self_across_blocks():
+    # The official batched builder drops self only in its first batch: check every block.
+    x = engine.synthetic.vectors(257, 8, seed=3)
+    nbr, _ = build_knn_graph(x, 5, method="exact", block_size=16)
+    assert not (nbr.long() == torch.arange(257)[:, None]).any()
+
+
+def test_faiss_graph_close_to_exact_and_never_self():
+    x = engine.synthetic.vectors(3000, 16, seed=4)
+    nbr, params = build_knn_graph(x, 8, method="faiss", nprobe=16)
+    assert not (nbr.long() == torch.arange(3000)[:, None]).any()
+    ref = brute_knn(x[:200], 8)  # a subset's neighbours within itself are not comparable
+    exact, _ = build_knn_graph(x, 8, method="exact")
+    assert recall(nbr.long(), exact.long()) > 0.9
+    assert params["nlist"] > 0 and ref.shape == (200, 8)
+
+
+def test_duplicates_are_neighbours_but_never_self():
+    base = engine.synthetic.vectors(50, 8, seed=6)
+    x = torch.cat([base, base[:10], base[:10]])  # docs i, 50+i, 60+i identical for i<10
+    nbr, _ = build_knn_graph(x, 4, method="exact")
+    for i in range(10):
+        copies = {i, 50 + i, 60 + i}
+        for doc in copies:
+            row = nbr[doc].tolist()
+            assert doc not in row
+            assert set(row[:2]) == copies - {doc}  # distance 0, ties by lower id
+            assert row[:2] == sorted(copies - {doc})
+
+
+def test_tiny_corpus_pads_with_minus_one():
+    x = engine.synthetic.vectors(3, 4, seed=1)
+    nbr, _ = build_knn_graph(x, 5)
+    assert nbr.shape == (3, 5)
+    assert (nbr[:, 2:] == -1).all() and (nbr[:, :2] >= 0).all()
+    one, _ = build_knn_graph(x[:1], 2)
+    assert one.tolist() == [[-1, -1]]
+
+
+def test_build_rejects_bad_input():
+    x = engine.synthetic.vectors(10, 4)
+    with pytest.raises(ValueError):
+        build_knn_graph(x, 0)
+    with pytest.raises(TypeError):
+        build_knn_graph(x, 2.5)
+    with pytest.raises(TypeError):
+        build_knn_graph(x, True)
+    with pytest.raises(ValueError):
+        build_knn_graph(x, 2, method="hnsw")
+    with pytest.raises(TypeError):
+        build_knn_graph(x.numpy(), 2)
+    with pytest.raises(TypeError):
+        build_knn_graph(x, 2, method="exact", nprobe=3)
+
+
+def test_graph_persists_with_params(tmp_path, small):
+    idx, q = small
+    idx.save(tmp_path / "i")
+    back = engine.Index.load(tmp_path / "i")
+    assert torch.equal(back.graph, idx.graph)
+    assert back.graph_params == idx.graph_params
+    a = idx.search(q, 10, mode="graph", preset="paper", num_entry_points=50)
+    b = back.search(q, 10, mode="graph", preset="paper", num_entry_points=50)
+    assert torch.equal(a.ids, b.ids)
+
+
+# ---------------------------------------------------------------- paper preset
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("k,nc,early", [(10, 8, True), (30, 8, True), (5, 20, False)])
+def test_paper_preset_matches_python_reference(small, impl, k, nc, early):
+    idx, q = small
+    opts = dict(num_entry_points=40, ncandidates=nc, max_iter=6, early_stop=early)
+    r = idx.search(q, k, mode="graph", preset="paper", impl=impl, **opts)
+    ref, st = paper_search_python(q, idx.vectors, idx.graph, entry_points(idx, 40), k,
+                                  ncandidates=nc, max_iter=6, early_stop=early)
+    for i, (scores, ids) in enumerate(ref):
+        assert r.ids[i, : len(ids)].tolist() == ids
+        torch.testing.assert_close(r.scores[i, : len(ids)], torch.tensor(scores), rtol=1e-5, atol=1e-5)
+        assert (r.ids[i, len(ids):] == -1).all()
+    assert r.stats["documents_scored_per_query"] == [s["documents_scored"] for s in st]
+
+
+def test_paper_entry_points_fixed_by_seed(small):
+    idx, _ = small
+    a = entry_points(idx, 100)
+    assert torch.equal(a, entry_points(engine.Index(idx.vectors, graph=idx.graph, graph_params=idx.graph_params), 100))
+    assert len(set(a.tolist())) == 100
+    other = engine.Index(idx.vectors, graph=idx.graph, graph_params={**idx.graph_params, "seed": 1})
+    assert not torch.equal(a, entry_points(other, 100))
+
+
+# ---------------------------------------------------------------- default
+@pytest.mark.parametrize("impl", IMPLS)
+def test_default_finds_exact_top10(small, impl):
+    idx, q = small
+    ex = idx.search(q, 10)
+    r = idx.search(q, 10, mode="graph", impl=impl, ef=64)
+    assert recall(r.ids, ex.ids) >= 0.95
+    # Scores returned are the q-net's own scores of the returned documents.
+    ref = engine.score_gather(q, idx.vectors, r.ids)
+    torch.testing.assert_close(r.scores, ref, rtol=1e-4, atol=1e-4)
+    assert r.stats["documents_scored"] < 6 * len(idx)
+
+
+def test_default_knob_trades_work_for_recall(small):
+    idx, q = small
+    lo = idx.search(q, 10, mode="graph", impl="torch", ef=8, num_samples=16)
+    hi = idx.search(q, 10, mode="graph", impl="torch", ef=64, num_samples=16)
+    assert hi.stats["documents_scored"] > lo.stats["documents_scored"]
+
+
+@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_native_matches_torch(small, preset):
+    idx, q = small
+    opts = {"num_entry_points": 60} if preset == "paper" else {"ef": 24, "passes": 2}
+    a = idx.search(q, 10, mode="graph", preset=preset, impl="torch", **opts)
+    b = idx.search(q, 10, mode="graph", preset=preset, impl="native", **opts)
+    assert recall(a.ids, b.ids) >= 0.98  # float rounding of the two scorers may swap near-ties
+    torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- edge cases
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_k_larger_than_reached_is_padded(impl, preset):
+    x = engine.synthetic.vectors(40, 8, seed=9)
+    idx = engine.Index.from_vectors(x)
+    # A graph of isolated documents: the search reaches only its starting documents.
+    idx.set_graph(torch.full((40, 4), -1, dtype=torch.int32), {"seed": 0})
+    q = engine.synthetic.qnets(3, [8, 8, 1], seed=1)
+    opts = {"num_entry_points": 5} if preset == "paper" else {"num_samples": 5, "ef": 4}
+    r = idx.search(q, 30, mode="graph", preset=preset, impl=impl, **opts)
+    assert r.ids.shape == (3, 30) and r.scores.shape == (3, 30)
+    found = (r.ids >= 0).sum(1)
+    assert (found == 5).all()
+    assert torch.isneginf(r.scores[:, 5:]).all() and (r.ids[:, 5:] == -1).all()
+    assert (r.scores[:, :4] >= r.scores[:, 1:5]).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_whole_corpus_reached_equals_exact(impl):
+    x = engine.synthetic.vectors(80, 8, seed=9)
+    idx = engine.Index.from_vectors(x).build_graph(79)  # complete graph
+    q = engine.synthetic.qnets(4, [8, 8, 1], seed=2)
+    ex = idx.search(q, 100)
+    r = idx.search(q, 100, mode="graph", preset="paper", impl=impl, num_entry_points=1)
+    assert torch.equal(r.ids, ex.ids)
+    r = idx.search(q, 100, mode="graph", impl=impl, ef=100, num_samples=1)
+    assert torch.equal(r.ids, ex.ids)
+
+
+def test_duplicate_documents_search(small):
+    base = engine.synthetic.vectors(200, 16, seed=3)
+    x = torch.cat([base, base])  # every document twice: equal scores, ties by lower id
+    idx = engine.Index.from_vectors(x).build_graph(8)
+    q = engine.synthetic.qnets(3, [16, 16, 1], seed=4, corpus_seed=3)
+    ex = idx.search(q, 20)
+    for impl in IMPLS:
+        for preset, opts in (("paper", {"num_entry_points": 400}), ("default", {"ef": 400, "num_samples": 400})):
+            r = idx.search(q, 20, mode="graph", preset=preset, impl=impl, **opts)
+            assert torch.equal(r.ids, ex.ids), (impl, preset)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_same_results_every_run(small, impl):
+    idx, q = small
+    runs = [idx.search(q, 10, mode="graph", impl=impl, ef=16) for _ in range(3)]
+    runs += [idx.search(q, 10, mode="graph", preset="paper", impl=impl, num_entry_points=50) for _ in range(2)]
+    assert torch.equal(runs[0].ids, runs[1].ids) and torch.equal(runs[1].ids, runs[2].ids)
+    assert torch.equal(runs[3].ids, runs[4].ids)
+    # One query alone gives what it gets in a batch.
+    one = engine.QNet([w[2:3] for w in q.weights], [b[2:3] for b in q.biases], q.config)
+    assert torch.equal(idx.search(one, 10, mode="graph", impl=impl, ef=16).ids[0], runs[0].ids[2])
+
+
+def test_stats_reported(small):
+    idx, q = small
+    r = idx.search(q, 10, mode="graph")
+    for key in ("documents_scored", "linear_scored", "steps", "seconds", "preset", "impl"):
+        assert key in r.stats
+    assert r.stats["documents_scored"] == sum(r.stats["documents_scored_per_query"])
+    r = idx.search(q, 10, mode="graph", preset="paper", num_entry_points=30, max_iter=1)
+    assert r.stats["documents_scored"] == 30 * q.num_queries and r.stats["steps"] == 1
+
+
+# ---------------------------------------------------------------- input checks
+def test_search_rejects_bad_options(small):
+    idx, q = small
+    with pytest.raises(ValueError, match="preset"):
+        idx.search(q, 10, mode="graph", preset="fast")
+    with pytest.raises(TypeError, match="unknown options"):
+        idx.search(q, 10, mode="graph", preset="paper", ef=10)
+    with pytest.raises(ValueError):
+        idx.search(q, 10, mode="graph", ef=0)
+    with pytest.raises(TypeError):
+        idx.search(q, 10, mode="graph", ef=3.5)
+    with pytest.raises(TypeError):
+        idx.search(q, 10, mode="graph", preset="paper", early_stop=1)
+    with pytest.raises(ValueError):
+        idx.search(q, 10, mode="graph", passes=3)
+    with pytest.raises(ValueError, match="impl"):
+        idx.search(q, 10, mode="graph", impl="cuda")
+    bare = engine.Index.from_vectors(idx.vectors)
+    with pytest.raises(ValueError, match="build_graph"):
+        bare.search(q, 10, mode="graph")
