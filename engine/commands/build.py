@@ -33,7 +33,7 @@ def run(args) -> int:
         synthetic.write_index(args.output, args.synthetic, args.dim, seed=args.seed,
                               dtype=DTYPES[args.dtype or "bfloat16"], progress=True)
     else:
-        arr = np.load(args.vectors, mmap_mode="r")
+        arr = np.load(args.vectors, mmap_mode="c")  # copy-on-write: a writable view, read lazily
         vectors = torch.from_numpy(np.ascontiguousarray(arr))
         if args.dtype:
             vectors = vectors.to(DTYPES[args.dtype])
