@@ -8,7 +8,7 @@ import os
 import torch
 import triton
 
-from engine.qnet_config import QNetConfig
+from .qnet_pack import norm_mode  # noqa: F401 - re-exported for the Triton launchers
 
 
 def interpreting() -> bool:
@@ -35,13 +35,6 @@ def block_n(device: torch.device) -> int:
     if interpreting():
         return 16
     return int(os.environ.get("HYPENCODER_TRITON_BN", "64"))
-
-
-def norm_mode(config: QNetConfig) -> int:
-    """0: y + x; 1: layer_norm(y) + x; 2: layer_norm(y + x) (see kernels.qnet_tile)."""
-    if not config.layer_norm:
-        return 0
-    return 1 if config.layer_norm_before_residual else 2
 
 
 def num_programs(tiles: int, device: torch.device) -> int:

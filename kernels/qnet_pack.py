@@ -31,6 +31,14 @@ class PackedQNet:
     dim: int  # document vector width d
 
 
+def norm_mode(config) -> int:
+    """The kernels' normalisation mode: 0: y + x; 1: layer_norm(y) + x;
+    2: layer_norm(y + x) (residual terms only where the layer has one)."""
+    if not config.layer_norm:
+        return 0
+    return 1 if config.layer_norm_before_residual else 2
+
+
 def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 

@@ -78,11 +78,11 @@ def get_backend(name: str, device: torch.device) -> ModuleType:
         forced = os.environ.get("HYPENCODER_BACKEND", "").strip()
         if forced and forced != "auto":
             return get_backend(forced, device)
-        for cand in AUTO_ORDER.get(device.type, ("torch",)):
-            ok, _ = availability(cand)
-            if ok and _load(cand).supports(device):
-                return _load(cand)
-        return _load("torch")
+        names = [c for c in AUTO_ORDER.get(device.type, ("torch",))
+                 if availability(c)[0] and _load(c).supports(device)]
+        if device.type == "cuda" and len(names) > 1 and _measuring_enabled():
+            return _measured_auto(tuple(names))
+        return _load(names[0]) if names else _load("torch")
     ok, why = availability(name)
     if not ok:
         raise RuntimeError(f"backend {name!r} is not available: {why}")
@@ -95,7 +95,105 @@ def get_backend(name: str, device: torch.device) -> ModuleType:
 def resolve_name(name: str, device) -> str:
     """The backend name that ``name`` resolves to on ``device``."""
     mod = get_backend(name, device)
+    if isinstance(mod, _MeasuredAuto):  # chosen per shape; name the first in order
+        return mod.names[0]
     for k, v in _MODULES.items():
         if v == mod.__name__:
             return k
     raise AssertionError(mod.__name__)
+
+
+# --------------------------------------------------------------------------------------
+# Measured automatic choice on CUDA (issue 5). Which of the fused backends is fastest
+# depends on the shape (width, depth, dtype, number of documents), so instead of a fixed
+# order, "auto" on a CUDA device times every runnable backend once per shape on the
+# call's own inputs and remembers the winner. HYPENCODER_AUTOTUNE=0 turns this off (the
+# first runnable backend in AUTO_ORDER is taken, as on CPU).
+
+
+def _measuring_enabled() -> bool:
+    return os.environ.get("HYPENCODER_AUTOTUNE", "1") != "0"
+
+
+_AUTO_CHOICES: dict = {}  # shape key -> (winner name, {name: seconds})
+_AUTO_PROXIES: dict = {}
+
+
+def auto_choices() -> dict:
+    """The measured choices so far: ``{shape key: (backend, {backend: seconds})}``."""
+    return dict(_AUTO_CHOICES)
+
+
+def _bucket(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()  # next power of two: one measurement per octave
+
+
+def _shape_key(op, weights, config, vectors, extent, k=None):
+    dims = (int(weights[0].shape[1]),) + tuple(int(w.shape[2]) for w in weights)
+    return (op, str(vectors.device), str(weights[0].dtype), str(vectors.dtype), dims, config,
+            int(weights[0].shape[0]), _bucket(extent), None if k is None else _bucket(k))
+
+
+def _time_call(fn) -> float:
+    fn()  # warm-up: builds, compiles and autotunes on first use
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+class _MeasuredAuto:
+    """Backend-shaped dispatcher over several runnable backends: the first call of each
+    shape times them all and keeps the fastest; a backend that fails is left out."""
+
+    __name__ = "engine.backends.auto"
+
+    def __init__(self, names: tuple):
+        self.names = names
+
+    def is_available(self):
+        return True, "ok"
+
+    def supports(self, device) -> bool:
+        return torch.device(device).type == "cuda"
+
+    def _choose(self, key, names, run):
+        hit = _AUTO_CHOICES.get(key)
+        if hit is not None:
+            return hit[0]
+        times, last_err = {}, None
+        for name in names:
+            try:
+                times[name] = _time_call(lambda: run(_load(name)))
+            except Exception as e:  # e.g. the CUDA build failed: measure the others
+                last_err = e
+        if not times:
+            raise RuntimeError(f"no backend could run {key[0]}: {last_err}") from last_err
+        best = min(times, key=times.get)
+        _AUTO_CHOICES[key] = (best, times)
+        return best
+
+    def score_dense(self, weights, biases, config, vectors, out=None):
+        run = lambda be: be.score_dense(weights, biases, config, vectors, out)  # noqa: E731
+        key = _shape_key("dense", weights, config, vectors, vectors.shape[0])
+        return run(_load(self._choose(key, self.names, run)))
+
+    def score_gather(self, weights, biases, config, vectors, ids, out=None):
+        run = lambda be: be.score_gather(weights, biases, config, vectors, ids, out)  # noqa: E731
+        key = _shape_key("gather", weights, config, vectors, ids.numel())
+        return run(_load(self._choose(key, self.names, run)))
+
+    def exact_topk(self, weights, biases, config, vectors, k, block_size=None):
+        names = tuple(n for n in self.names if hasattr(_load(n), "exact_topk"))
+        run = lambda be: be.exact_topk(weights, biases, config, vectors, k, block_size)  # noqa: E731
+        key = _shape_key("topk", weights, config, vectors, vectors.shape[0], k)
+        return run(_load(self._choose(key, names, run)))
+
+
+def _measured_auto(names: tuple) -> _MeasuredAuto:
+    proxy = _AUTO_PROXIES.get(names)
+    if proxy is None:
+        proxy = _AUTO_PROXIES[names] = _MeasuredAuto(names)
+    return proxy

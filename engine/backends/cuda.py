@@ -1,0 +1,146 @@
+"""CUDA C++ backend: the tensor-core kernels of ``csrc/cuda``, compiled at first use.
+
+``torch.utils.cpp_extension.load`` builds ``csrc/cuda/{bindings.cpp,qnet_fused.cu}`` for
+the local GPU the first time a kernel is needed and caches the build (in
+``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), so importing the
+package never needs nvcc. ``setup.py`` leaves these sources out of the CPU extension.
+
+The kernels take float16 or bfloat16 q-nets (tensor cores). A float32 q-net is scored
+by the Triton backend when it can run, else by the PyTorch reference: the fp32 path of
+tensor cores (tf32) would not give the float32 results a float32 caller asks for.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import threading
+
+import torch
+
+from ..qnet_config import QNetConfig
+
+_SRC = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "cuda"
+_SOURCES = ("bindings.cpp", "qnet_fused.cu")
+_MIN_CC = (8, 0)  # bf16 WMMA
+
+_ext = None
+_build_error: str | None = None
+_lock = threading.Lock()
+
+
+def _nvcc() -> str | None:
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+    except Exception:
+        return None
+    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        return os.path.join(CUDA_HOME, "bin", "nvcc")
+    return None
+
+
+def is_available() -> tuple[bool, str]:
+    if _build_error:
+        return False, _build_error
+    if torch.version.cuda is None:
+        return False, "this torch build has no CUDA support"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    missing = [s for s in _SOURCES if not (_SRC / s).exists()]
+    if missing:
+        return False, f"CUDA sources missing under {_SRC}: {missing}"
+    if _ext is None and _nvcc() is None:
+        return False, "nvcc not found (set CUDA_HOME) to build the CUDA kernels"
+    cc = torch.cuda.get_device_capability()
+    if cc < _MIN_CC:
+        return False, f"the CUDA kernels need compute capability >= 8.0, device has {cc[0]}.{cc[1]}"
+    return True, "ok"
+
+
+def supports(device: torch.device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def extension():
+    """The compiled module (built on the first call; the failure is remembered)."""
+    global _ext, _build_error
+    if _ext is not None:
+        return _ext
+    with _lock:
+        if _ext is None:
+            if _build_error:
+                raise RuntimeError(_build_error)
+            from torch.utils.cpp_extension import load
+
+            try:
+                _ext = load(
+                    name="hypencoder_cuda_qnet",
+                    sources=[str(_SRC / s) for s in _SOURCES],
+                    extra_include_paths=[str(_SRC)],
+                    extra_cflags=["-O3"],
+                    extra_cuda_cflags=["-O3", "-lineinfo"],
+                    verbose=os.environ.get("HYPENCODER_VERBOSE_BUILD") == "1",
+                )
+            except Exception as e:  # keep the reason: is_available() reports it from now on
+                _build_error = f"building the CUDA kernels failed: {e}"
+                raise RuntimeError(_build_error) from e
+    return _ext
+
+
+def _fp32_fallback():
+    from . import get_backend
+
+    try:
+        return get_backend("triton", torch.device("cuda"))
+    except RuntimeError:  # Triton missing or interpreting: the reference is always there
+        return get_backend("torch", torch.device("cuda"))
+
+
+def _prepare(weights, biases, config: QNetConfig, vectors):
+    from kernels.launch_cuda import prepare
+
+    return prepare(extension(), weights, biases, config, vectors)
+
+
+def score_dense(weights, biases, config, vectors, out=None):
+    if weights[0].dtype == torch.float32:
+        return _fp32_fallback().score_dense(weights, biases, config, vectors, out)
+    from kernels.launch_cuda import run_dense
+
+    return run_dense(_prepare(weights, biases, config, vectors), vectors, out)
+
+
+def score_gather(weights, biases, config, vectors, ids, out=None):
+    if weights[0].dtype == torch.float32:
+        return _fp32_fallback().score_gather(weights, biases, config, vectors, ids, out)
+    from kernels.launch_cuda import run_gather
+
+    return run_gather(_prepare(weights, biases, config, vectors), vectors, ids, out)
+
+
+def exact_topk(weights, biases, config, vectors, k, block_size=None):
+    if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if weights[0].dtype == torch.float32:
+        fb = _fp32_fallback()
+        if hasattr(fb, "exact_topk"):
+            return fb.exact_topk(weights, biases, config, vectors, k, block_size)
+        return _stream_topk(fb, weights, biases, config, vectors, k, block_size)
+    from kernels.launch_cuda import run_topk
+
+    return run_topk(_prepare(weights, biases, config, vectors), vectors, k, block_size)
+
+
+def _stream_topk(be, weights, biases, config, vectors, k, block_size):
+    """Exact top-k through ``be.score_dense`` block by block (the fp32 fallback)."""
+    from kernels import topk_keys
+
+    block = int(block_size or (1 << 16))
+    running = None
+    for s in range(0, vectors.shape[0], block):
+        sc = be.score_dense(weights, biases, config, vectors[s : s + block])
+        ids = torch.arange(s, s + sc.shape[1], device=sc.device).expand_as(sc)
+        running = topk_keys.merge_topk(running, topk_keys.encode(sc, ids), k)
+    if running is None:
+        running = torch.empty((weights[0].shape[0], 0), dtype=torch.int64, device=vectors.device)
+    return topk_keys.finish(running, k)
