@@ -165,6 +165,8 @@ def test_tiny_checkpoint_matches_independent_reference(tmp_path, dims, pooling, 
         states = qbert(**tok).last_hidden_state
     ref_w, ref_b = reference_qnet(states, tok["attention_mask"], head, dims)
     assert qnets.vector_dimensions == dims
+    # Ordinary tensors, not inference-mode ones: graph search differentiates q-nets.
+    assert not any(t.is_inference() for t in qnets.weights + qnets.biases)
     for got, want in zip(qnets.weights + qnets.biases, ref_w + ref_b):
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
 

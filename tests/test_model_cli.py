@@ -90,3 +90,17 @@ def test_cli_errors_are_messages(setup, capsys):
     assert "--model" in capsys.readouterr().err
     assert main(["encode", str(d / "idx2"), "--corpus", str(d / "missing.jsonl"), "--model", str(d / "ckpt")]) == 2
     assert "no JSONL file" in capsys.readouterr().err
+
+
+def test_eval_reports_graph_search_beside_exact(setup, capsys):
+    d, _ = setup
+    js = d / "eval_graph.json"
+    assert main(["eval", "--index", str(d / "idx"), "--model", str(d / "ckpt"), "--queries", str(d / "queries.jsonl"),
+                 "--qrels", str(d / "qrels.tsv"), "--run", str(d / "run.trec"), "--json", str(js), "-k", "6",
+                 "--graph", "3"]) == 0
+    got = json.loads(js.read_text())
+    assert "error" not in got["graph"], got["graph"]
+    # Six documents, k = 6: a graph search that reaches them all ranks exactly as exact search.
+    assert got["graph"]["MRR@10"] == pytest.approx(got["exact"]["MRR@10"])
+    assert (d / "run.graph.trec").is_file()
+    assert "graph" in capsys.readouterr().out

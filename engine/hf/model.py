@@ -226,7 +226,9 @@ class HypencoderModel:
         return states, inputs["attention_mask"]
 
     # ------------------------------------------------------------------ encoding
-    @torch.inference_mode()
+    # no_grad rather than inference_mode: inference tensors cannot enter autograd later (graph
+    # search differentiates q-nets) nor be modified in place outside inference mode.
+    @torch.no_grad()
     def encode_queries(self, texts, batch_size: int = 50, max_length: int | None = 32, *,
                        show_progress: bool = False, device="cpu", dtype=torch.float32) -> QNet:
         """Texts -> a :class:`QNet` with one q-net per text, in order.
@@ -249,7 +251,7 @@ class HypencoderModel:
             parts.append(self.hyper_head(states, mask).to(device=device, dtype=out_dtype))
         return parts[0] if len(parts) == 1 else QNet.cat(parts)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_documents(self, texts, batch_size: int = 32, max_length: int | None = None, *,
                          show_progress: bool = True, device="cpu", dtype=torch.float32) -> torch.Tensor:
         """Texts -> ``(n, d)`` document vectors (pooled per the checkpoint's ``pooling_type``).
