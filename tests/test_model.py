@@ -260,10 +260,15 @@ try:
     engine.HypencoderModel.from_pretrained({str(tmp_path)!r})
 except ImportError as e:
     assert "pip install" in str(e) and "hf" in str(e), e
-    print("OK")
 else:
     raise SystemExit("no ImportError")
+from engine.cli import main
+corpus = {str(tmp_path / "c.jsonl")!r}
+assert main(["encode", {str(tmp_path / "idx")!r}, "--corpus", corpus, "--model", {str(tmp_path)!r}]) == 2
+print("OK")
 """
+    (tmp_path / "c.jsonl").write_text('{"id": "a", "text": "t"}\n')
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(REPO))
     assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr
+    assert "pip install 'hypencoder-engine[hf]'" in r.stderr  # the CLI's one-line message

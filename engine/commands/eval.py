@@ -77,13 +77,17 @@ def evaluate_index(index, qnet_chunks, query_ids, qrels, k: int, modes, backend:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from ..eval import read_qrels, write_run
+    from ..eval import _ir_measures, read_qrels, write_run
     from ..index import Index
     from ..jsonl import read_jsonl
     from ..qnet import QNet
 
     if bool(args.model) == bool(args.qnets):
         raise ValueError("eval needs exactly one of --model CHECKPOINT or --qnets FILE")
+    try:
+        _ir_measures()  # fail before any encoding or search when the metrics cannot be computed
+    except ImportError as e:
+        raise RuntimeError(str(e)) from e
     if args.chunk < 1:
         raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
     query_ids, texts = read_jsonl(args.queries, limit=args.limit)

@@ -21,7 +21,10 @@ def load_model(args):
     from ..hf import HypencoderModel
 
     dtype = DTYPES[args.model_dtype] if args.model_dtype else None
-    return HypencoderModel.from_pretrained(args.model, device=args.device, dtype=dtype)
+    try:
+        return HypencoderModel.from_pretrained(args.model, device=args.device, dtype=dtype)
+    except ImportError as e:  # the CLI prints RuntimeErrors as one-line messages, not tracebacks
+        raise RuntimeError(str(e)) from e
 
 
 def encode_queries(model, texts, args, device="cpu"):
