@@ -29,12 +29,14 @@ const KernelOps& kernel_ops(Isa isa) {
 
 namespace {
 
-// Rows per kernel call when the caller gives none. Chosen by measurement on Zen 3 (1 MiB
-// L2 per... see bench/RESULTS.md): the block's two fp32 activation buffers (block x 768 x 4
-// bytes each, 2 x 288 KiB at 96 rows) must stay in the 512 KiB-1 MiB L2 next to the weight
-// chunk streaming through L1, while each block must be long enough that streaming all of
-// a query's weights once per block (from L3: 14 MB for d = 768, L = 6 fp32) is amortised
-// over many rows; 96 rows is 48 FLOP per weight byte, far above L3's bandwidth needs.
+// Rows per kernel call when the caller gives none, chosen by measurement (d = 768, L = 6,
+// one thread, Zen 3: 48 rows 38, 96 rows 43, 192 rows 41 GFLOP/s). Why 96: per layer, the
+// block's fp32 activations (96 x 768 x 4 = 288 KiB) are re-read once per 16-column weight
+// panel, so the k-chunk of them in use (96 x 256 x 4 = 96 KiB) must stay in the 512 KiB
+// L2 of a Zen 3 core, with the 16 KiB weight chunk in L1; longer blocks push the output
+// buffer out of L2. Shorter blocks stream a query's weights (14 MB fp32 at d = 768, L = 6,
+// from L3) more often per row and pay the cold first pass over each weight chunk more
+// often: 96 rows give 48 FLOP per weight byte fetched.
 constexpr int64_t kDefaultBlock = 96;
 // Queries packed at once are bounded by this many bytes of packed weights.
 constexpr size_t kPackBudget = size_t(64) << 20;
@@ -243,7 +245,17 @@ void run_pairs(const QNetView& qn, int64_t items, int num_threads, int64_t block
   const PackTasks tasks = make_tasks(qn, pl);
   const ForwardFn fwd = forward_for(ops, pl.format);
   const int64_t Q = qn.num_queries;
-  const int64_t B = block_rows(block, ops);
+  int64_t B = block_rows(block, ops);
+  if (block <= 0 && items > 0) {
+    // Few blocks (a gather of a few hundred rows): split the rows evenly into a multiple
+    // of the thread count, so no thread idles while another finishes a last full block.
+    int64_t nb = (items + B - 1) / B;
+    if (Q * nb < 8 * num_threads) {
+      const int64_t per = std::max<int64_t>(1, (num_threads + Q - 1) / Q);
+      nb = (nb + per - 1) / per * per;
+      B = std::max<int64_t>(ops.mr, round_up((items + nb - 1) / nb, ops.mr));
+    }
+  }
   const int64_t nblocks = (items + B - 1) / B;
   const int64_t G = std::max<int64_t>(1, std::min<int64_t>(Q, kPackBudget / pl.bytes));
   AlignedBuf packed;
