@@ -83,7 +83,10 @@ def beam_torch(be, qnets, vectors, graph, ef: int, width: int, max_steps: int, *
     parts_s, parts_i = [], []
     scored = torch.zeros(Q, dtype=torch.int64, device=dev)
     if init is not None:
+        if shared_entries is not None:
+            raise ValueError("pass shared_entries or init, not both")
         parts_s.append(init[0]), parts_i.append(init[1])
+        visited.scatter_(1, torch.where(init[1] >= 0, init[1], n), True)
     if shared_entries is not None and shared_entries.numel():
         e = shared_entries.to(dev)
         parts_s.append(score_shared(be, qnets, vectors, e))
@@ -130,52 +133,46 @@ def beam_torch(be, qnets, vectors, graph, ef: int, width: int, max_steps: int, *
     return ls, li, visited, scored, steps
 
 
+def _beam(impl, be, qnets, index, graph, ef, width, max_steps, **start):
+    """One beam search by either implementation (identical semantics)."""
+    if impl == "native":
+        from . import native
+
+        return native.beam_search(qnets, index, ef, width, max_steps, **start)
+    s, i, _, scored, steps = beam_torch(be, qnets, index.vectors, graph, ef, width, max_steps, **start)
+    return s, i, scored, steps
+
+
 def default_search(index, qnets, k: int, be, *, impl: str, ef: int, lin_factor: float,
                    num_samples: int, width: int, max_steps: int, passes: int):
     if passes not in (1, 2):
         raise ValueError(f"passes must be 1 or 2, got {passes}")
     vectors = index.vectors
     dev = qnets.device
-    graph = index.graph
-    if impl == "torch":
-        graph = graph.to(dev, torch.int64)
+    graph = index.graph.to(dev, torch.int64) if impl == "torch" else index.graph
     ef_q = max(ef, k)
     ef_lin = max(ef_q, int(math.ceil(lin_factor * ef)))
-    samples = entry_points(index, num_samples, salt=1)
+    samples = entry_points(index, num_samples, salt=1).to(dev)
     at = corpus_mean(index).to(dev)
     lin_scored = q_scored = steps = 0
     best = None  # (scores, ids) of the q-net stage so far
     lin_ids = None
-    qvis = None
     for p in range(passes):
-        w = linearise(qnets, at)
-        lq = linear_qnet(w, qnets.config)
-        if impl == "native":
-            from . import native
-
-            _, lin_ids_new, sc, st = native.beam_search(lq, index, ef_lin, width, max_steps,
-                                                        shared_entries=samples, entries=lin_ids)
-        else:
-            _, lin_ids_new, _, sc, st = beam_torch(be, lq, vectors, graph, ef_lin, width, max_steps,
-                                                    shared_entries=samples if p == 0 else None,
-                                                    entries=None if p == 0 else torch.cat([lin_ids, best[1]], 1))
-        lin_scored = lin_scored + sc
-        steps = steps + st
-        lin_ids = lin_ids_new
-        if impl == "native":
-            from . import native
-
-            bs, bi, sc, st = native.beam_search(qnets, index, ef_q, width, max_steps,
-                                                entries=lin_ids, init=best)
-        else:
-            bs, bi, qvis, sc, st = beam_torch(be, qnets, vectors, graph, ef_q, width, max_steps,
-                                              entries=lin_ids, init=best, visited=qvis)
-        q_scored = q_scored + sc
-        steps = steps + st
+        lq = linear_qnet(linearise(qnets, at), qnets.config)
+        if p == 0:
+            start = {"shared_entries": samples}
+        else:  # start from what the previous pass found, under the new linearisation
+            start = {"entries": torch.cat([lin_ids, best[1]], 1)}
+        _, lin_ids, sc, st = _beam(impl, be, lq, index, graph, ef_lin, width, max_steps, **start)
+        lin_scored, steps = lin_scored + sc, steps + st
+        bs, bi, sc, st = _beam(impl, be, qnets, index, graph, ef_q, width, max_steps,
+                               entries=lin_ids, init=best)
+        q_scored, steps = q_scored + sc, steps + st
         best = (bs, bi)
         if p + 1 < passes:
-            # Re-linearise where the q-net is best; queries with nothing found keep the mean.
+            # Re-linearise where the q-net is best; a query that found nothing keeps the mean.
             top = bi[:, 0]
-            at = torch.where((top >= 0)[:, None], vectors[top.clamp_min(0)].float(), at.expand(len(top), -1))
+            at = torch.where((top >= 0)[:, None], vectors[top.clamp_min(0)].float(),
+                             at.expand(len(top), -1))
     s, i = best[0][:, :k].contiguous(), best[1][:, :k].contiguous()
     return s, i, {"documents_scored": q_scored, "linear_scored": lin_scored, "steps": steps}

@@ -1,7 +1,12 @@
-"""Bridge to the C++ search loops in csrc/graph (``engine._C``)."""
+"""Bridge to the C++ search loops in csrc/graph (``engine._C.graph_*``).
+
+Tensors travel as numpy views (bfloat16 as uint16); float16 q-net weights become float32
+(the kernels take float32 or bfloat16 weights). Threads: ``torch.get_num_threads()``.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 _ERR = None
@@ -29,5 +34,60 @@ def require():
         raise RuntimeError(f"the C++ graph search is not available: {_ERR}")
 
 
-def paper_search(index, qnets, k, **opts):  # filled in with the C++ loop
-    raise NotImplementedError
+def _np(t: torch.Tensor) -> np.ndarray:
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.uint16)
+    return t.numpy()
+
+
+def _qnet(qnets):
+    def conv(t):
+        return _np(t.float() if t.dtype == torch.float16 else t)
+
+    c = qnets.config
+    flags = {
+        "relu": c.activation == "relu",
+        "layer_norm": bool(c.layer_norm),
+        "residual": bool(c.residual),
+        "residual_on_last": bool(c.residual_on_last),
+        "layer_norm_before_residual": bool(c.layer_norm_before_residual),
+        "eps": float(c.eps),
+    }
+    return [conv(w) for w in qnets.weights], [conv(b) for b in qnets.biases], flags
+
+
+def _graph(index) -> np.ndarray:
+    g = index.graph
+    return _np(g if g.dtype == torch.int32 else g.to(torch.int32))
+
+
+def paper_search(index, qnets, k, *, num_entry_points, ncandidates, max_iter, early_stop):
+    from .common import entry_points
+
+    _C = _module()
+    w, b, flags = _qnet(qnets)
+    ent = entry_points(index, num_entry_points)
+    s, i, scored, steps = _C.graph_paper_search(
+        w, b, flags, _np(index.vectors), _graph(index), _np(ent), int(k), int(ncandidates),
+        int(max_iter), bool(early_stop), torch.get_num_threads())
+    return (torch.from_numpy(s), torch.from_numpy(i),
+            {"documents_scored": torch.from_numpy(scored), "steps": torch.from_numpy(steps)})
+
+
+def beam_search(qnets, index, ef, width, max_steps, *, shared_entries=None, entries=None, init=None):
+    """See :func:`engine.graph.beam.beam_torch`; returns (scores, ids, scored, steps)."""
+    _C = _module()
+    Q = qnets.num_queries
+    w, b, flags = _qnet(qnets)
+    empty_i = np.zeros((Q, 0), dtype=np.int64)
+    sh = _np(shared_entries) if shared_entries is not None else np.zeros(0, dtype=np.int64)
+    en = _np(entries) if entries is not None else empty_i
+    if init is not None:
+        init_s, init_i = _np(init[0].float()), _np(init[1])
+    else:
+        init_s, init_i = np.zeros((Q, 0), dtype=np.float32), empty_i
+    s, i, scored, steps = _C.graph_beam_search(
+        w, b, flags, _np(index.vectors), _graph(index), sh, en, init_s, init_i, int(ef), int(width),
+        int(max_steps), torch.get_num_threads())
+    return torch.from_numpy(s), torch.from_numpy(i), torch.from_numpy(scored), torch.from_numpy(steps)

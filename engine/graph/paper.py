@@ -63,6 +63,7 @@ def paper_search_torch(index, qnets, k: int, be, *, num_entry_points: int, ncand
         nbr = g[ex.clamp_min(0)]  # (Q, nc, R)
         ok = (ex >= 0)[:, :, None] & active[:, None, None]
         cand, count = new_candidates(nbr.flatten(1), ok.expand_as(nbr).flatten(1), visited, n)
+        active = active & (count > 0)  # nothing left to score: this query is done
         # One host synchronisation per step: termination and the next width.
         any_active, width = torch.stack([active.any().long(), count.max()]).tolist()
         if not any_active or width == 0:

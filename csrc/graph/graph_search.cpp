@@ -1,0 +1,415 @@
+// Graph search loops on the CPU (engine._C.graph_*): the paper's algorithm and the
+// best-first beam search of the default, one query per OpenMP task, each calling the
+// fused q-net kernel (PackedQNet, csrc/cpu) on the documents it visits. No Python runs
+// between steps. Semantics match engine/graph/paper.py and engine/graph/beam.py exactly:
+// every ordering is (score desc, id asc), so the result does not depend on visit order.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "array_check.h"
+#include "cpu/qnet_kernel.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace hyp {
+
+namespace py = pybind11;
+
+namespace {
+
+// ------------------------------------------------------------------ argument parsing
+
+DType float_dtype(const py::array& a, const char* name) {
+  if (array_is(a, Kind::F32)) return DType::F32;
+  if (array_is(a, Kind::F16)) return DType::F16;
+  if (array_is(a, Kind::BF16)) return DType::BF16;
+  throw py::type_error(std::string(name) + ": expected float32, float16 or bfloat16 (as uint16), got dtype " +
+                       std::string(py::str(a.dtype())));
+}
+
+// Keeps the arrays a QNetView points into alive for one call.
+struct QNetHold {
+  std::vector<py::array> arrays;
+  std::vector<int64_t> dims;
+  std::vector<const void*> w, b;
+  QNetView view;
+};
+
+void parse_qnet(QNetHold& h, const py::list& weights, const py::list& biases, const py::dict& flags) {
+  const int64_t nw = static_cast<int64_t>(weights.size());
+  if (nw < 1) throw std::invalid_argument("weights: a q-net needs at least the output layer");
+  if (static_cast<int64_t>(biases.size()) != nw - 1)
+    throw std::invalid_argument("biases: expected " + std::to_string(nw - 1) + " arrays, got " +
+                                std::to_string(biases.size()));
+  const int L = static_cast<int>(nw - 1);
+  DType wdt = DType::F32;
+  int64_t Q = -1;
+  for (int i = 0; i <= L; ++i) {
+    const std::string name = "weights[" + std::to_string(i) + "]";
+    py::array w = py::reinterpret_borrow<py::object>(weights[i]).cast<py::array>();
+    const DType t = float_dtype(w, name.c_str());
+    if (t == DType::F16) throw py::type_error(name + ": float16 weights must be converted to float32 first");
+    if (i == 0) {
+      wdt = t;
+      check_shape(w, name.c_str(), {-1, -1, -1});
+      Q = w.shape(0);
+      h.dims.push_back(w.shape(1));
+    } else if (t != wdt) {
+      throw py::type_error(name + ": every weight and bias must have the dtype of weights[0]");
+    }
+    check_shape(w, name.c_str(), {Q, h.dims[i], i == L ? 1 : -1});
+    h.dims.push_back(w.shape(2));
+    h.w.push_back(w.data());
+    h.arrays.push_back(w);
+  }
+  for (int i = 0; i < L; ++i) {
+    const std::string name = "biases[" + std::to_string(i) + "]";
+    py::array b = py::reinterpret_borrow<py::object>(biases[i]).cast<py::array>();
+    if (float_dtype(b, name.c_str()) != wdt) throw py::type_error(name + ": dtype differs from weights[0]");
+    check_shape(b, name.c_str(), {Q, h.dims[i + 1]});
+    h.b.push_back(b.data());
+    h.arrays.push_back(b);
+  }
+  for (int64_t d : h.dims)
+    if (d <= 0) throw std::invalid_argument("q-net widths must be positive");
+  auto flag = [&](const char* key) {
+    if (!flags.contains(key)) throw std::invalid_argument(std::string("q-net flags: missing '") + key + "'");
+    return flags[key].cast<bool>();
+  };
+  QNetView& v = h.view;
+  v.num_layers = L;
+  v.num_queries = Q;
+  v.dims = h.dims.data();
+  v.weights = h.w.data();
+  v.biases = h.b.data();
+  v.wdtype = wdt;
+  v.relu = flag("relu");
+  v.layer_norm = flag("layer_norm");
+  v.residual = flag("residual");
+  v.residual_on_last = flag("residual_on_last");
+  v.layer_norm_before_residual = flag("layer_norm_before_residual");
+  if (!flags.contains("eps")) throw std::invalid_argument("q-net flags: missing 'eps'");
+  const double eps = flags["eps"].cast<double>();
+  if (!(eps > 0) || !std::isfinite(eps)) throw std::invalid_argument("eps must be positive and finite");
+  v.eps = static_cast<float>(eps);
+  for (int i = 0; i < L; ++i) {
+    const bool res = v.residual && (v.residual_on_last || i < L - 1);
+    if (res && h.dims[i] != h.dims[i + 1])
+      throw std::invalid_argument("hidden layer " + std::to_string(i) + " has a residual but maps " +
+                                  std::to_string(h.dims[i]) + " -> " + std::to_string(h.dims[i + 1]));
+  }
+}
+
+VectorsView parse_vectors(const py::array& a, int64_t d) {
+  VectorsView v;
+  v.dtype = float_dtype(a, "vectors");
+  check_shape(a, "vectors", {-1, d});
+  v.data = a.data();
+  v.n = a.shape(0);
+  v.d = d;
+  return v;
+}
+
+struct Graph {
+  const int32_t* nbr = nullptr;
+  int64_t n = 0, R = 0;
+};
+
+Graph parse_graph(const py::array& a, int64_t n) {
+  check_kind(a, "graph", Kind::I32);
+  check_shape(a, "graph", {n, -1});
+  return Graph{static_cast<const int32_t*>(a.data()), n, a.shape(1)};
+}
+
+// Ids handed over for a start: each in [0, n) (or -1 = padding where allowed).
+const int64_t* parse_ids(const py::array& a, const char* name, std::vector<int64_t> shape, int64_t n,
+                         bool allow_pad) {
+  check_kind(a, name, Kind::I64);
+  check_shape(a, name, shape);
+  const int64_t* p = static_cast<const int64_t*>(a.data());
+  for (py::ssize_t i = 0; i < a.size(); ++i)
+    if (p[i] >= n || p[i] < (allow_pad ? -1 : 0))
+      throw std::invalid_argument(std::string(name) + ": id " + std::to_string(p[i]) + " out of range for " +
+                                  std::to_string(n) + " documents");
+  return p;
+}
+
+int threads_arg(int t) {
+  if (t < 1) throw std::invalid_argument("num_threads must be at least 1");
+  return t;
+}
+
+// ------------------------------------------------------------------ search state
+
+struct Item {
+  float s;
+  int64_t id;
+};
+inline bool better(const Item& a, const Item& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); }
+
+// Visited marks by epoch: a new query bumps the epoch instead of clearing n entries.
+struct Visited {
+  std::vector<uint32_t> mark;
+  uint32_t epoch = 0;
+  explicit Visited(int64_t n) : mark(static_cast<size_t>(n), 0) {}
+  void next() {
+    if (++epoch == 0) {  // wrapped: clear once every 2^32 queries
+      std::fill(mark.begin(), mark.end(), 0);
+      epoch = 1;
+    }
+  }
+  bool test_set(int64_t i) {
+    if (mark[i] == epoch) return false;
+    mark[i] = epoch;
+    return true;
+  }
+  void set(int64_t i) { mark[i] = epoch; }
+};
+
+// Appends the graph neighbours of `doc` not yet visited to `out`, marking them. A
+// neighbour outside [-1, n) is a corrupt graph: flagged, never followed.
+inline void expand(const Graph& g, int64_t doc, Visited& vis, std::vector<int64_t>& out,
+                   std::atomic<bool>& bad) {
+  const int32_t* row = g.nbr + doc * g.R;
+  for (int64_t j = 0; j < g.R; ++j) {
+    const int64_t nb = row[j];
+    if (nb < 0) {
+      if (nb != -1) bad.store(true, std::memory_order_relaxed);
+      continue;
+    }
+    if (nb >= g.n) {
+      bad.store(true, std::memory_order_relaxed);
+      continue;
+    }
+    if (vis.test_set(nb)) out.push_back(nb);
+  }
+}
+
+void raise_bad_graph(const std::atomic<bool>& bad, int64_t n) {
+  if (bad.load())
+    throw std::invalid_argument("graph holds a neighbour id outside [-1, " + std::to_string(n) + ")");
+}
+
+// ------------------------------------------------------------------ the paper's algorithm
+
+py::tuple paper_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
+                       py::array entries, int64_t k, int64_t ncandidates, int64_t max_iter, bool early_stop,
+                       int num_threads) {
+  QNetHold h;
+  parse_qnet(h, weights, biases, flags);
+  const VectorsView v = parse_vectors(vectors, h.dims[0]);
+  const Graph g = parse_graph(graph, v.n);
+  const int64_t E = entries.ndim() == 1 ? entries.shape(0) : -1;
+  const int64_t* ent = parse_ids(entries, "entries", {-1}, v.n, false);
+  if (k < 1) throw std::invalid_argument("k must be at least 1");
+  if (ncandidates < 1) throw std::invalid_argument("ncandidates must be at least 1");
+  if (max_iter < 1) throw std::invalid_argument("max_iter must be at least 1");
+  const int nt = threads_arg(num_threads);
+  const int64_t Q = h.view.num_queries;
+  py::array_t<float> out_s({Q, k});
+  py::array_t<int64_t> out_i({Q, k});
+  py::array_t<int64_t> out_scored(Q), out_steps(Q);
+  float* os = out_s.mutable_data();
+  int64_t* oi = out_i.mutable_data();
+  int64_t* oscored = out_scored.mutable_data();
+  int64_t* osteps = out_steps.mutable_data();
+  std::atomic<bool> bad{false};
+  {
+    py::gil_scoped_release release;
+#pragma omp parallel num_threads(nt)
+    {
+      Visited vis(v.n);
+      std::vector<int64_t> cand, next;
+      std::vector<float> sc;
+      std::vector<Item> items, heap;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t q = 0; q < Q; ++q) {
+        PackedQNet net(h.view, q);
+        vis.next();
+        cand.clear();
+        for (int64_t i = 0; i < E; ++i)
+          if (vis.test_set(ent[i])) cand.push_back(ent[i]);
+        heap.clear();
+        int64_t scored = 0, steps = 0;
+        const int64_t top_n = std::max(ncandidates, k);
+        // Heap ordered so that its front is the worst item kept.
+        auto heap_cmp = [](const Item& a, const Item& b) { return better(a, b); };
+        for (int64_t it = 0; it < max_iter && !cand.empty(); ++it) {
+          const int64_t C = static_cast<int64_t>(cand.size());
+          sc.resize(C);
+          net.score_gather(v, cand.data(), C, sc.data());
+          scored += C;
+          ++steps;
+          items.resize(C);
+          for (int64_t i = 0; i < C; ++i) items[i] = Item{sc[i], cand[i]};
+          const int64_t T = std::min(top_n, C);
+          std::partial_sort(items.begin(), items.begin() + T, items.end(), better);
+          next.clear();
+          int64_t added = 0;
+          for (int64_t r = 0; r < T; ++r) {
+            const Item& x = items[r];
+            if (static_cast<int64_t>(heap.size()) < k) {
+              heap.push_back(x);
+              std::push_heap(heap.begin(), heap.end(), heap_cmp);
+              ++added;
+            } else if (better(x, heap.front())) {
+              std::pop_heap(heap.begin(), heap.end(), heap_cmp);
+              heap.back() = x;
+              std::push_heap(heap.begin(), heap.end(), heap_cmp);
+              ++added;
+            }
+            if (r < ncandidates) expand(g, x.id, vis, next, bad);
+          }
+          if (added == 0 && early_stop) break;
+          cand.swap(next);
+        }
+        std::sort(heap.begin(), heap.end(), better);
+        for (int64_t j = 0; j < k; ++j) {
+          const bool f = j < static_cast<int64_t>(heap.size());
+          os[q * k + j] = f ? heap[j].s : -std::numeric_limits<float>::infinity();
+          oi[q * k + j] = f ? heap[j].id : -1;
+        }
+        oscored[q] = scored;
+        osteps[q] = steps;
+      }
+    }
+  }
+  raise_bad_graph(bad, v.n);
+  return py::make_tuple(out_s, out_i, out_scored, out_steps);
+}
+
+// ------------------------------------------------------------------ best-first beam search
+
+struct Entry {
+  float s;
+  int64_t id;
+  bool expanded;
+};
+inline bool better_e(const Entry& a, const Entry& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); }
+
+py::tuple beam_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
+                      py::array shared_entries, py::array entries, py::array init_scores, py::array init_ids,
+                      int64_t ef, int64_t width, int64_t max_steps, int num_threads) {
+  QNetHold h;
+  parse_qnet(h, weights, biases, flags);
+  const int64_t Q = h.view.num_queries;
+  const VectorsView v = parse_vectors(vectors, h.dims[0]);
+  const Graph g = parse_graph(graph, v.n);
+  const int64_t* sh = parse_ids(shared_entries, "shared_entries", {-1}, v.n, false);
+  const int64_t S = shared_entries.shape(0);
+  const int64_t* en = parse_ids(entries, "entries", {Q, -1}, v.n, true);
+  const int64_t M = entries.shape(1);
+  check_kind(init_scores, "init_scores", Kind::F32);
+  check_shape(init_scores, "init_scores", {Q, -1});
+  const int64_t I = init_scores.shape(1);
+  const int64_t* ii = parse_ids(init_ids, "init_ids", {Q, I}, v.n, true);
+  const float* is = static_cast<const float*>(init_scores.data());
+  if (S > 0 && I > 0) throw std::invalid_argument("pass shared_entries or init, not both");
+  if (ef < 1) throw std::invalid_argument("ef must be at least 1");
+  if (width < 1) throw std::invalid_argument("width must be at least 1");
+  if (max_steps < 0) throw std::invalid_argument("max_steps must be non-negative");
+  const int nt = threads_arg(num_threads);
+  py::array_t<float> out_s({Q, ef});
+  py::array_t<int64_t> out_i({Q, ef});
+  py::array_t<int64_t> out_scored(Q), out_steps(Q);
+  float* os = out_s.mutable_data();
+  int64_t* oi = out_i.mutable_data();
+  int64_t* oscored = out_scored.mutable_data();
+  int64_t* osteps = out_steps.mutable_data();
+  std::atomic<bool> bad{false};
+  {
+    py::gil_scoped_release release;
+#pragma omp parallel num_threads(nt)
+    {
+      Visited vis(v.n);
+      std::vector<int64_t> ids;
+      std::vector<float> sc;
+      std::vector<Entry> list;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t q = 0; q < Q; ++q) {
+        PackedQNet net(h.view, q);
+        vis.next();
+        list.clear();
+        int64_t scored = 0, steps = 0;
+        // Already scored documents: kept, never scored again.
+        for (int64_t j = 0; j < I; ++j) {
+          const int64_t id = ii[q * I + j];
+          if (id >= 0 && vis.test_set(id)) list.push_back(Entry{is[q * I + j], id, false});
+        }
+        ids.clear();
+        for (int64_t j = 0; j < S; ++j)
+          if (vis.test_set(sh[j])) ids.push_back(sh[j]);
+        for (int64_t j = 0; j < M; ++j) {
+          const int64_t id = en[q * M + j];
+          if (id >= 0 && vis.test_set(id)) ids.push_back(id);
+        }
+        auto score_into_list = [&]() {
+          const int64_t m = static_cast<int64_t>(ids.size());
+          if (m == 0) return;
+          sc.resize(m);
+          net.score_gather(v, ids.data(), m, sc.data());
+          scored += m;
+          for (int64_t j = 0; j < m; ++j) list.push_back(Entry{sc[j], ids[j], false});
+          const int64_t keep = std::min<int64_t>(ef, static_cast<int64_t>(list.size()));
+          std::partial_sort(list.begin(), list.begin() + keep, list.end(), better_e);
+          list.resize(keep);
+        };
+        score_into_list();
+        {
+          const int64_t keep = std::min<int64_t>(ef, static_cast<int64_t>(list.size()));
+          std::partial_sort(list.begin(), list.begin() + keep, list.end(), better_e);
+          list.resize(keep);
+        }
+        for (int64_t st = 0; st < max_steps; ++st) {
+          ids.clear();
+          int64_t picked = 0;
+          for (auto& e : list) {  // the `width` best unexpanded entries
+            if (e.expanded) continue;
+            e.expanded = true;
+            expand(g, e.id, vis, ids, bad);
+            if (++picked == width) break;
+          }
+          if (picked == 0) break;
+          ++steps;
+          score_into_list();
+        }
+        const int64_t L = static_cast<int64_t>(list.size());
+        for (int64_t j = 0; j < ef; ++j) {
+          os[q * ef + j] = j < L ? list[j].s : -std::numeric_limits<float>::infinity();
+          oi[q * ef + j] = j < L ? list[j].id : -1;
+        }
+        oscored[q] = scored;
+        osteps[q] = steps;
+      }
+    }
+  }
+  raise_bad_graph(bad, v.n);
+  return py::make_tuple(out_s, out_i, out_scored, out_steps);
+}
+
+}  // namespace
+
+void register_graph(py::module_& m) {
+  m.def("graph_paper_search", &paper_search, py::arg("weights"), py::arg("biases"), py::arg("flags"),
+        py::arg("vectors"), py::arg("graph"), py::arg("entries"), py::arg("k"), py::arg("ncandidates"),
+        py::arg("max_iter"), py::arg("early_stop"), py::arg("num_threads"),
+        "The paper's graph search: (scores (Q, k), ids (Q, k), scored (Q,), steps (Q,)).");
+  m.def("graph_beam_search", &beam_search, py::arg("weights"), py::arg("biases"), py::arg("flags"),
+        py::arg("vectors"), py::arg("graph"), py::arg("shared_entries"), py::arg("entries"),
+        py::arg("init_scores"), py::arg("init_ids"), py::arg("ef"), py::arg("width"), py::arg("max_steps"),
+        py::arg("num_threads"),
+        "Best-first beam search: (scores (Q, ef), ids (Q, ef), scored (Q,), steps (Q,)).");
+}
+
+}  // namespace hyp
