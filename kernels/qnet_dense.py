@@ -24,7 +24,7 @@ def _score_keys(score, ids, valid):
     key32 = tl.where(bits < 0, ~bits, bits | (-2147483648))
     hi = (key32.to(tl.int64) & 0xFFFFFFFF) - 2147483648
     key = (hi << 32) | (4294967295 - ids)
-    return tl.where(valid, key, -9223372036854775808)
+    return tl.where(valid, key, -9223372036854775807 - 1)  # PAD_KEY, kept in int64 range
 
 
 @triton.autotune(configs=launch.autotune_configs(), key=["d", "ld_s", "L", "BN", "TOPK"])

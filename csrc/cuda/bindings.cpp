@@ -3,6 +3,7 @@
 // first use by engine/backends/cuda.py; the kernels run on torch's current stream,
 // whose handle the caller passes in.
 
+#include <pybind11/stl.h>  // the meta table arrives as a list of lists
 #include <torch/extension.h>
 
 #include <string>
