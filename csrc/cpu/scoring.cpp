@@ -106,22 +106,28 @@ PackPlan make_plan(const QNetView& qn, const KernelOps& ops) {
   return pl;
 }
 
-// Packing is split into tasks so that large q-nets pack on all threads: one task per
-// (hidden layer, panel) plus one for the biases and output weights.
+// Packing is split into tasks so that large q-nets pack on all threads: fp32 panels by
+// chunks of kPackRows weight rows (each row read once, sequentially, and scattered into
+// the panels), bf16 pairs by panel, plus one task for the biases and output weights.
+constexpr int64_t kPackRows = 64;
+
 struct PackTasks {
-  std::vector<int> layer;
-  std::vector<int64_t> panel;  // -1: biases + output weights
+  std::vector<int> layer;      // -1: biases + output weights
+  std::vector<int64_t> index;  // row chunk (F32) or panel (BF16_PAIRS)
 };
 
 PackTasks make_tasks(const QNetView& qn, const PackPlan& pl) {
   PackTasks t;
-  for (int i = 0; i < qn.num_layers; ++i)
-    for (int64_t p = 0; p < pl.out_pad[i] / pl.nr; ++p) {
+  for (int i = 0; i < qn.num_layers; ++i) {
+    const int64_t n = pl.format == PackFormat::F32 ? (qn.dims[i] + kPackRows - 1) / kPackRows
+                                                   : pl.out_pad[i] / pl.nr;
+    for (int64_t j = 0; j < n; ++j) {
       t.layer.push_back(i);
-      t.panel.push_back(p);
+      t.index.push_back(j);
     }
+  }
   t.layer.push_back(-1);
-  t.panel.push_back(-1);
+  t.index.push_back(-1);
   return t;
 }
 
@@ -143,15 +149,18 @@ void pack_task(const QNetView& qn, int64_t q, const PackPlan& pl, const KernelOp
   }
   const int64_t in = qn.dims[layer], out = qn.dims[layer + 1], nr = pl.nr;
   const char* src = static_cast<const char*>(qn.weights[layer]) + q * in * out * es;
-  const int64_t c0 = p * nr, cols = std::min<int64_t>(nr, out - c0);
   if (pl.format == PackFormat::F32) {
-    float* dst = reinterpret_cast<float*>(base + pl.w_off[layer]) + p * in * nr;
-    for (int64_t k = 0; k < in; ++k) {
-      float* d = dst + k * nr;
-      ops.convert_row(qn.wdtype, src + (k * out + c0) * es, d, cols);
-      for (int64_t j = cols; j < nr; ++j) d[j] = 0.0f;
+    const int64_t op = pl.out_pad[layer], k0 = p * kPackRows, k1 = std::min(in, k0 + kPackRows);
+    thread_local std::vector<float> row;
+    row.assign(static_cast<size_t>(op), 0.0f);
+    float* dst = reinterpret_cast<float*>(base + pl.w_off[layer]);
+    for (int64_t k = k0; k < k1; ++k) {
+      ops.convert_row(qn.wdtype, src + k * out * es, row.data(), out);
+      for (int64_t c = 0; c < op; c += nr)
+        std::memcpy(dst + c * in + k * nr, row.data() + c, static_cast<size_t>(nr) * sizeof(float));
     }
   } else {  // BF16_PAIRS from bf16 weights: bits copied, k and columns zero-padded
+    const int64_t c0 = p * nr, cols = std::min<int64_t>(nr, out - c0);
     const int64_t ip = pl.in_pad[layer];
     uint16_t* dst = reinterpret_cast<uint16_t*>(base + pl.w_off[layer]) + p * ip * nr;
     const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
@@ -277,7 +286,7 @@ void run_pairs(const QNetView& qn, int64_t items, int num_threads, int64_t block
       for (int64_t t = 0; t < gq * ntasks; ++t) {
         const int64_t qi = t / ntasks, ti = t % ntasks;
         char* base = pbase + qi * pl.bytes;
-        pack_task(qn, g0 + qi, pl, ops, tasks.layer[ti], tasks.panel[ti], base);
+        pack_task(qn, g0 + qi, pl, ops, tasks.layer[ti], tasks.index[ti], base);
         if (tasks.layer[ti] < 0) views[qi] = make_view(qn, pl, base, &layers[qi * std::max(1, qn.num_layers)]);
       }
 #pragma omp for schedule(dynamic, 1)
@@ -387,7 +396,7 @@ struct PackedQNet::Impl {
     plan = make_plan(qn, *ops);
     char* base = static_cast<char*>(buf.get(plan.bytes));
     const PackTasks t = make_tasks(qn, plan);
-    for (size_t i = 0; i < t.layer.size(); ++i) pack_task(qn, q, plan, *ops, t.layer[i], t.panel[i], base);
+    for (size_t i = 0; i < t.layer.size(); ++i) pack_task(qn, q, plan, *ops, t.layer[i], t.index[i], base);
     layers.resize(static_cast<size_t>(std::max(1, qn.num_layers)));
     view = make_view(qn, plan, base, layers.data());
     fwd = forward_for(*ops, plan.format);
