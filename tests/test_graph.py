@@ -185,7 +185,8 @@ def test_k_larger_than_reached_is_padded(impl, preset):
     # A graph of isolated documents: the search reaches only its starting documents.
     idx.set_graph(torch.full((40, 4), -1, dtype=torch.int32), {"seed": 0})
     q = engine.synthetic.qnets(3, [8, 8, 1], seed=1)
-    opts = {"num_entry_points": 5} if preset == "paper" else {"num_samples": 5, "ef": 4}
+    opts = ({"num_entry_points": 5} if preset == "paper"
+            else {"num_samples": 5, "ef": 4, "linear_search": "graph"})
     r = idx.search(q, 30, mode="graph", preset=preset, impl=impl, **opts)
     assert r.ids.shape == (3, 30) and r.scores.shape == (3, 30)
     found = (r.ids >= 0).sum(1)

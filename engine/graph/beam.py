@@ -38,7 +38,9 @@ BEAM_DEFAULTS = {
     "width": 4,  # documents expanded per step
     "max_steps": 256,
     "passes": 1,
+    "linear_search": "scan",  # "scan": blocked matmul over all documents; "graph": beam
 }
+LINEAR_SEARCHES = ("scan", "graph")
 
 
 def corpus_mean(index) -> torch.Tensor:
@@ -133,6 +135,44 @@ def beam_torch(be, qnets, vectors, graph, ef: int, width: int, max_steps: int, *
     return ls, li, visited, scored, steps
 
 
+def linear_scan(vectors: torch.Tensor, w: torch.Tensor, m: int, block: int = 1 << 17) -> torch.Tensor:
+    """Ids ``(Q, m)`` of the documents with the largest ``x . w_q`` (exact, blocked: one
+    matmul per block of documents, d MACs per document and query), ties by lower id."""
+    Q, n = w.shape[0], vectors.shape[0]
+    m = min(m, n)
+    run_s = torch.full((Q, 0), float("-inf"), device=w.device)
+    run_i = torch.full((Q, 0), -1, dtype=torch.int64, device=w.device)
+    for s0 in range(0, n, block):
+        xb = vectors[s0 : s0 + block]
+        if xb.device.type == "cuda" and xb.dtype != torch.float32:  # tensor cores
+            sc = (w.to(xb.dtype) @ xb.T).float()
+        else:
+            sc = w @ xb.float().T
+        ids = torch.arange(s0, s0 + xb.shape[0], device=w.device).expand(Q, -1)
+        if sc.shape[1] > m:  # the block's own best m first: less to merge
+            sc, pos = torch.topk(sc, m, dim=1)
+            ids = torch.gather(ids, 1, pos)
+        run_s, run_i = sort_by_key(torch.cat([run_s, sc], 1), torch.cat([run_i, ids], 1))
+        run_s, run_i = run_s[:, :m], run_i[:, :m]
+    return run_i
+
+
+def scan_matrix(index) -> torch.Tensor:
+    """The corpus as the linear scan reads it: on the CPU a float32 copy, made once and
+    cached on the index (converting half-precision blocks on every query cost more than
+    the dot products themselves); on CUDA the vectors as they are (tensor cores)."""
+    v = index.vectors
+    if v.device.type != "cpu" or v.dtype == torch.float32:
+        return v
+    m = index.__dict__.get("_graph_scan_f32")
+    if m is None:
+        m = torch.empty(v.shape, dtype=torch.float32)
+        for s0 in range(0, v.shape[0], 1 << 16):
+            m[s0 : s0 + (1 << 16)] = v[s0 : s0 + (1 << 16)].float()
+        index._graph_scan_f32 = m
+    return m
+
+
 def _beam(impl, be, qnets, index, graph, ef, width, max_steps, **start):
     """One beam search by either implementation (identical semantics)."""
     if impl == "native":
@@ -144,9 +184,11 @@ def _beam(impl, be, qnets, index, graph, ef, width, max_steps, **start):
 
 
 def default_search(index, qnets, k: int, be, *, impl: str, ef: int, lin_factor: float,
-                   num_samples: int, width: int, max_steps: int, passes: int):
+                   num_samples: int, width: int, max_steps: int, passes: int, linear_search: str):
     if passes not in (1, 2):
         raise ValueError(f"passes must be 1 or 2, got {passes}")
+    if linear_search not in LINEAR_SEARCHES:
+        raise ValueError(f"linear_search must be one of {LINEAR_SEARCHES}, got {linear_search!r}")
     vectors = index.vectors
     dev = qnets.device
     graph = index.graph.to(dev, torch.int64) if impl == "torch" else index.graph
@@ -158,13 +200,18 @@ def default_search(index, qnets, k: int, be, *, impl: str, ef: int, lin_factor: 
     best = None  # (scores, ids) of the q-net stage so far
     lin_ids = None
     for p in range(passes):
-        lq = linear_qnet(linearise(qnets, at), qnets.config)
-        if p == 0:
-            start = {"shared_entries": samples}
-        else:  # start from what the previous pass found, under the new linearisation
-            start = {"entries": torch.cat([lin_ids, best[1]], 1)}
-        _, lin_ids, sc, st = _beam(impl, be, lq, index, graph, ef_lin, width, max_steps, **start)
-        lin_scored, steps = lin_scored + sc, steps + st
+        w = linearise(qnets, at)
+        if linear_search == "scan":
+            lin_ids = linear_scan(scan_matrix(index), w, ef_lin)
+            lin_scored = lin_scored + torch.full((qnets.num_queries,), len(index), dtype=torch.int64, device=dev)
+        else:
+            lq = linear_qnet(w, qnets.config)
+            if p == 0:
+                start = {"shared_entries": samples}
+            else:  # start from what the previous pass found, under the new linearisation
+                start = {"entries": torch.cat([lin_ids, best[1]], 1)}
+            _, lin_ids, sc, st = _beam(impl, be, lq, index, graph, ef_lin, width, max_steps, **start)
+            lin_scored, steps = lin_scored + sc, steps + st
         bs, bi, sc, st = _beam(impl, be, qnets, index, graph, ef_q, width, max_steps,
                                entries=lin_ids, init=best)
         q_scored, steps = q_scored + sc, steps + st

@@ -1,0 +1,207 @@
+"""Latency-recall of graph search against exact search and the Python paper baseline.
+
+Cases: (a) ``debian``: ../shared/data/debian-minilm with its stored dev q-nets;
+(b) ``syn1m``: synthetic 1M x 768 bf16 corpus, 2-layer synthetic q-nets;
+(c) ``--gpu``: synthetic 8.8M x 768 bf16 on CUDA, 6-layer q-nets (torch path).
+Exact search, the Python reference of the paper's algorithm (bench/paper_baseline.py)
+and the engine are measured in the same run; exact ground truth (top-100) is cached under
+/tmp. Latency is per query (batch 1); throughput is for the whole batch at once.
+
+    python bench/bench_graph.py --quick            # debian, fewer points
+    python bench/bench_graph.py --cases debian syn1m
+    python bench/bench_graph.py --gpu [--gpu-n 8800000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+import engine
+from engine.graph.common import entry_points
+from paper_baseline import paper_search_python
+
+import graph_data as gd
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def one(q: engine.QNet, i: int) -> engine.QNet:
+    return engine.QNet([w[i : i + 1] for w in q.weights], [b[i : i + 1] for b in q.biases], q.config)
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def per_query(idx, q, k, nq, **opts):
+    """Batch-1 latencies (s) and results of the first ``nq`` queries."""
+    lat, ids, scored = [], [], 0
+    for i in range(nq):
+        qi = one(q, i)
+        sync(q.device)
+        t = time.perf_counter()
+        r = idx.search(qi, k, **opts)
+        sync(q.device)
+        lat.append(time.perf_counter() - t)
+        ids.append(r.ids.cpu())
+        scored += r.stats.get("documents_scored", 0)
+    return lat, torch.cat(ids), scored / nq
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def row(name, lat, ids, truth, n, scored, batch_qps=None):
+    return {
+        "method": name,
+        "recall@10": gd.recall(ids, truth, 10),
+        "recall@100": gd.recall(ids, truth, 100) if ids.shape[1] >= 100 else float("nan"),
+        "scored %": 100 * scored / n,
+        "p50 ms": 1e3 * statistics.median(lat),
+        "p95 ms": 1e3 * pct(lat, 95),
+        "batch q/s": batch_qps if batch_qps is not None else float("nan"),
+    }
+
+
+def table(title, rows, extra=""):
+    cols = list(rows[0])
+    out = [f"### {title}", extra, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    text = "\n".join(out)
+    print(text, flush=True)
+    return text
+
+
+def run_case(name, idx, q, *, nq_lat, nq_base, efs, exact_queries, gpu=False):
+    n = len(idx)
+    dev = q.device
+    rows = []
+    t = time.perf_counter()
+    truth_s, truth, _ = gd.exact_truth(name, idx, q, 100)
+    truth = truth[:nq_lat]
+    # Exact, timed in this run on a few queries (batch 1).
+    lat, _, _ = per_query(idx, q, 100, exact_queries, mode="exact")
+    rows.append(row("exact", lat, truth[:exact_queries], truth[:exact_queries], n, n))
+    # Python reference of the paper's algorithm, and the engine's paper preset.
+    ent = entry_points(idx, 10_000)
+    qb = engine.QNet([w[:nq_base] for w in q.weights], [b[:nq_base] for b in q.biases], q.config)
+    t0 = time.perf_counter()
+    ref, st = paper_search_python(qb, idx.vectors, idx.graph, ent, 100,
+                                  backend="cuda" if gpu else "auto")
+    base_lat = (time.perf_counter() - t0) / nq_base
+    base_ids = torch.tensor([r[1] + [-1] * (100 - len(r[1])) for r in ref])
+    base_scored = sum(s["documents_scored"] for s in st) / nq_base
+    rows.append(row("paper, Python baseline", [base_lat], base_ids, truth[:nq_base], n, base_scored))
+    lat, ids, scored = per_query(idx, q, 100, nq_lat, mode="graph", preset="paper")
+    same = torch.equal(ids[:nq_base], base_ids)
+    sync(dev)
+    t0 = time.perf_counter()
+    idx.search(q, 100, mode="graph", preset="paper")
+    sync(dev)
+    qps = q.num_queries / (time.perf_counter() - t0)
+    rows.append(row("paper preset, engine", lat, ids, truth, n, scored, qps))
+    speed_paper = base_lat / statistics.median(lat[:nq_base])
+    for passes in (1, 2):
+        for ef in efs:
+            opts = dict(mode="graph", ef=ef, passes=passes)
+            lat, ids10, scored = per_query(idx, q, 10, nq_lat, **opts)
+            _, ids100, _ = per_query(idx, q, 100, min(nq_lat, 8), **opts)
+            sync(dev)
+            t0 = time.perf_counter()
+            idx.search(q, 10, **opts)
+            sync(dev)
+            qps = q.num_queries / (time.perf_counter() - t0)
+            r = row(f"default ef={ef} passes={passes}", lat, ids10, truth, n, scored, qps)
+            r["recall@100"] = gd.recall(ids100, truth[: ids100.shape[0]], 100)
+            rows.append(r)
+    extra = (f"n = {n:,}, d = {idx.dim}, q-net {q.vector_dimensions}, {nq_lat} queries "
+             f"(exact timed on {exact_queries}, Python baseline on {nq_base}); paper preset "
+             f"identical to the Python baseline on those: **{same}**, {speed_paper:.1f}x faster. "
+             f"({time.perf_counter() - t:.0f} s)")
+    return rows, extra
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], results.items()):
+        for passes, mk in ((1, "o-"), (2, "s-")):
+            pts = [(r["p50 ms"], r["recall@10"]) for r in rows if r["method"].endswith(f"passes={passes}")]
+            if pts:
+                ax.plot(*zip(*pts), mk, label=f"default, passes={passes} (ef sweep)")
+        for r in rows:
+            if not r["method"].startswith("default"):
+                ax.plot([r["p50 ms"]], [r["recall@10"]], "x" if "exact" in r["method"] else "^",
+                        markersize=9, label=r["method"])
+        ax.set_xscale("log")
+        ax.set_xlabel("p50 latency per query, ms (batch 1)")
+        ax.set_ylabel("recall@10 vs exact")
+        ax.set_title(name)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"saved {path}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", nargs="+", default=["debian", "syn1m"], choices=["debian", "syn1m"])
+    ap.add_argument("--quick", action="store_true", help="debian only, fewer queries and points")
+    ap.add_argument("--gpu", action="store_true", help="case (c) on CUDA")
+    ap.add_argument("--gpu-n", type=int, default=8_800_000)
+    ap.add_argument("--gpu-device", default="cuda", help="for a dry run: cpu")
+    ap.add_argument("--png", default=os.path.join(HERE, "graph_latency_recall.png"))
+    args = ap.parse_args(argv)
+    print(f"# bench_graph: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d %H:%M')}")
+    results = {}
+    if args.gpu:
+        dev = torch.device(args.gpu_device)
+        x = engine.synthetic.vectors(args.gpu_n, 768, seed=0, dtype=torch.bfloat16).to(dev)
+        q = engine.synthetic.qnets(64, [768] * 7 + [1], seed=1, corpus_seed=0, dtype=torch.bfloat16).to(device=dev)
+        idx = engine.Index(x, _checked=True)
+        t = time.perf_counter()
+        idx.build_graph(32, method="exact", block_size=4096)
+        print(f"graph build on {dev}: {time.perf_counter() - t:.1f}s")
+        rows, extra = run_case(f"gpu{args.gpu_n}", idx, q, nq_lat=32, nq_base=2, efs=(8, 16, 32, 64),
+                               exact_queries=2, gpu=True)
+        table(f"(c) synthetic {args.gpu_n:,} x 768 bf16 on {dev}", rows, extra)
+        return
+    cases = ["debian"] if args.quick else args.cases
+    for name in cases:
+        if name == "debian":
+            x, q = gd.debian(64)
+            idx = gd.index_with_graph("debian", x, 32)
+            nq = 16 if args.quick else 64
+            q = engine.QNet([w[:nq] for w in q.weights], [b[:nq] for b in q.biases], q.config)
+            rows, extra = run_case("debian", idx, q, nq_lat=nq, nq_base=4 if args.quick else 8,
+                                   efs=(8, 16, 32) if args.quick else (4, 8, 16, 32, 64, 128),
+                                   exact_queries=4)
+            table("(a) debian-minilm, trained q-nets", rows, extra)
+        else:
+            x, q = gd.synthetic(1_000_000, 768, 2, 8)
+            idx = gd.index_with_graph("syn1m", x, 32)
+            rows, extra = run_case("syn1m", idx, q, nq_lat=8, nq_base=2, efs=(8, 16, 32, 64),
+                                   exact_queries=1)
+            table("(b) synthetic 1M x 768 bf16, 2-layer synthetic q-nets", rows, extra)
+        results[name] = rows
+    plot(results, args.png)
+
+
+if __name__ == "__main__":
+    main()
