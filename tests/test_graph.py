@@ -150,12 +150,12 @@ def test_paper_entry_points_fixed_by_seed(small):
 def test_default_finds_exact_top10(small, impl):
     idx, q = small
     ex = idx.search(q, 10)
-    r = idx.search(q, 10, mode="graph", impl=impl, ef=64)
+    r = idx.search(q, 10, mode="graph", impl=impl, ef=32, passes=1)
     assert recall(r.ids, ex.ids) >= 0.95
     # Scores returned are the q-net's own scores of the returned documents.
     ref = engine.score_gather(q, idx.vectors, r.ids)
     torch.testing.assert_close(r.scores, ref, rtol=1e-4, atol=1e-4)
-    assert r.stats["documents_scored"] < 6 * len(idx)
+    assert r.stats["documents_scored"] < q.num_queries * len(idx) / 2
 
 
 def test_default_knob_trades_work_for_recall(small):
