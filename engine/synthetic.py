@@ -31,7 +31,8 @@ from .qnet_config import QNetConfig
 
 CHUNK = 1 << 16  # rows per yielded chunk
 _UNIT = 1 << 12  # rows per seeded unit: a corpus of n rows is a prefix of any larger one
-_SPECTRUM_POWER = 0.45  # fitted to the centred spectrum of the MiniLM vectors
+_SPECTRUM_POWER = 0.45
+_TRAINED_WEIGHT_STD = 0.7  # std of the debian-minilm checkpoint's hidden q-net weights  # fitted to the centred spectrum of the MiniLM vectors
 
 
 class CorpusModel:
@@ -156,5 +157,13 @@ def qnets(num_queries: int, dims: list[int] | None = None, *, seed: int = 0,
         signal = a / a.norm(dim=1, keepdim=True)
     w_out = 0.6 * torch.randn(Q, dims[L], 1, generator=g) + 0.5 * signal[:, :, None] * math.sqrt(dims[L]) / 4
     weights.append(w_out)
-    return QNet([w.to(dtype) for w in weights], [b.to(dtype) for b in biases],
-                config or QNetConfig())
+    cfg = config or QNetConfig()
+    if cfg.layer_norm and cfg.activation == "relu":
+        # relu is positively homogeneous and the layer norm undoes any scale, so scaling a
+        # hidden layer's weights and bias together changes no score: bring the weights to
+        # the trained q-nets' scale (std about 0.7) for realistic magnitudes in the kernels.
+        for i in range(L):
+            c = _TRAINED_WEIGHT_STD / float(weights[i].std())
+            weights[i] = weights[i] * c
+            biases[i] = biases[i] * c
+    return QNet([w.to(dtype) for w in weights], [b.to(dtype) for b in biases], cfg)
