@@ -14,5 +14,9 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" 
 @pytest.fixture(scope="session")
 def debian_dir() -> pathlib.Path:
     if not SHARED.is_dir():
-        pytest.fail(f"the data set ../shared/data/debian-minilm is missing (looked in {SHARED})")
+        msg = f"the data set ../shared/data/debian-minilm is missing (looked in {SHARED})"
+        # Only a machine that cannot have the data (the lent GPU machine) may skip.
+        if os.environ.get("HYPENCODER_NO_SHARED_DATA") == "1":
+            pytest.skip(msg)
+        pytest.fail(msg)
     return SHARED
