@@ -12,7 +12,9 @@ def print_table(headers: list[str], rows: list[list], file=None) -> None:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for j, r in enumerate(cells):
-        print("  ".join(c.rjust(w) if j else c.ljust(w) for c, w in zip(r, widths)), file=file)
+        # Labels (first column) left-aligned, values right-aligned.
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip(),
+              file=file)
         if j == 0:
             print("  ".join("-" * w for w in widths), file=file)
 
