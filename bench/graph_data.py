@@ -32,7 +32,16 @@ def debian(num_queries: int = 64):
 
 
 def synthetic(n: int, dim: int, layers: int, num_queries: int, *, seed: int = 0, dtype=torch.bfloat16):
-    x = engine.synthetic.vectors(n, dim, seed=seed, dtype=dtype)
+    """(vectors, q-nets); bf16 vectors are generated once and memory-mapped from /tmp."""
+    if dtype == torch.bfloat16:
+        f = _path(f"syn{n}x{dim}-s{seed}.bf16.npy")
+        if not os.path.exists(f):
+            x = engine.synthetic.vectors(n, dim, seed=seed, dtype=dtype)
+            np.save(f + ".part.npy", x.view(torch.uint16).numpy())
+            os.replace(f + ".part.npy", f)
+        x = torch.from_numpy(np.load(f, mmap_mode="r+")).view(torch.bfloat16)
+    else:
+        x = engine.synthetic.vectors(n, dim, seed=seed, dtype=dtype)
     q = engine.synthetic.qnets(num_queries, [dim] * (layers + 1) + [1], seed=seed + 1, corpus_seed=seed)
     return x, q
 
@@ -81,3 +90,25 @@ def recall(found: torch.Tensor, truth: torch.Tensor, k: int) -> float:
     for a, b in zip(found[:, :k].tolist(), truth[:, :k].tolist()):
         hits += len(set(a) & set(b))
     return hits / (k * truth.shape[0])
+
+
+def graph_recall(idx: engine.Index, rows: int = 1000, seed: int = 0) -> float:
+    """Share of the exact R nearest other documents that the graph lists, on ``rows``
+    sampled documents (exact distances by blocked matmul against the whole corpus)."""
+    g = idx.graph
+    n, r = g.shape
+    rng = np.random.default_rng(seed)
+    sample = torch.from_numpy(np.sort(rng.choice(n, size=min(rows, n), replace=False)))
+    q = idx.vectors[sample].float()
+    best_d = torch.full((len(sample), 0), float("inf"))
+    best_i = torch.full((len(sample), 0), -1, dtype=torch.int64)
+    for s in range(0, n, 1 << 16):
+        xb = idx.vectors[s : s + (1 << 16)].float()
+        d = torch.addmm(xb.pow(2).sum(1)[None], q, xb.T, alpha=-2.0)
+        ids = torch.arange(s, s + xb.shape[0]).expand(len(sample), -1)
+        d = d.masked_fill(ids == sample[:, None], float("inf"))
+        d, ids = torch.cat([best_d, d], 1), torch.cat([best_i, ids], 1)
+        best_d, pos = torch.topk(d, min(r, d.shape[1]), dim=1, largest=False)
+        best_i = torch.gather(ids, 1, pos)
+    hits = sum(len(set(a) & set(b)) for a, b in zip(g[sample].tolist(), best_i.tolist()))
+    return hits / best_i.numel()

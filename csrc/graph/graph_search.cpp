@@ -201,6 +201,34 @@ void raise_bad_graph(const std::atomic<bool>& bad, int64_t n) {
     throw std::invalid_argument("graph holds a neighbour id outside [-1, " + std::to_string(n) + ")");
 }
 
+// Scores ids[0..m) for one packed query on `inner` threads: with fewer queries than
+// threads (batch 1), the candidates of a step are split over the threads instead of the
+// queries. A document's score does not depend on the chunk it is scored in.
+inline void score_split(const PackedQNet& net, const VectorsView& v, const int64_t* ids, int64_t m,
+                        float* out, int inner) {
+  constexpr int64_t kMinPerThread = 32;  // below this a thread costs more than it saves
+  const int64_t parts = std::min<int64_t>(inner, m / kMinPerThread);
+  if (parts <= 1) {
+    net.score_gather(v, ids, m, out);
+    return;
+  }
+  const int64_t per = (m + parts - 1) / parts;
+#pragma omp parallel for num_threads(static_cast<int>(parts)) schedule(static, 1)
+  for (int64_t p = 0; p < parts; ++p) {
+    const int64_t lo = p * per, hi = std::min(m, lo + per);
+    if (lo < hi) net.score_gather(v, ids + lo, hi - lo, out + lo);
+  }
+}
+
+// Threads over queries when there are enough of them, else over each query's candidates.
+struct Split {
+  int outer, inner;
+};
+inline Split split_threads(int64_t Q, int nt) {
+  if (Q >= nt) return {nt, 1};
+  return {1, nt};
+}
+
 // ------------------------------------------------------------------ the paper's algorithm
 
 py::tuple paper_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
@@ -225,9 +253,10 @@ py::tuple paper_search(py::list weights, py::list biases, py::dict flags, py::ar
   int64_t* oscored = out_scored.mutable_data();
   int64_t* osteps = out_steps.mutable_data();
   std::atomic<bool> bad{false};
+  const Split sp = split_threads(Q, nt);
   {
     py::gil_scoped_release release;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(sp.outer)
     {
       Visited vis(v.n);
       std::vector<int64_t> cand, next;
@@ -248,7 +277,7 @@ py::tuple paper_search(py::list weights, py::list biases, py::dict flags, py::ar
         for (int64_t it = 0; it < max_iter && !cand.empty(); ++it) {
           const int64_t C = static_cast<int64_t>(cand.size());
           sc.resize(C);
-          net.score_gather(v, cand.data(), C, sc.data());
+          score_split(net, v, cand.data(), C, sc.data(), sp.inner);
           scored += C;
           ++steps;
           items.resize(C);
@@ -328,9 +357,10 @@ py::tuple beam_search(py::list weights, py::list biases, py::dict flags, py::arr
   int64_t* oscored = out_scored.mutable_data();
   int64_t* osteps = out_steps.mutable_data();
   std::atomic<bool> bad{false};
+  const Split sp = split_threads(Q, nt);
   {
     py::gil_scoped_release release;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(sp.outer)
     {
       Visited vis(v.n);
       std::vector<int64_t> ids;
@@ -358,7 +388,7 @@ py::tuple beam_search(py::list weights, py::list biases, py::dict flags, py::arr
           const int64_t m = static_cast<int64_t>(ids.size());
           if (m == 0) return;
           sc.resize(m);
-          net.score_gather(v, ids.data(), m, sc.data());
+          score_split(net, v, ids.data(), m, sc.data(), sp.inner);
           scored += m;
           for (int64_t j = 0; j < m; ++j) list.push_back(Entry{sc[j], ids[j], false});
           const int64_t keep = std::min<int64_t>(ef, static_cast<int64_t>(list.size()));
@@ -400,7 +430,10 @@ py::tuple beam_search(py::list weights, py::list biases, py::dict flags, py::arr
 
 }  // namespace
 
+void register_graph_scan(py::module_& m);  // linear_scan.cpp
+
 void register_graph(py::module_& m) {
+  register_graph_scan(m);
   m.def("graph_paper_search", &paper_search, py::arg("weights"), py::arg("biases"), py::arg("flags"),
         py::arg("vectors"), py::arg("graph"), py::arg("entries"), py::arg("k"), py::arg("ncandidates"),
         py::arg("max_iter"), py::arg("early_stop"), py::arg("num_threads"),

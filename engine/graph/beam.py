@@ -161,9 +161,10 @@ def linear_scan(vectors: torch.Tensor, w: torch.Tensor, m: int, block: int = 1 <
 
 
 def scan_matrix(index) -> torch.Tensor:
-    """The corpus as the linear scan reads it: on the CPU a float32 copy, made once and
-    cached on the index (converting half-precision blocks on every query cost more than
-    the dot products themselves); on CUDA the vectors as they are (tensor cores)."""
+    """The corpus as the torch linear scan reads it: on the CPU a float32 copy, made once
+    and cached on the index (converting half-precision blocks on every query cost more
+    than the dot products themselves); on CUDA the vectors as they are (tensor cores).
+    The C++ path (``impl="native"``) reads the stored dtype directly instead."""
     v = index.vectors
     if v.device.type != "cpu" or v.dtype == torch.float32:
         return v
@@ -205,7 +206,12 @@ def default_search(index, qnets, k: int, be, *, impl: str, ef: int, lin_factor: 
     for p in range(passes):
         w = linearise(qnets, at)
         if linear_search == "scan":
-            lin_ids = linear_scan(scan_matrix(index), w, ef_lin)
+            if impl == "native":
+                from . import native
+
+                lin_ids = native.linear_topk(index, w, ef_lin)
+            else:
+                lin_ids = linear_scan(scan_matrix(index), w, ef_lin)
             lin_scored = lin_scored + torch.full((qnets.num_queries,), len(index), dtype=torch.int64, device=dev)
         else:
             lq = linear_qnet(w, qnets.config)

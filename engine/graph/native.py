@@ -91,3 +91,11 @@ def beam_search(qnets, index, ef, width, max_steps, *, shared_entries=None, entr
         w, b, flags, _np(index.vectors), _graph(index), sh, en, init_s, init_i, int(ef), int(width),
         int(max_steps), torch.get_num_threads())
     return torch.from_numpy(s), torch.from_numpy(i), torch.from_numpy(scored), torch.from_numpy(steps)
+
+
+def linear_topk(index, w: torch.Tensor, m: int) -> torch.Tensor:
+    """Ids ``(Q, min(m, n))`` of the documents with the largest ``x . w_q``, best first,
+    ties by lower id: one C++ pass over the stored vectors (no float32 copy)."""
+    _C = _module()
+    _, ids = _C.graph_linear_topk(_np(index.vectors), _np(w.float()), int(m), torch.get_num_threads())
+    return torch.from_numpy(ids)
