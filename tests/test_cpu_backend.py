@@ -288,6 +288,116 @@ def test_rejects_bad_ids(raw):
         _C.cpu_exact_topk(**args, vectors=vec, k=0, num_threads=1)
 
 
+# ------------------------------------------------------- packed-weight cache, scheduling
+
+
+@pytest.fixture
+def fresh_pack_cache():
+    limit = cpu.pack_cache_info()["limit"]
+    cpu.clear_pack_cache()
+    yield
+    cpu.set_pack_cache_limit(limit)
+    cpu.clear_pack_cache()
+
+
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_pack_cache_sees_in_place_changes(fresh_pack_cache, wdtype):
+    qn = make_qnet(2, 64, 2, wdtype)
+    W, B, C = qn.weights, qn.biases, qn.config
+    vec = make_vectors(300, 64, torch.float32)
+    ids = torch.randint(0, 300, (2, 97))
+    rel = tol(wdtype)
+    ref = torch_ref.score_dense(W, B, C, vec)
+    assert_scores_close(cpu.score_gather(W, B, C, vec, ids), torch.gather(ref, 1, ids), rel)
+    assert_scores_close(cpu.score_dense(W, B, C, vec), ref, rel)
+    assert cpu.pack_cache_info()["entries"] == 1  # both calls used one packing
+    g = torch.Generator().manual_seed(5)
+    changes = [
+        lambda: W[0].add_(0.3 * torch.randn(W[0].shape, generator=g).to(wdtype)),  # hidden weights
+        lambda: B[1].mul_(-2.0),  # a bias
+        lambda: W[2].copy_(torch.randn(W[2].shape, generator=g).to(wdtype)),  # output weights
+        lambda: W[1][1].zero_(),  # one query's weights, through a view
+    ]
+    for change in changes:
+        with torch.no_grad():
+            change()
+        ref2 = torch_ref.score_dense(W, B, C, vec)
+        assert not torch.allclose(ref2, ref)
+        assert_scores_close(cpu.score_gather(W, B, C, vec, ids), torch.gather(ref2, 1, ids), rel)
+        assert_scores_close(cpu.score_dense(W, B, C, vec), ref2, rel)
+        ref = ref2
+    assert cpu.pack_cache_info()["entries"] == 1  # repacked in place, not accumulated
+
+
+def test_pack_cache_off_and_bounded(fresh_pack_cache):
+    qn = make_qnet(3, 100, 2, torch.float16)
+    vec = make_vectors(200, 100, torch.bfloat16)
+    ids = torch.randint(0, 200, (3, 150))
+    cached = cpu.score_gather(qn.weights, qn.biases, qn.config, vec, ids)
+    nbytes = cpu.pack_cache_info()["bytes"]
+    assert nbytes > 0
+    cpu.set_pack_cache_limit(0)  # the kernels pack inside the call
+    assert cpu.pack_cache_info()["entries"] == 0
+    assert torch.equal(cpu.score_gather(qn.weights, qn.biases, qn.config, vec, ids), cached)
+    assert cpu.pack_cache_info()["entries"] == 0
+    cpu.set_pack_cache_limit(nbytes + nbytes // 2)  # room for one such q-net batch
+    others = [make_qnet(3, 100, 2, torch.float32, seed=s) for s in range(3)]
+    for o in others:
+        cpu.score_dense(o.weights, o.biases, o.config, vec)
+    info = cpu.pack_cache_info()
+    assert info["entries"] == 1 and info["bytes"] <= info["limit"]
+
+
+def test_packed_argument_is_validated():
+    from engine import _C
+
+    qn = make_qnet(2, 32, 2, torch.float32)
+    args = cpu._qnet_args(qn.weights, qn.biases, qn.config)
+    packed = _C.cpu_pack_qnets(**args, num_threads=1)
+    assert packed.num_queries == 2 and packed.nbytes >= 2 * 2 * 32 * 32 * 4
+    vec = make_vectors(10, 32, torch.float32).numpy()
+    out = np.zeros((2, 10), np.float32)
+    _C.cpu_score_dense(**args, vectors=vec, out=out, num_threads=1, packed=packed)
+    ref = torch_ref.score_dense(qn.weights, qn.biases, qn.config, torch.from_numpy(vec))
+    assert_scores_close(torch.from_numpy(out), ref, 1e-4)
+    bad = [
+        cpu._qnet_args(*(lambda o: (o.weights, o.biases, o.config))(make_qnet(3, 32, 2, torch.float32))),  # Q
+        cpu._qnet_args(*(lambda o: (o.weights, o.biases, o.config))(make_qnet(2, 32, 1, torch.float32))),  # L
+        cpu._qnet_args(*(lambda o: (o.weights, o.biases, o.config))(make_qnet(2, 32, 2, torch.bfloat16))),  # dtype
+        dict(args, layer_norm=False),  # flags
+    ]
+    for a in bad:
+        o = np.zeros((a["weights"][0].shape[0], 10), np.float32)
+        with pytest.raises(ValueError, match="packed"):
+            _C.cpu_score_dense(**a, vectors=vec, out=o, num_threads=1, packed=packed)
+    with pytest.raises(TypeError):
+        _C.cpu_score_dense(**args, vectors=vec, out=out, num_threads=1, packed="not packed")
+
+
+@pytest.mark.parametrize("Q", [1, 2, 3])
+def test_gather_splits_across_threads(Q):
+    """Small gathers are cut into equal per-thread shares; every split agrees."""
+    qn = make_qnet(Q, 48, 2, torch.float32)
+    vec = make_vectors(600, 48, torch.float32)
+    ref = torch_ref.score_dense(qn.weights, qn.biases, qn.config, vec)
+    for m in (1, 5, 7, 13, 100, 512, 515):
+        ids = torch.randint(0, 600, (Q, m))
+        for nt in (1, 2, 3, 4):
+            got = cpu.score_gather(qn.weights, qn.biases, qn.config, vec, ids, num_threads=nt)
+            assert_scores_close(got, torch.gather(ref, 1, ids), 1e-4)
+
+
+def test_fma_peak():
+    from engine import _C
+
+    p1 = cpu.fma_peak_gflops(1, seconds=0.1)
+    assert np.isfinite(p1) and p1 > 0.1
+    with pytest.raises(ValueError):
+        _C.cpu_fma_peak_gflops(0, 0.1)
+    with pytest.raises(ValueError):
+        _C.cpu_fma_peak_gflops(1, 0.0)
+
+
 # ----------------------------------------------------------------------- ISA selection
 
 

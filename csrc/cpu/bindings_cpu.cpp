@@ -102,6 +102,20 @@ VectorsView parse_vectors(const py::array& vec, const QNetArgs& a) {
   return v;
 }
 
+// The optional prepacked q-nets of a call: None, or a PackedQNets made from a q-net of the
+// same shapes, dtype and flags under the ISA active now.
+const PackedQNets* packed_arg(const py::object& packed, const QNetArgs& a) {
+  if (packed.is_none()) return nullptr;
+  if (!py::isinstance<PackedQNets>(packed))
+    throw py::type_error("packed: expected None or a CpuPackedQNets from cpu_pack_qnets, got " +
+                         std::string(py::str(py::type::of(packed))));
+  const PackedQNets* p = packed.cast<const PackedQNets*>();
+  if (!p->matches(a.view))
+    throw std::invalid_argument(
+        "packed: packed from a q-net of other shapes, dtype or flags, or for another ISA; pack these weights again");
+  return p;
+}
+
 int threads_arg(int num_threads) {
   if (num_threads < 1) throw std::invalid_argument("num_threads must be at least 1");
   return num_threads;
@@ -117,7 +131,8 @@ int64_t block_arg(int64_t block) {
       bool layer_norm_before_residual, double eps
 #define HYP_QNET_PASS weights, biases, relu, layer_norm, residual, residual_on_last, layer_norm_before_residual, eps
 
-void py_score_dense(HYP_QNET_ARGS, py::array vectors, py::array out, int num_threads, int64_t block) {
+void py_score_dense(HYP_QNET_ARGS, py::array vectors, py::array out, int num_threads, int64_t block,
+                    py::object packed) {
   QNetArgs a;
   parse_qnet(a, HYP_QNET_PASS);
   const VectorsView v = parse_vectors(vectors, a);
@@ -126,14 +141,15 @@ void py_score_dense(HYP_QNET_ARGS, py::array vectors, py::array out, int num_thr
   check_writeable(out, "out");
   const int nt = threads_arg(num_threads);
   block = block_arg(block);
+  const PackedQNets* pk = packed_arg(packed, a);
   float* o = static_cast<float*>(out.mutable_data());
   if (v.n == 0 || a.view.num_queries == 0) return;
   py::gil_scoped_release release;
-  score_dense(a.view, v, o, nt, block);
+  score_dense(a.view, v, o, nt, block, pk);
 }
 
 void py_score_gather(HYP_QNET_ARGS, py::array vectors, py::array ids, py::array out, int num_threads,
-                     int64_t block) {
+                     int64_t block, py::object packed) {
   QNetArgs a;
   parse_qnet(a, HYP_QNET_PASS);
   const VectorsView v = parse_vectors(vectors, a);
@@ -151,19 +167,22 @@ void py_score_gather(HYP_QNET_ARGS, py::array vectors, py::array ids, py::array 
     if (id[i] < 0 || id[i] >= v.n)
       throw std::invalid_argument("ids out of range: found " + std::to_string(id[i]) + ", valid ids are 0.." +
                                   std::to_string(v.n - 1));
+  const PackedQNets* pk = packed_arg(packed, a);
   float* o = static_cast<float*>(out.mutable_data());
   if (total == 0) return;
   py::gil_scoped_release release;
-  score_gather(a.view, v, id, m, o, nt, block);
+  score_gather(a.view, v, id, m, o, nt, block, pk);
 }
 
-py::tuple py_exact_topk(HYP_QNET_ARGS, py::array vectors, int64_t k, int num_threads, int64_t block) {
+py::tuple py_exact_topk(HYP_QNET_ARGS, py::array vectors, int64_t k, int num_threads, int64_t block,
+                        py::object packed) {
   QNetArgs a;
   parse_qnet(a, HYP_QNET_PASS);
   const VectorsView v = parse_vectors(vectors, a);
   if (k < 1) throw std::invalid_argument("k must be at least 1, got " + std::to_string(k));
   const int nt = threads_arg(num_threads);
   block = block_arg(block);
+  const PackedQNets* pk = packed_arg(packed, a);
   const int64_t Q = a.view.num_queries;
   py::array_t<float> scores({Q, k});
   py::array_t<int64_t> ids({Q, k});
@@ -171,9 +190,24 @@ py::tuple py_exact_topk(HYP_QNET_ARGS, py::array vectors, int64_t k, int num_thr
   int64_t* i = ids.mutable_data();
   {
     py::gil_scoped_release release;
-    exact_topk(a.view, v, k, s, i, nt, block);
+    exact_topk(a.view, v, k, s, i, nt, block, pk);
   }
   return py::make_tuple(scores, ids);
+}
+
+std::unique_ptr<PackedQNets> py_pack_qnets(HYP_QNET_ARGS, int num_threads) {
+  QNetArgs a;
+  parse_qnet(a, HYP_QNET_PASS);
+  const int nt = threads_arg(num_threads);
+  py::gil_scoped_release release;
+  return std::unique_ptr<PackedQNets>(new PackedQNets(a.view, nt));
+}
+
+double py_fma_peak(int num_threads, double seconds) {
+  const int nt = threads_arg(num_threads);
+  if (!(seconds > 0) || !(seconds <= 60)) throw std::invalid_argument("seconds must be in (0, 60]");
+  py::gil_scoped_release release;
+  return fma_peak_gflops(nt, seconds);
 }
 
 // Single-query gather through the C++ contract (score_gather_query), for tests.
@@ -216,18 +250,28 @@ void register_cpu_kernels(py::module_& m) {
   m.def("cpu_score_dense", &py_score_dense, py::arg("weights"), py::arg("biases"), py::arg("relu"),
         py::arg("layer_norm"), py::arg("residual"), py::arg("residual_on_last"),
         py::arg("layer_norm_before_residual"), py::arg("eps"), py::arg("vectors"), py::arg("out"),
-        py::arg("num_threads"), py::arg("block_size") = 0,
+        py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
         "Fused q-net scores of every (query, document) pair into out (Q, n) float32.");
   m.def("cpu_score_gather", &py_score_gather, py::arg("weights"), py::arg("biases"), py::arg("relu"),
         py::arg("layer_norm"), py::arg("residual"), py::arg("residual_on_last"),
         py::arg("layer_norm_before_residual"), py::arg("eps"), py::arg("vectors"), py::arg("ids"),
-        py::arg("out"), py::arg("num_threads"), py::arg("block_size") = 0,
+        py::arg("out"), py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
         "Fused q-net scores of the documents ids (Q, m) int64 into out (Q, m) float32.");
   m.def("cpu_exact_topk", &py_exact_topk, py::arg("weights"), py::arg("biases"), py::arg("relu"),
         py::arg("layer_norm"), py::arg("residual"), py::arg("residual_on_last"),
         py::arg("layer_norm_before_residual"), py::arg("eps"), py::arg("vectors"), py::arg("k"),
-        py::arg("num_threads"), py::arg("block_size") = 0,
+        py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
         "Exact top-k over all documents: (scores (Q, k) float32, ids (Q, k) int64), best first.");
+  py::class_<PackedQNets>(m, "CpuPackedQNets",
+                          "Every query of a q-net batch packed for the active ISA's kernel (opaque).")
+      .def_property_readonly("num_queries", &PackedQNets::num_queries)
+      .def_property_readonly("nbytes", &PackedQNets::bytes);
+  m.def("cpu_pack_qnets", &py_pack_qnets, py::arg("weights"), py::arg("biases"), py::arg("relu"),
+        py::arg("layer_norm"), py::arg("residual"), py::arg("residual_on_last"),
+        py::arg("layer_norm_before_residual"), py::arg("eps"), py::arg("num_threads"),
+        "Packs the q-nets' weights once, for the packed= argument of cpu_score_* / cpu_exact_topk.");
+  m.def("cpu_fma_peak_gflops", &py_fma_peak, py::arg("num_threads"), py::arg("seconds") = 1.0,
+        "fp32 FMA peak of this machine in GFLOP/s: a register-only FMA loop on num_threads threads.");
   m.def("cpu_score_gather_query", &py_score_gather_query, py::arg("weights"), py::arg("biases"),
         py::arg("relu"), py::arg("layer_norm"), py::arg("residual"), py::arg("residual_on_last"),
         py::arg("layer_norm_before_residual"), py::arg("eps"), py::arg("q"), py::arg("vectors"),

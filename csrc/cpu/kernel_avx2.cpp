@@ -92,6 +92,24 @@ static inline void micro_f32(int64_t kc, const float* x, int64_t ldx, const floa
 
 #include "cpu/qnet_block.inc"
 
+// The FMA peak loop: 12 independent accumulator chains, more than the FMAs in flight that
+// full throughput needs (2 pipes x 4-5 cycles latency), and nothing but FMAs in the loop.
+static int64_t fma_loop(int64_t iters, float* sink) {
+  V acc[12];
+  const V m = vset1(0.9999999f), b = vset1(1e-7f);
+#pragma GCC unroll 12
+  for (int i = 0; i < 12; ++i) acc[i] = vset1(static_cast<float>(i));
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = vfma(acc[i], m, b);
+  }
+  V s = acc[0];
+#pragma GCC unroll 12
+  for (int i = 1; i < 12; ++i) s = vadd(s, acc[i]);
+  *sink = hsum(s);
+  return iters * 12 * 2 * VW;
+}
+
 static inline float half_to_float_scalar(uint16_t h) {
   return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 }
@@ -124,7 +142,7 @@ static void convert_row(DType dtype, const void* src, float* dst, int64_t n) {
 
 const KernelOps& kernel_ops_avx2() {
   static const KernelOps ops{Isa::Avx2, avx2::MR, avx2::NR, &avx2::forward_f32, nullptr,
-                             &avx2::convert_row};
+                             &avx2::convert_row, &avx2::fma_loop};
   return ops;
 }
 

@@ -31,7 +31,7 @@ namespace {
 
 const KernelOps& kernel_ops_avx512() {
   static const KernelOps ops{Isa::Avx512, avx512::MR, avx512::NR, &avx512::forward_f32, nullptr,
-                             &avx512::convert_row};
+                             &avx512::convert_row, &avx512::fma_loop};
   return ops;
 }
 
@@ -116,7 +116,7 @@ static void forward_bf16(const PackedQuery& pq, const Workspace& ws, int64_t row
 const KernelOps& kernel_ops_avx512_bf16() {
   static const KernelOps ops{Isa::Avx512Bf16, avx512bf16::MR, avx512bf16::NR,
                              &avx512bf16::forward_f32, &avx512bf16::forward_bf16,
-                             &avx512bf16::convert_row};
+                             &avx512bf16::convert_row, &avx512bf16::fma_loop};
   return ops;
 }
 

@@ -59,6 +59,10 @@ struct KernelOps {
   void (*forward_bf16)(const PackedQuery& pq, const Workspace& ws, int64_t rows, float* scores);
   // Converts n elements of `dtype` at src to fp32 at dst.
   void (*convert_row)(DType dtype, const void* src, float* dst, int64_t n);
+  // Runs `iters` iterations of a register-only loop of independent FMAs and returns the
+  // FLOPs it did (the result lands in *sink so the loop is not optimised away); null where
+  // the ISA has none.
+  int64_t (*fma_loop)(int64_t iters, float* sink) = nullptr;
 };
 
 const KernelOps& kernel_ops_portable();

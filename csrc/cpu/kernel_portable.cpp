@@ -48,6 +48,24 @@ static inline void micro_f32(int64_t kc, const float* x, int64_t ldx, const floa
 
 #include "cpu/qnet_block.inc"
 
+// The FMA peak loop: 12 independent accumulator chains, more than the FMAs in flight that
+// full throughput needs (2 pipes x 4-5 cycles latency), and nothing but FMAs in the loop.
+static int64_t fma_loop(int64_t iters, float* sink) {
+  V acc[12];
+  const V m = vset1(0.9999999f), b = vset1(1e-7f);
+#pragma GCC unroll 12
+  for (int i = 0; i < 12; ++i) acc[i] = vset1(static_cast<float>(i));
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = vfma(acc[i], m, b);
+  }
+  V s = acc[0];
+#pragma GCC unroll 12
+  for (int i = 1; i < 12; ++i) s = vadd(s, acc[i]);
+  *sink = hsum(s);
+  return iters * 12 * 2 * VW;
+}
+
 static inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
@@ -89,7 +107,7 @@ static void convert_row(DType dtype, const void* src, float* dst, int64_t n) {
 
 const KernelOps& kernel_ops_portable() {
   static const KernelOps ops{Isa::Portable, portable::MR, portable::NR, &portable::forward_f32,
-                             nullptr, &portable::convert_row};
+                             nullptr, &portable::convert_row, &portable::fma_loop};
   return ops;
 }
 

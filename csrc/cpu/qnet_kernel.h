@@ -62,18 +62,49 @@ class PackedQNet {
   std::unique_ptr<Impl> impl_;
 };
 
+// Every query of a QNetView packed once for the active ISA's kernel, for callers that score
+// the same q-nets many times (the Python backend caches these per weight tensors). Owns its
+// copy; const use is thread-safe.
+class PackedQNets {
+ public:
+  // Packs on `num_threads` threads.
+  PackedQNets(const QNetView& qn, int num_threads);
+  ~PackedQNets();
+  PackedQNets(const PackedQNets&) = delete;
+  PackedQNets& operator=(const PackedQNets&) = delete;
+
+  int64_t num_queries() const;
+  size_t bytes() const;  // packed weights, all queries
+  // Whether this was packed from a q-net of the same shapes, dtype and flags as `qn`, for
+  // the ISA active now (the weight values themselves cannot be checked here).
+  bool matches(const QNetView& qn) const;
+
+  struct Impl;
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 // Multi-threaded entry points behind the "cpu" backend (OpenMP, `num_threads` threads over
 // (query, block) pairs; `block` document rows per kernel call, 0 for the tuned default).
 // Inputs are validated by the caller. Scores are written row-major (Q, n) / (Q, m).
+// `packed`, when given, must satisfy packed->matches(qn) and hold qn's weights: no packing
+// then happens in the call.
 void score_dense(const QNetView& qn, const VectorsView& v, float* out, int num_threads,
-                 int64_t block);
+                 int64_t block, const PackedQNets* packed = nullptr);
 void score_gather(const QNetView& qn, const VectorsView& v, const int64_t* ids, int64_t m,
-                  float* out, int num_threads, int64_t block);
+                  float* out, int num_threads, int64_t block, const PackedQNets* packed = nullptr);
 // Exact top-k over all n documents for every query: out_scores/out_ids (Q, k), best first,
 // ties to the lower id, slots beyond n padded with -inf / -1. Streams blocks of v (which may
 // be memory-mapped) through per-thread running top-k lists merged at the end.
 void exact_topk(const QNetView& qn, const VectorsView& v, int64_t k, float* out_scores,
-                int64_t* out_ids, int num_threads, int64_t block);
+                int64_t* out_ids, int num_threads, int64_t block, const PackedQNets* packed = nullptr);
+
+// The machine's fp32 FMA throughput in GFLOP/s: `num_threads` threads each run a
+// register-only loop of independent FMAs (the widest vectors the CPU supports) for about
+// `seconds`; the figure every kernel's efficiency is read against.
+double fma_peak_gflops(int num_threads, double seconds);
 
 // Name of the kernel the active ISA selects for weights of `wdtype` ("avx2", ...).
 const char* kernel_name(DType wdtype);

@@ -243,59 +243,153 @@ int64_t block_rows(int64_t block, const KernelOps& ops) {
   return round_up(block > 0 ? block : kDefaultBlock, ops.mr);
 }
 
-// Runs every (query, block) pair: `items` rows per query, `load(ws, q, start, rows, rp)`
-// fills the block, `emit(tid, q, start, rows, scores)` consumes its scores. Queries are
-// packed in groups bounded by kPackBudget, each group on all threads.
+// One thread's share of the rows of a query: (first row, rows).
+struct Task {
+  int64_t q, start, rows;
+};
+
+// The (query, block) pairs of a call, in query-major, increasing-row order (exact_topk's
+// merge relies on each thread seeing a query's blocks in that order). With many blocks per
+// thread they are full blocks of B rows, handed out dynamically. With few (a gather of a
+// few hundred rows, where one late block leaves a thread idle for a large part of the
+// call), each query's rows are first cut into `parts` equal shares, each share a multiple
+// of MR (so only a share's last block is padded) and one per thread, then each share into
+// blocks of at most B rows; these are handed out statically, share by share.
+struct Schedule {
+  std::vector<Task> tasks;
+  bool balanced = false;  // static schedule over shares
+  int64_t max_rows = 0;
+};
+
+Schedule make_schedule(int64_t Q, int64_t items, int num_threads, int64_t block, const KernelOps& ops) {
+  Schedule sc;
+  const int64_t B = block_rows(block, ops);
+  sc.max_rows = B;
+  const int64_t nb = (items + B - 1) / B;
+  if (block <= 0 && num_threads > 1 && Q * nb < 8 * num_threads && Q < num_threads) {
+    const int64_t parts = std::min<int64_t>((num_threads + Q - 1) / Q, (items + ops.mr - 1) / ops.mr);
+    const int64_t share = round_up((items + parts - 1) / parts, ops.mr);
+    sc.balanced = Q * parts == num_threads;
+    for (int64_t q = 0; q < Q; ++q)
+      for (int64_t s0 = 0; s0 < items; s0 += share) {
+        const int64_t s1 = std::min(items, s0 + share);
+        const int64_t per = (s1 - s0 + B - 1) / B;  // blocks in this share, equal sizes
+        const int64_t bl = round_up((s1 - s0 + per - 1) / per, ops.mr);
+        for (int64_t b0 = s0; b0 < s1; b0 += bl) sc.tasks.push_back({q, b0, std::min(bl, s1 - b0)});
+      }
+    if (!sc.balanced) sc.tasks.clear();
+  }
+  if (sc.tasks.empty()) {
+    sc.balanced = false;
+    for (int64_t q = 0; q < Q; ++q)
+      for (int64_t s0 = 0; s0 < items; s0 += B) sc.tasks.push_back({q, s0, std::min(B, items - s0)});
+  }
+  for (const Task& t : sc.tasks) sc.max_rows = std::max(sc.max_rows, round_up(t.rows, ops.mr));
+  return sc;
+}
+
+}  // namespace
+}  // namespace cpu
+
+// Every query packed at once (see PackedQNets in qnet_kernel.h).
+struct PackedQNets::Impl {
+  const cpu::KernelOps* ops = nullptr;
+  cpu::PackPlan plan;
+  int64_t Q = 0;
+  std::vector<int64_t> dims;
+  DType wdtype = DType::F32;
+  bool flags[5] = {};
+  float eps = 0.0f;
+  cpu::AlignedBuf buf;
+  std::vector<cpu::PackedLayer> layers;
+  std::vector<cpu::PackedQuery> views;
+};
+
+namespace cpu {
+namespace {
+
+void flags_of(const QNetView& qn, bool* f) {
+  f[0] = qn.relu, f[1] = qn.layer_norm, f[2] = qn.residual, f[3] = qn.residual_on_last,
+  f[4] = qn.layer_norm_before_residual;
+}
+
+// Packs queries [q0, q0 + gq) of qn at base (pl.bytes apart) on the threads of the
+// enclosing parallel region (a work-shared loop: every thread of the team must call it).
+void pack_group(const QNetView& qn, const PackPlan& pl, const PackTasks& tasks, const KernelOps& ops,
+                int64_t q0, int64_t gq, char* base, PackedLayer* layers, PackedQuery* views) {
+  const int64_t ntasks = static_cast<int64_t>(tasks.layer.size());
+  const int64_t nl = std::max(1, qn.num_layers);
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t t = 0; t < gq * ntasks; ++t) {
+    const int64_t qi = t / ntasks, ti = t % ntasks;
+    char* b = base + qi * pl.bytes;
+    pack_task(qn, q0 + qi, pl, ops, tasks.layer[ti], tasks.index[ti], b);
+    if (tasks.layer[ti] < 0) views[qi] = make_view(qn, pl, b, layers + qi * nl);
+  }
+}
+
+// Runs every (query, block) pair: `load(ws, q, start, rows, rp)` fills a block of `items`
+// rows of query q, `emit(tid, q, start, rows, scores)` consumes its scores. Without
+// `packed`, queries are packed in groups bounded by kPackBudget, each group on all threads.
 template <class Load, class Emit>
-void run_pairs(const QNetView& qn, int64_t items, int num_threads, int64_t block, Load load,
-               Emit emit) {
-  const KernelOps& ops = kernel_ops(active_isa());
-  const PackPlan pl = make_plan(qn, ops);
-  const PackTasks tasks = make_tasks(qn, pl);
+void run_pairs(const QNetView& qn, int64_t items, int num_threads, int64_t block,
+               const PackedQNets* packed, Load load, Emit emit) {
+  const KernelOps& ops = packed ? *packed->impl().ops : kernel_ops(active_isa());
+  const PackPlan pl = packed ? packed->impl().plan : make_plan(qn, ops);
   const ForwardFn fwd = forward_for(ops, pl.format);
   const int64_t Q = qn.num_queries;
-  int64_t B = block_rows(block, ops);
-  if (block <= 0 && items > 0) {
-    // Few blocks (a gather of a few hundred rows): split the rows evenly into a multiple
-    // of the thread count, so no thread idles while another finishes a last full block.
-    int64_t nb = (items + B - 1) / B;
-    if (Q * nb < 8 * num_threads) {
-      const int64_t per = std::max<int64_t>(1, (num_threads + Q - 1) / Q);
-      nb = (nb + per - 1) / per * per;
-      B = std::max<int64_t>(ops.mr, round_up((items + nb - 1) / nb, ops.mr));
-    }
+  const Schedule sc = make_schedule(Q, items, num_threads, block, ops);
+  const int64_t ntask = static_cast<int64_t>(sc.tasks.size());
+
+  PackTasks ptasks;
+  AlignedBuf pbuf;
+  std::vector<PackedLayer> layers;
+  std::vector<PackedQuery> own_views;
+  int64_t G = Q;
+  char* pbase = nullptr;
+  const PackedQuery* views = nullptr;
+  if (packed) {
+    views = packed->impl().views.data();
+  } else {
+    ptasks = make_tasks(qn, pl);
+    G = std::max<int64_t>(1, std::min<int64_t>(Q, kPackBudget / pl.bytes));
+    pbase = static_cast<char*>(pbuf.get(G * pl.bytes));
+    layers.resize(static_cast<size_t>(G * std::max(1, qn.num_layers)));
+    own_views.resize(static_cast<size_t>(G));
+    views = own_views.data();
   }
-  const int64_t nblocks = (items + B - 1) / B;
-  const int64_t G = std::max<int64_t>(1, std::min<int64_t>(Q, kPackBudget / pl.bytes));
-  AlignedBuf packed;
-  char* pbase = static_cast<char*>(packed.get(G * pl.bytes));
-  std::vector<PackedLayer> layers(static_cast<size_t>(G * std::max(1, qn.num_layers)));
-  std::vector<PackedQuery> views(static_cast<size_t>(G));
-  const int64_t ntasks = static_cast<int64_t>(tasks.layer.size());
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, std::max(G * nblocks, G * ntasks))));
+  const int64_t npack = packed ? 0 : G * static_cast<int64_t>(ptasks.layer.size());
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, std::max(ntask, npack))));
 
 #pragma omp parallel num_threads(nt)
   {
     ThreadScratch& ts = scratch();
-    const Workspace ws = ts.ws(B, pl.max_width, pl.format == PackFormat::BF16_PAIRS);
-    float* scores = ts.score_buf(B);
+    const Workspace ws = ts.ws(sc.max_rows, pl.max_width, pl.format == PackFormat::BF16_PAIRS);
+    float* scores = ts.score_buf(sc.max_rows);
     const int tid = omp_get_thread_num();
+    // Queries [g0, g0 + G) are packed (or were, by the caller) before their blocks run.
     for (int64_t g0 = 0; g0 < Q; g0 += G) {
-      const int64_t gq = std::min(G, Q - g0);
+      const int64_t g1 = std::min(Q, g0 + G);
+      if (!packed)
+        pack_group(qn, pl, ptasks, ops, g0, g1 - g0, pbase, layers.data(), own_views.data());
+      // Tasks are query-major: this group's are a contiguous range.
+      const int64_t t0 = std::lower_bound(sc.tasks.begin(), sc.tasks.end(), g0,
+                                          [](const Task& t, int64_t q) { return t.q < q; }) - sc.tasks.begin();
+      const int64_t t1 = std::lower_bound(sc.tasks.begin(), sc.tasks.end(), g1,
+                                          [](const Task& t, int64_t q) { return t.q < q; }) - sc.tasks.begin();
+      auto run = [&](int64_t i) {
+        const Task& t = sc.tasks[i];
+        const int64_t rp = round_up(t.rows, ops.mr);
+        load(ws, t.q, t.start, t.rows, rp);
+        fwd(views[packed ? t.q : t.q - g0], ws, t.rows, scores);
+        emit(tid, t.q, t.start, t.rows, scores);
+      };
+      if (sc.balanced) {
+#pragma omp for schedule(static)
+        for (int64_t i = t0; i < t1; ++i) run(i);
+      } else {
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < gq * ntasks; ++t) {
-        const int64_t qi = t / ntasks, ti = t % ntasks;
-        char* base = pbase + qi * pl.bytes;
-        pack_task(qn, g0 + qi, pl, ops, tasks.layer[ti], tasks.index[ti], base);
-        if (tasks.layer[ti] < 0) views[qi] = make_view(qn, pl, base, &layers[qi * std::max(1, qn.num_layers)]);
-      }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < gq * nblocks; ++t) {
-        const int64_t qi = t / nblocks, start = (t % nblocks) * B;
-        const int64_t rows = std::min(B, items - start), rp = round_up(rows, ops.mr);
-        load(ws, g0 + qi, start, rows, rp);
-        fwd(views[qi], ws, rows, scores);
-        emit(tid, g0 + qi, start, rows, scores);
+        for (int64_t i = t0; i < t1; ++i) run(i);
       }
     }
   }
@@ -307,10 +401,10 @@ void run_pairs(const QNetView& qn, int64_t items, int num_threads, int64_t block
 using namespace cpu;
 
 void score_dense(const QNetView& qn, const VectorsView& v, float* out, int num_threads,
-                 int64_t block) {
+                 int64_t block, const PackedQNets* packed) {
   const KernelOps& ops = kernel_ops(active_isa());
   run_pairs(
-      qn, v.n, num_threads, block,
+      qn, v.n, num_threads, block, packed,
       [&](const Workspace& ws, int64_t, int64_t start, int64_t rows, int64_t rp) {
         load_rows(ops, v, nullptr, start, rows, rp, ws);
       },
@@ -320,10 +414,10 @@ void score_dense(const QNetView& qn, const VectorsView& v, float* out, int num_t
 }
 
 void score_gather(const QNetView& qn, const VectorsView& v, const int64_t* ids, int64_t m,
-                  float* out, int num_threads, int64_t block) {
+                  float* out, int num_threads, int64_t block, const PackedQNets* packed) {
   const KernelOps& ops = kernel_ops(active_isa());
   run_pairs(
-      qn, m, num_threads, block,
+      qn, m, num_threads, block, packed,
       [&](const Workspace& ws, int64_t q, int64_t start, int64_t rows, int64_t rp) {
         load_rows(ops, v, ids + q * m + start, 0, rows, rp, ws);
       },
@@ -345,7 +439,7 @@ inline bool cand_better(const Cand& a, const Cand& b) {
 }  // namespace
 
 void exact_topk(const QNetView& qn, const VectorsView& v, int64_t k, float* out_scores,
-                int64_t* out_ids, int num_threads, int64_t block) {
+                int64_t* out_ids, int num_threads, int64_t block, const PackedQNets* packed) {
   const KernelOps& ops = kernel_ops(active_isa());
   const int64_t Q = qn.num_queries;
   const int64_t kk = std::min(k, std::max<int64_t>(v.n, 1));  // running list length
@@ -356,7 +450,7 @@ void exact_topk(const QNetView& qn, const VectorsView& v, int64_t k, float* out_
   std::vector<float> run_s(static_cast<size_t>(T * Q * kk), -std::numeric_limits<float>::infinity());
   std::vector<int64_t> run_i(static_cast<size_t>(T * Q * kk), -1);
   run_pairs(
-      qn, v.n, num_threads, block,
+      qn, v.n, num_threads, block, packed,
       [&](const Workspace& ws, int64_t, int64_t start, int64_t rows, int64_t rp) {
         load_rows(ops, v, nullptr, start, rows, rp, ws);
       },
@@ -404,7 +498,10 @@ struct PackedQNet::Impl {
 
   void gather(const VectorsView& v, const int64_t* ids, int64_t m, float* out) const {
     ThreadScratch& ts = scratch();
-    const int64_t B = block_rows(0, *ops);
+    // Equal blocks of at most the default size (not full blocks and a short last one),
+    // so that no block is mostly padding.
+    const int64_t per = std::max<int64_t>(1, (m + block_rows(0, *ops) - 1) / block_rows(0, *ops));
+    const int64_t B = round_up(std::max<int64_t>(1, (m + per - 1) / per), ops->mr);
     const Workspace ws = ts.ws(B, plan.max_width, plan.format == PackFormat::BF16_PAIRS);
     for (int64_t start = 0; start < m; start += B) {
       const int64_t rows = std::min(B, m - start), rp = round_up(rows, ops->mr);
@@ -426,6 +523,77 @@ void score_gather_query(const QNetView& qn, int64_t q, const VectorsView& v, con
   thread_local PackedQNet::Impl impl;  // reuses its packing buffer across calls
   impl.pack(qn, q);
   impl.gather(v, ids, m, out);
+}
+
+PackedQNets::PackedQNets(const QNetView& qn, int num_threads) : impl_(new Impl) {
+  Impl& im = *impl_;
+  im.ops = &kernel_ops(active_isa());
+  im.plan = make_plan(qn, *im.ops);
+  im.Q = qn.num_queries;
+  im.dims.assign(qn.dims, qn.dims + qn.num_layers + 2);
+  im.wdtype = qn.wdtype;
+  flags_of(qn, im.flags);
+  im.eps = qn.eps;
+  const int64_t nl = std::max(1, qn.num_layers);
+  im.layers.resize(static_cast<size_t>(im.Q * nl));
+  im.views.resize(static_cast<size_t>(im.Q));
+  char* base = static_cast<char*>(im.buf.get(std::max<size_t>(1, im.Q * im.plan.bytes)));
+  const PackTasks tasks = make_tasks(qn, im.plan);
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, im.Q * static_cast<int64_t>(tasks.layer.size()))));
+#pragma omp parallel num_threads(nt)
+  pack_group(qn, im.plan, tasks, *im.ops, 0, im.Q, base, im.layers.data(), im.views.data());
+}
+PackedQNets::~PackedQNets() = default;
+int64_t PackedQNets::num_queries() const { return impl_->Q; }
+size_t PackedQNets::bytes() const { return static_cast<size_t>(impl_->Q) * impl_->plan.bytes; }
+
+bool PackedQNets::matches(const QNetView& qn) const {
+  const Impl& im = *impl_;
+  bool f[5];
+  flags_of(qn, f);
+  return im.ops == &kernel_ops(active_isa()) && qn.num_queries == im.Q && qn.wdtype == im.wdtype &&
+         qn.eps == im.eps && std::equal(f, f + 5, im.flags) &&
+         static_cast<size_t>(qn.num_layers + 2) == im.dims.size() &&
+         std::equal(im.dims.begin(), im.dims.end(), qn.dims);
+}
+
+double fma_peak_gflops(int num_threads, double seconds) {
+  const KernelOps* ops = &kernel_ops(active_isa());
+  if (!ops->fma_loop) ops = &kernel_ops_portable();
+  const int nt = std::max(1, num_threads);
+  // Calibrate the iteration count on one thread, then time all threads together; the
+  // best of three rounds, so that a moment of load from other processes does not count.
+  float sink = 0.0f;
+  int64_t iters = 1 << 16;
+  for (;;) {
+    const double t0 = omp_get_wtime();
+    ops->fma_loop(iters, &sink);
+    const double dt = omp_get_wtime() - t0;
+    if (dt > 0.01 || iters > (int64_t(1) << 40)) {
+      iters = std::max<int64_t>(1, static_cast<int64_t>(iters * (seconds / 3) / std::max(dt, 1e-9)));
+      break;
+    }
+    iters *= 4;
+  }
+  double best = 0.0;
+  for (int round = 0; round < 3; ++round) {
+    int64_t flops = 0;
+    double t0 = 0.0, t1 = 0.0;
+    std::vector<float> sinks(static_cast<size_t>(nt));
+#pragma omp parallel num_threads(nt) reduction(+ : flops)
+    {
+#pragma omp barrier
+#pragma omp single
+      t0 = omp_get_wtime();
+      flops += ops->fma_loop(iters, &sinks[omp_get_thread_num()]);
+#pragma omp barrier
+#pragma omp single
+      t1 = omp_get_wtime();
+    }
+    for (float f : sinks) sink += f;
+    best = std::max(best, static_cast<double>(flops) / (t1 - t0) / 1e9);
+  }
+  return sink == sink ? best : best;  // sink read: the loops' results are used
 }
 
 const char* kernel_name(DType wdtype) {

@@ -8,11 +8,25 @@ unless a call gives ``num_threads``.
 
 Tensors travel to C++ as numpy views (bfloat16 as uint16), copied only when they are not
 contiguous. Accumulation is float32 for every dtype.
+
+Packed weights are cached: the kernels need each query's weights converted to float32 and
+laid out in column panels, which costs a pass over all of them (186 us for a d = 384, L = 2
+q-net, 4 ms for d = 768, L = 6, a quarter of the compute of a 256-document call with 8
+such queries). Calls that score the same weight tensors again (graph search over one
+q-net, benchmarks, repeated scoring of a batch) reuse the packing. An entry is found by the
+weight and bias tensor objects themselves (the cache holds references, so their ids cannot
+be reused) and is valid while each tensor's version counter, shape, dtype and storage
+pointer are unchanged, i.e. until an in-place change such as ``w.add_(1)`` or
+``w.copy_(...)``. Writes that bypass the version counter (through ``w.data``, a numpy view
+of the same memory) are not seen: call :func:`clear_pack_cache` after them. The cache
+holds at most ``HYPENCODER_CPU_PACK_CACHE_MB`` (default 256) MiB, least recently used out.
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 
 import numpy as np
 import torch
@@ -45,6 +59,12 @@ def is_available() -> tuple[bool, str]:
 
 def supports(device: torch.device) -> bool:
     return torch.device(device).type == "cpu"
+
+
+def fma_peak_gflops(num_threads=None, seconds: float = 1.0) -> float:
+    """This machine's fp32 FMA peak in GFLOP/s on ``num_threads`` threads (a register-only
+    FMA loop in the widest vectors the CPU runs; best of three rounds)."""
+    return float(_C.cpu_fma_peak_gflops(_threads(num_threads), float(seconds)))
 
 
 def isa() -> str:
@@ -89,6 +109,74 @@ def _qnet_args(weights, biases, config) -> dict:
     )
 
 
+_PACK_LOCK = threading.Lock()
+_PACK_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+_pack_cache_limit = int(float(os.environ.get("HYPENCODER_CPU_PACK_CACHE_MB", "256")) * (1 << 20))
+
+
+def clear_pack_cache() -> None:
+    """Forget every cached packing of q-net weights."""
+    with _PACK_LOCK:
+        _PACK_CACHE.clear()
+
+
+def set_pack_cache_limit(nbytes: int) -> None:
+    """Bound the packed-weight cache to ``nbytes`` (0 disables it)."""
+    global _pack_cache_limit
+    with _PACK_LOCK:
+        _pack_cache_limit = max(0, int(nbytes))
+        _evict()
+
+
+def pack_cache_info() -> dict:
+    """``{"entries": ..., "bytes": ..., "limit": ...}`` of the packed-weight cache."""
+    with _PACK_LOCK:
+        return {
+            "entries": len(_PACK_CACHE),
+            "bytes": sum(e[2].nbytes for e in _PACK_CACHE.values()),
+            "limit": _pack_cache_limit,
+        }
+
+
+def _evict() -> None:
+    total = sum(e[2].nbytes for e in _PACK_CACHE.values())
+    while _PACK_CACHE and total > _pack_cache_limit:
+        _, e = _PACK_CACHE.popitem(last=False)
+        total -= e[2].nbytes
+
+
+def _state(t: torch.Tensor) -> tuple:
+    # What an in-place change alters: the version counter (every in-place op and copy_),
+    # and, for resize_/set_, the shape, dtype or storage.
+    return (t._version, tuple(t.shape), t.dtype, t.data_ptr())
+
+
+def _packed(weights, biases, args: dict, nt: int):
+    """The cached packing of these weight tensors (packing them now if needed), or None
+    when the cache is disabled or the packing would not fit in it."""
+    # Packed fp32 panels take about as many bytes as the weights in fp32; a q-net batch
+    # that would not fit is left to the call, which packs in bounded groups of queries.
+    if sum(w.numel() for w in weights) * 4 > _pack_cache_limit:
+        return None
+    tensors = tuple(weights) + tuple(biases)
+    flags = tuple(args[k] for k in ("relu", "layer_norm", "residual", "residual_on_last",
+                                    "layer_norm_before_residual", "eps"))
+    key = (tuple(id(t) for t in tensors), flags, _C.cpu_isa())
+    state = tuple(_state(t) for t in tensors)
+    with _PACK_LOCK:
+        e = _PACK_CACHE.get(key)
+        if e is not None and e[1] == state and all(a is b for a, b in zip(e[0], tensors)):
+            _PACK_CACHE.move_to_end(key)
+            return e[2]
+    packed = _C.cpu_pack_qnets(**args, num_threads=nt)
+    with _PACK_LOCK:
+        if packed.nbytes <= _pack_cache_limit:
+            _PACK_CACHE[key] = (tensors, state, packed)
+            _PACK_CACHE.move_to_end(key)
+            _evict()
+    return packed
+
+
 def _threads(num_threads) -> int:
     return int(num_threads) if num_threads is not None else max(1, torch.get_num_threads())
 
@@ -106,12 +194,14 @@ def _out(out, shape):
 def score_dense(weights, biases, config, vectors, out=None, *, num_threads=None, block_size=None):
     Q, n = weights[0].shape[0], vectors.shape[0]
     res, buf = _out(out, (Q, n))
+    args, nt = _qnet_args(weights, biases, config), _threads(num_threads)
     _C.cpu_score_dense(
-        **_qnet_args(weights, biases, config),
+        **args,
         vectors=_np(vectors),
         out=buf.numpy(),
-        num_threads=_threads(num_threads),
+        num_threads=nt,
         block_size=int(block_size or 0),
+        packed=_packed(weights, biases, args, nt),
     )
     if buf is not res:
         res.copy_(buf)
@@ -121,13 +211,15 @@ def score_dense(weights, biases, config, vectors, out=None, *, num_threads=None,
 def score_gather(weights, biases, config, vectors, ids, out=None, *, num_threads=None, block_size=None):
     res, buf = _out(out, tuple(ids.shape))
     ids = ids.to(torch.int64)
+    args, nt = _qnet_args(weights, biases, config), _threads(num_threads)
     _C.cpu_score_gather(
-        **_qnet_args(weights, biases, config),
+        **args,
         vectors=_np(vectors),
         ids=_np(ids),
         out=buf.numpy(),
-        num_threads=_threads(num_threads),
+        num_threads=nt,
         block_size=int(block_size or 0),
+        packed=_packed(weights, biases, args, nt),
     )
     if buf is not res:
         res.copy_(buf)
@@ -145,11 +237,13 @@ def exact_topk(weights, biases, config, vectors, k, block_size=None, *, num_thre
         vec = vectors if vectors.flags.c_contiguous else np.ascontiguousarray(vectors)
     else:
         vec = _np(vectors)
+    args, nt = _qnet_args(weights, biases, config), _threads(num_threads)
     s, i = _C.cpu_exact_topk(
-        **_qnet_args(weights, biases, config),
+        **args,
         vectors=vec,
         k=int(k),
-        num_threads=_threads(num_threads),
+        num_threads=nt,
         block_size=int(block_size or 0),
+        packed=_packed(weights, biases, args, nt),
     )
     return torch.from_numpy(s), torch.from_numpy(i)
