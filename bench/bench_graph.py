@@ -24,7 +24,7 @@ import torch
 
 import engine
 from engine.graph.common import entry_points
-from paper_baseline import paper_search_python
+from paper_baseline import adjacency, paper_search_python
 
 import graph_data as gd
 
@@ -82,7 +82,8 @@ def table(title, rows, extra=""):
     return text
 
 
-def run_case(name, idx, q, *, nq_lat, nq_base, efs, exact_queries, gpu=False):
+def run_case(name, idx, q, *, nq_lat, nq_base, efs, exact_queries, gpu=False, impl="auto",
+             passes_list=(1, 2)):
     n = len(idx)
     dev = q.device
     rows = []
@@ -95,25 +96,26 @@ def run_case(name, idx, q, *, nq_lat, nq_base, efs, exact_queries, gpu=False):
     # Python reference of the paper's algorithm, and the engine's paper preset.
     ent = entry_points(idx, 10_000)
     qb = engine.QNet([w[:nq_base] for w in q.weights], [b[:nq_base] for b in q.biases], q.config)
+    adj = adjacency(idx.graph)  # per index, not per query: outside the timing
     t0 = time.perf_counter()
-    ref, st = paper_search_python(qb, idx.vectors, idx.graph, ent, 100,
-                                  backend="cuda" if gpu else "auto")
+    ref, st = paper_search_python(qb, idx.vectors, adj, ent, 100,
+                                  backend="cuda" if gpu else "torch")
     base_lat = (time.perf_counter() - t0) / nq_base
     base_ids = torch.tensor([r[1] + [-1] * (100 - len(r[1])) for r in ref])
     base_scored = sum(s["documents_scored"] for s in st) / nq_base
     rows.append(row("paper, Python baseline", [base_lat], base_ids, truth[:nq_base], n, base_scored))
-    lat, ids, scored = per_query(idx, q, 100, nq_lat, mode="graph", preset="paper")
+    lat, ids, scored = per_query(idx, q, 100, nq_lat, mode="graph", preset="paper", impl=impl)
     same = torch.equal(ids[:nq_base], base_ids)
     sync(dev)
     t0 = time.perf_counter()
-    idx.search(q, 100, mode="graph", preset="paper")
+    idx.search(q, 100, mode="graph", preset="paper", impl=impl)
     sync(dev)
     qps = q.num_queries / (time.perf_counter() - t0)
     rows.append(row("paper preset, engine", lat, ids, truth, n, scored, qps))
     speed_paper = base_lat / statistics.median(lat[:nq_base])
-    for passes in (1, 2):
+    for passes in passes_list:
         for ef in efs:
-            opts = dict(mode="graph", ef=ef, passes=passes)
+            opts = dict(mode="graph", ef=ef, passes=passes, impl=impl)
             lat, ids10, scored = per_query(idx, q, 10, nq_lat, **opts)
             _, ids100, _ = per_query(idx, q, 100, min(nq_lat, 8), **opts)
             sync(dev)
@@ -124,6 +126,9 @@ def run_case(name, idx, q, *, nq_lat, nq_base, efs, exact_queries, gpu=False):
             r = row(f"default ef={ef} passes={passes}", lat, ids10, truth, n, scored, qps)
             r["recall@100"] = gd.recall(ids100, truth[: ids100.shape[0]], 100)
             rows.append(r)
+    ex_p50 = rows[0]["p50 ms"]
+    for r in rows:
+        r["x vs exact"] = ex_p50 / r["p50 ms"]
     extra = (f"n = {n:,}, d = {idx.dim}, q-net {q.vector_dimensions}, {nq_lat} queries "
              f"(exact timed on {exact_queries}, Python baseline on {nq_base}); paper preset "
              f"identical to the Python baseline on those: **{same}**, {speed_paper:.1f}x faster. "
@@ -165,22 +170,30 @@ def main(argv=None):
     ap.add_argument("--gpu", action="store_true", help="case (c) on CUDA")
     ap.add_argument("--gpu-n", type=int, default=8_800_000)
     ap.add_argument("--gpu-device", default="cuda", help="for a dry run: cpu")
+    ap.add_argument("--gpu-dry-run", action="store_true",
+                    help="the --gpu code path on CPU tensors at a tiny size (torch impl), to check it runs")
+    ap.add_argument("--syn-queries", type=int, default=8, help="case (b): queries (exact truth cached)")
     ap.add_argument("--png", default=os.path.join(HERE, "graph_latency_recall.png"))
     args = ap.parse_args(argv)
     print(f"# bench_graph: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d %H:%M')}")
     results = {}
-    if args.gpu:
-        dev = torch.device(args.gpu_device)
-        x = engine.synthetic.vectors(args.gpu_n, 768, seed=0, dtype=torch.bfloat16).to(dev)
-        q = engine.synthetic.qnets(64, [768] * 7 + [1], seed=1, corpus_seed=0, dtype=torch.bfloat16).to(device=dev)
+    if args.gpu or args.gpu_dry_run:
+        dry = args.gpu_dry_run
+        dev = torch.device("cpu" if dry else args.gpu_device)
+        n, d = (3000, 64) if dry else (args.gpu_n, 768)
+        x = engine.synthetic.vectors(n, d, seed=0, dtype=torch.bfloat16).to(dev)
+        q = engine.synthetic.qnets(8 if dry else 64, [d] * 7 + [1], seed=1, corpus_seed=0,
+                                   dtype=torch.bfloat16).to(device=dev)
         idx = engine.Index(x, _checked=True)
         t = time.perf_counter()
         idx.build_graph(32, method="exact", block_size=4096)
-        print(f"graph build on {dev}: {time.perf_counter() - t:.1f}s")
-        rows, extra = run_case(f"gpu{args.gpu_n}", idx, q, nq_lat=32, nq_base=2, efs=(8, 16, 32, 64),
-                               exact_queries=2, gpu=True)
-        table(f"(c) synthetic {args.gpu_n:,} x 768 bf16 on {dev}", rows, extra)
+        print(f"graph build on {dev}: {time.perf_counter() - t:.1f}s", flush=True)
+        name = f"gpu{n}" + ("-dry" if dry else "")
+        rows, extra = run_case(name, idx, q, nq_lat=8 if dry else 32, nq_base=2,
+                               efs=(8, 16) if dry else (8, 16, 32, 64), exact_queries=2,
+                               gpu=not dry, impl="torch")
+        table(f"(c) synthetic {n:,} x {d} bf16 on {dev}" + (" (dry run)" if dry else ""), rows, extra)
         return
     cases = ["debian"] if args.quick else args.cases
     for name in cases:
@@ -194,10 +207,10 @@ def main(argv=None):
                                    exact_queries=4)
             table("(a) debian-minilm, trained q-nets", rows, extra)
         else:
-            x, q = gd.synthetic(1_000_000, 768, 2, 8)
+            x, q = gd.synthetic(1_000_000, 768, 2, args.syn_queries)
             idx = gd.index_with_graph("syn1m", x, 32)
-            rows, extra = run_case("syn1m", idx, q, nq_lat=8, nq_base=2, efs=(8, 16, 32, 64),
-                                   exact_queries=1)
+            rows, extra = run_case("syn1m", idx, q, nq_lat=args.syn_queries, nq_base=2,
+                                   efs=(8, 16, 32, 64), exact_queries=1)
             table("(b) synthetic 1M x 768 bf16, 2-layer synthetic q-nets", rows, extra)
         results[name] = rows
     plot(results, args.png)

@@ -71,6 +71,30 @@ def test_faiss_graph_close_to_exact_and_never_self():
     assert params["nlist"] > 0 and ref.shape == (200, 8)
 
 
+def test_cluster_graph_close_to_exact_and_never_self():
+    pytest.importorskip("faiss")
+    x = engine.synthetic.vectors(4000, 32, seed=4)
+    nbr, params = build_knn_graph(x, 8, method="cluster", nlist=16, nprobe=6)
+    assert nbr.dtype == torch.int32 and nbr.shape == (4000, 8)
+    assert not (nbr.long() == torch.arange(4000)[:, None]).any()
+    assert (nbr >= 0).all()
+    exact, _ = build_knn_graph(x, 8, method="exact")
+    assert recall(nbr.long(), exact.long()) > 0.8
+    assert params["method"] == "cluster" and params["nlist"] == 16 and params["nprobe"] == 6
+    # Every cluster probed: the exact graph, ties and all.
+    full, _ = build_knn_graph(x, 8, method="cluster", nlist=4, nprobe=4)
+    assert torch.equal(full, exact)
+
+
+def test_cluster_graph_rejects_bad_options():
+    pytest.importorskip("faiss")
+    x = engine.synthetic.vectors(100, 8)
+    with pytest.raises(ValueError):
+        build_knn_graph(x, 4, method="cluster", nprobe=0)
+    with pytest.raises(TypeError):
+        build_knn_graph(x, 4, method="cluster", bogus=1)
+
+
 def test_duplicates_are_neighbours_but_never_self():
     base = engine.synthetic.vectors(50, 8, seed=6)
     x = torch.cat([base, base[:10], base[:10]])  # docs i, 50+i, 60+i identical for i<10
@@ -174,6 +198,56 @@ def test_native_matches_torch(small, preset):
     b = idx.search(q, 10, mode="graph", preset=preset, impl="native", **opts)
     assert recall(a.ids, b.ids) >= 0.98  # float rounding of the two scorers may swap near-ties
     torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("simd", [True, False])
+def test_native_linear_topk_matches_torch_scan(dtype, simd):
+    from engine import _C
+    from engine.graph.beam import linear_scan
+
+    x = engine.synthetic.vectors(5000, 36, seed=8, dtype=dtype)  # 36: a tail after 4 x 8 lanes
+    w = torch.randn(3, 36, generator=torch.Generator().manual_seed(0))
+    xs = x.view(torch.uint16) if dtype == torch.bfloat16 else x
+    s, i = _C.graph_linear_topk(xs.numpy(), w.numpy(), 40, 2, simd)
+    ref = w.double() @ x.double().T
+    rs, _ = torch.topk(ref, 40, dim=1)
+    torch.testing.assert_close(torch.from_numpy(s).double(), rs, rtol=1e-5, atol=1e-5)
+    assert recall(torch.from_numpy(i), linear_scan(x.float(), w, 40)) >= 0.99
+    # Threads change nothing.
+    s1, i1 = _C.graph_linear_topk(xs.numpy(), w.numpy(), 40, 1, simd)
+    assert np.array_equal(i, i1) and np.array_equal(s, s1)
+    # Ties by lower id: a duplicated corpus keeps the first copy of each pair first.
+    x2 = torch.cat([x, x]).contiguous()
+    x2s = x2.view(torch.uint16) if dtype == torch.bfloat16 else x2
+    _, i2 = _C.graph_linear_topk(x2s.numpy(), w.numpy(), 10, 2, simd)
+    assert (i2[:, 0::2] < 5000).all() and (i2[:, 1::2] == i2[:, 0::2] + 5000).all()
+    # m beyond n: the whole corpus.
+    s3, _ = _C.graph_linear_topk(xs[:7].contiguous().numpy(), w.numpy(), 40, 2, simd)
+    assert s3.shape == (3, 7)
+
+
+@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
+def test_native_linear_topk_rejects_bad_input():
+    from engine import _C
+
+    x = np.zeros((10, 4), np.float32)
+    w = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError):
+        _C.graph_linear_topk(x, np.zeros((2, 5), np.float32), 3, 1)
+    with pytest.raises(ValueError):
+        _C.graph_linear_topk(x, w, 0, 1)
+    with pytest.raises(ValueError):
+        _C.graph_linear_topk(x, w, 3, 0)
+    with pytest.raises(TypeError):
+        _C.graph_linear_topk(x.astype(np.int32), w, 3, 1)
+    with pytest.raises(TypeError):
+        _C.graph_linear_topk(x, w.astype(np.float64), 3, 1)
+    with pytest.raises(ValueError):
+        _C.graph_linear_topk(x, np.full((2, 4), np.nan, np.float32), 3, 1)
+    with pytest.raises(ValueError):
+        _C.graph_linear_topk(np.zeros((10, 4), np.float32)[:, ::2].copy().T, w, 3, 1)
 
 
 # ---------------------------------------------------------------- edge cases
