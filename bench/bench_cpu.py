@@ -1,17 +1,35 @@
 """Benchmark of the "cpu" backend's fused kernels against the best PyTorch implementation.
 
-Prints one table: for L in {2, 6}, d in {384, 768}, Q in {1, 8}, dense scoring and gather
-scoring (m = 512 and 4096), in bf16 (weights and vectors) and fp32: documents/s and
-GFLOP/s of the cpu backend and of PyTorch in the same dtype (per-layer matmul over blocks),
-the ratio, the ratio against PyTorch in fp32, and the kernel's fraction of this machine's
-fp32 GEMM peak, measured in the same run with a large torch.matmul. Then it times exact
-top-k search for one query over a synthetic 1M x 768 bf16 memory-mapped index.
+Prints, for L in {2, 6}, d in {384, 768}, Q in {1, 8}, dense scoring and gather scoring
+(m = 512 and 4096), in bf16 (weights and vectors) and fp32: documents/s and GFLOP/s of the
+cpu backend and of the best PyTorch implementation timed in the same run, the ratio, and
+the kernel's fraction of this machine's peak, two ways: the plain fp32 GEMM peak
+(torch.matmul 2048^3, best of several) and the theoretical FMA peak (a register-only FMA
+loop, ``cpu.fma_peak_gflops``). Both peaks are measured at the start, between groups of
+rows and at the end; the table divides by the largest reading of each.
 
-Timings alternate between the implementations and keep the best of several repetitions,
-because the development machine is shared.
+PyTorch candidates per row, the best (fastest) one is the baseline:
+  * ``native``: per-layer (b)addmm over blocks in the row's dtype;
+  * ``fp32`` (bf16 rows only): the weights converted to fp32 once, outside the timing (as
+    the cpu backend's packed weights are cached), the documents converted per call, then
+    MKL fp32; torch's own bf16 matmul runs at ~1 GFLOP/s on CPUs without native bf16, so
+    this is the best torch can do there. ``native`` bf16 is timed on a prefix of the
+    documents (its docs/s does not depend on n at these sizes) so that the table finishes.
+The cpu backend is timed warm (its packed-weight cache holds the q-net, as in graph
+search or any repeated scoring); the ``cold`` lines time a first call with a new q-net
+(the cache cleared before each call, so packing is included).
 
-    python bench/bench_cpu.py            # full table (several minutes on 2 cores)
-    python bench/bench_cpu.py --quick    # a subset, small sizes
+Then a single-thread section (``--single``, on by default): the acceptance shapes timed
+with one thread and ``time.thread_time`` (CPU time of this thread only), so that load from
+other processes on the machine hurts less than in the wall-clock two-thread table, with
+single-thread GEMM and FMA peaks measured the same way. Then exact top-k search for one
+query over a synthetic 1M x 768 bf16 memory-mapped index.
+
+Timings alternate between the implementations (interleaved repetitions) and keep the best
+of each, because the development machine is shared.
+
+    python bench/bench_cpu.py --markdown   # full table (several minutes on 2 cores)
+    python bench/bench_cpu.py --quick      # a subset, small sizes
 """
 
 from __future__ import annotations
@@ -30,28 +48,39 @@ from engine import QNet, QNetConfig
 from engine.backends import cpu
 
 
-def best_of(fns, reps, max_time=4.0):
-    """Best wall time of each fn over `reps` interleaved repetitions (so that load from
-    other processes hits all alike); stops early, after two, once max_time has passed."""
+def best_of(fns, reps, max_time=4.0, clock=time.perf_counter):
+    """Best time of each fn over `reps` interleaved repetitions (so that load from other
+    processes hits all alike); stops early, after two, once max_time has passed."""
     for f in fns:
         f()  # warm up
     best = [float("inf")] * len(fns)
     t_end = time.perf_counter() + max_time
     for r in range(reps):
         for i, f in enumerate(fns):
-            t = time.perf_counter()
+            t = clock()
             f()
-            best[i] = min(best[i], time.perf_counter() - t)
+            best[i] = min(best[i], clock() - t)
         if r >= 1 and time.perf_counter() > t_end:
             break
     return best
 
 
-def gemm_peak(dtype, size, reps):
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    (t,) = best_of([lambda: torch.matmul(a, b)], reps)
-    return 2 * size**3 / t / 1e9
+class Peaks:
+    """Largest GEMM and FMA peak readings so far (load from other processes only lowers a
+    reading, so the largest is the closest to the machine's)."""
+
+    def __init__(self, gemm_size, reps, clock=time.perf_counter, threads=None):
+        self.a = torch.randn(gemm_size, gemm_size)
+        self.b = torch.randn(gemm_size, gemm_size)
+        self.reps, self.clock, self.threads = reps, clock, threads
+        self.gemm = self.fma = 0.0
+
+    def measure(self):
+        n = self.a.shape[0]
+        (t,) = best_of([lambda: torch.matmul(self.a, self.b)], self.reps, clock=self.clock)
+        self.gemm = max(self.gemm, 2 * n**3 / t / 1e9)
+        self.fma = max(self.fma, cpu.fma_peak_gflops(self.threads, seconds=0.6))
+        return self
 
 
 def make_qnet(Q, d, L, dtype, seed=0):
@@ -95,38 +124,94 @@ def torch_gather(qn, vec, ids):
     return torch_qnet(qn.weights, qn.biases, qn.config, x).float()
 
 
+def torch_dense_f32(qn32, vec, block=4096):
+    """Dense scores with fp32 weights (converted beforehand) from documents of any dtype."""
+    out = torch.empty(qn32.num_queries, vec.shape[0], dtype=torch.float32)
+    for s in range(0, vec.shape[0], block):
+        out[:, s : s + block] = torch_qnet(qn32.weights, qn32.biases, qn32.config, vec[s : s + block].float())
+    return out
+
+
+def torch_gather_f32(qn32, vec, ids):
+    x = vec[ids.reshape(-1)].float().view(ids.shape[0], ids.shape[1], -1)
+    if ids.shape[0] == 1:
+        x = x[0]
+    return torch_qnet(qn32.weights, qn32.biases, qn32.config, x)
+
+
+def fmt_row(r):
+    out = []
+    for v in r:
+        if isinstance(v, float):
+            out.append(f"{v:,.0f}" if v >= 1000 else f"{v:.2f}")
+        else:
+            out.append(str(v))
+    return out
+
+
+def time_row(op, dt, qn, qn32_conv, vec, ids, items, reps, work, clock=time.perf_counter, nt=None, max_time=6.0):
+    """(cpu time, cold cpu time or None, best torch time, name of the best torch variant)
+    for one row; torch native bf16 is timed on a prefix of the documents (see the module
+    docstring) and scaled."""
+    W, B, C = qn.weights, qn.biases, qn.config
+    kw = {} if nt is None else {"num_threads": nt}
+    Q = qn.num_queries
+    fpd = qn.flops_per_document()
+    if op == "dense":
+        f_cpu = lambda: cpu.score_dense(W, B, C, vec, **kw)
+        n_t = items if dt == torch.float32 else max(64, min(items, int(work / 8 / (Q * fpd))))
+        vec_t = vec[:n_t]
+        f_nat = lambda: torch_dense(qn, vec_t)
+        f_f32 = lambda: torch_dense_f32(qn32_conv, vec)
+    else:
+        n_t = items if dt == torch.float32 else max(64, min(items, int(work / 8 / (Q * fpd))))
+        ids_t = ids[:, :n_t]
+        f_cpu = lambda: cpu.score_gather(W, B, C, vec, ids, **kw)
+        f_nat = lambda: torch_gather(qn, vec, ids_t)
+        f_f32 = lambda: torch_gather_f32(qn32_conv, vec, ids)
+
+    def f_cold():
+        cpu.clear_pack_cache()
+        f_cpu()
+
+    fns = [f_cpu, f_nat] + ([f_f32] if dt != torch.float32 else [])
+    ts = best_of(fns, reps, clock=clock, max_time=max_time)
+    ts[1] *= items / n_t
+    names = ["native", "fp32"]
+    j = min(range(1, len(ts)), key=lambda i: ts[i])
+    return ts[0], ts[j], names[j - 1], f_cold
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a subset at small sizes")
     ap.add_argument("--threads", type=int, default=None, help="threads (default torch.get_num_threads())")
     ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--exact-n", type=int, default=None, help="documents of the exact-search index")
+    ap.add_argument("--exact-n", type=int, default=None, help="documents of the exact-search index (0: skip)")
     ap.add_argument("--exact-layers", type=int, nargs="+", default=[2], help="q-net depths for exact search")
+    ap.add_argument("--no-single", action="store_true", help="skip the single-thread section")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     nt = torch.get_num_threads()
-    reps = args.reps or (3 if args.quick else 5)
+    reps = args.reps or (3 if args.quick else 8)
     work = 0.3e9 if args.quick else 0.6e9  # FLOPs per timed call (sets n for dense)
 
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {nt} threads, cpu backend ISA {cpu.isa()} "
-          f"(supported: {', '.join(cpu.supported_isas())})")
-    peak32 = gemm_peak(torch.float32, 1536 if args.quick else 2048, reps)
-    peak16 = gemm_peak(torch.bfloat16, 1024, max(2, reps // 2))
-    print(f"# GEMM peak (torch.matmul, same run): fp32 {peak32:.1f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
+          f"(supported: {', '.join(cpu.supported_isas())}); load average at start "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    peaks = Peaks(1536 if args.quick else 2048, max(3, reps // 2)).measure()
+    print(f"# peaks at start: fp32 GEMM {peaks.gemm:.1f} GFLOP/s, FMA {peaks.fma:.1f} GFLOP/s", flush=True)
 
-    Ls = (2, 6)
-    ds = (384, 768)
-    Qs = (1, 8)
-    ms = (512, 4096)
+    Ls, ds, Qs, ms = (2, 6), (384, 768), (1, 8), (512, 4096)
     dtypes = (torch.bfloat16, torch.float32)
     if args.quick:
-        Ls, Qs, ms = (2, 6), (1,), (512,)
-    cols = ("op", "dtype", "L", "d", "Q", "n|m", "cpu docs/s", "cpu GFLOP/s", "torch docs/s",
-            "torch GFLOP/s", "ratio", "vs fp32 torch", "% fp32 peak")
-    rows = []
+        Qs, ms = (1,), (512,)
+    cols = ("op", "dtype", "L", "d", "Q", "n|m", "cpu docs/s", "cpu GFLOP/s", "torch best", "torch GFLOP/s",
+            "ratio", "% GEMM peak", "% FMA peak")
+    rows, cold = [], []
     for L in Ls:
         for d in ds:
             if args.quick and (L, d) not in ((2, 384), (6, 768)):
@@ -136,45 +221,85 @@ def main():
                 fpd = qn32.flops_per_document()
                 n = max(256, int(work / (Q * fpd)))
                 vec32 = torch.randn(n, d)
-                cases = [("dense", None)] + [("gather", m) for m in ms]
-                for op, m in cases:
+                for op, m in [("dense", None)] + [("gather", m) for m in ms]:
                     ids = None if m is None else torch.randint(0, n, (Q, m))
-                    t_ref32 = None
+                    items = n if m is None else m
+                    # The acceptance rows get 4x the repetitions, to catch quiet moments.
+                    target = (op, L, d, Q, m) in (("gather", 2, 384, 1, 512), ("dense", 6, 768, 1, None))
                     for dt in dtypes:
                         qn, vec = qn32.to(dtype=dt), vec32.to(dt)
-                        W, B, C = qn.weights, qn.biases, qn.config
-                        if op == "dense":
-                            f_cpu = lambda: cpu.score_dense(W, B, C, vec)
-                            f_t = lambda: torch_dense(qn, vec)
-                            f_t32 = lambda: torch_dense(qn32, vec32)
-                            items = n
-                        else:
-                            # torch in bf16 runs at ~1 GFLOP/s on CPUs without native bf16:
-                            # it is timed on the first m_t ids (its docs/s does not depend
-                            # on m at these sizes) so that the table finishes.
-                            m_t = m if dt == torch.float32 else max(64, min(m, int(work / (Q * fpd))))
-                            ids_t = ids[:, :m_t]
-                            f_cpu = lambda: cpu.score_gather(W, B, C, vec, ids)
-                            f_t = lambda: torch_gather(qn, vec, ids_t)
-                            f_t32 = lambda: torch_gather(qn32, vec32, ids)
-                            items = m
-                        fns = [f_cpu, f_t] if (dt == torch.float32 or t_ref32 is not None) else [f_cpu, f_t, f_t32]
-                        ts = best_of(fns, reps)
-                        if op == "gather" and dt != torch.float32:
-                            ts[1] *= m / m_t  # per-document time of the truncated run
-                        if len(ts) == 3:
-                            t_ref32 = ts[2]
-                        if dt == torch.float32:
-                            t_ref32 = ts[1]
+                        t_cpu, t_t, name, f_cold = time_row(op, dt, qn, qn.to(dtype=torch.float32), vec, ids,
+                                                            items, reps * (4 if target else 1), work,
+                                                            max_time=20.0 if target else 6.0)
                         flops = Q * items * fpd
-                        rows.append((op, str(dt).replace("torch.", ""), L, d, Q, items,
-                                     Q * items / ts[0], flops / ts[0] / 1e9, Q * items / ts[1],
-                                     flops / ts[1] / 1e9, ts[1] / ts[0], t_ref32 / ts[0],
-                                     100 * flops / ts[0] / 1e9 / peak32))
-                        print_row(rows[-1], cols, header=len(rows) == 1, md=args.markdown)
+                        rows.append([op, str(dt).replace("torch.", ""), L, d, Q, items, Q * items / t_cpu,
+                                     flops / t_cpu / 1e9, name, flops / t_t / 1e9, t_t / t_cpu])
+                        if (op, L, d, Q, m) in (("gather", 2, 384, 1, 512), ("dense", 6, 768, 1, None),
+                                                ("dense", 6, 768, 8, None)):
+                            (tc,) = best_of([f_cold], max(3, reps // 2))
+                            cold.append((rows[-1][:6], flops / tc / 1e9, tc, t_cpu))
+                        print("  " + " ".join(fmt_row(rows[-1])), flush=True)
+            peaks.measure()  # between groups of rows
+    peaks.measure()
+    print(f"\n# peaks (largest of {1 + len(Ls) * len(ds) + 1} readings through the run): "
+          f"fp32 GEMM {peaks.gemm:.1f} GFLOP/s, FMA {peaks.fma:.1f} GFLOP/s; "
+          f"load average at end {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    for r in rows:
+        r += [100 * r[7] / peaks.gemm, 100 * r[7] / peaks.fma]
+    print_table(rows, cols, args.markdown)
+    if cold:
+        print("\n# cold calls (packed-weight cache cleared before each call: packing included)")
+        for key, g, tc, tw in cold:
+            print(f"{' '.join(map(str, key))}: cold {g:.1f} GFLOP/s ({tc * 1e3:.2f} ms) vs warm "
+                  f"{tw * 1e3:.2f} ms")
 
-    # Exact search: one query over a synthetic memory-mapped bf16 index.
-    n_ex = args.exact_n or (100_000 if args.quick else 1_000_000)
+    if not args.no_single:
+        single_thread_section(args, reps, work)
+    exact_section(args, peaks)
+
+
+def single_thread_section(args, reps, work):
+    """The acceptance shapes on one thread, timed by this thread's CPU time."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    clk = time.thread_time
+    try:
+        peaks = Peaks(1024, max(3, reps), clock=clk, threads=1).measure()
+        shapes = [("gather", 2, 384, 1, 512), ("dense", 6, 768, 1, None)]
+        if not args.quick:
+            shapes += [("gather", 6, 768, 1, 512), ("dense", 2, 384, 1, None)]
+        cols = ("op", "dtype", "L", "d", "Q", "n|m", "cpu docs/s", "cpu GFLOP/s", "torch best", "torch GFLOP/s",
+                "ratio", "% GEMM peak", "% FMA peak")
+        rows = []
+        for op, L, d, Q, m in shapes:
+            qn32 = make_qnet(Q, d, L, torch.float32)
+            fpd = qn32.flops_per_document()
+            n = max(256, int(work / 4 / (Q * fpd))) if m is None else 50_000
+            vec32 = torch.randn(n, d)
+            ids = None if m is None else torch.randint(0, n, (Q, m))
+            items = n if m is None else m
+            for dt in (torch.bfloat16, torch.float32):
+                qn, vec = qn32.to(dtype=dt), vec32.to(dt)
+                t_cpu, t_t, name, _ = time_row(op, dt, qn, qn.to(dtype=torch.float32), vec, ids, items,
+                                               max(10, 2 * reps), work / 4, clock=clk, nt=1)
+                flops = Q * items * fpd
+                rows.append([op, str(dt).replace("torch.", ""), L, d, Q, items, Q * items / t_cpu,
+                             flops / t_cpu / 1e9, name, flops / t_t / 1e9, t_t / t_cpu])
+                print("  " + " ".join(fmt_row(rows[-1])), flush=True)
+        peaks.measure()
+        print(f"\n# single thread, time.thread_time (CPU time of the calling thread); peaks on one thread: "
+              f"fp32 GEMM (1024^3) {peaks.gemm:.1f} GFLOP/s, FMA {peaks.fma:.1f} GFLOP/s")
+        for r in rows:
+            r += [100 * r[7] / peaks.gemm, 100 * r[7] / peaks.fma]
+        print_table(rows, cols, args.markdown)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def exact_section(args, peaks):
+    n_ex = args.exact_n if args.exact_n is not None else (100_000 if args.quick else 1_000_000)
+    if n_ex <= 0:
+        return
     d = 768
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "index.bf16")
@@ -195,24 +320,25 @@ def main():
             t = time.perf_counter() - t0
             fl = n_ex * qn.flops_per_document()
             print(f"L={L}: {t:.2f} s, {n_ex / t:,.0f} docs/s, {fl / t / 1e9:.1f} GFLOP/s "
-                  f"({100 * fl / t / 1e9 / peak32:.0f}% of fp32 GEMM peak); best id {int(i[0, 0])}")
+                  f"({100 * fl / t / 1e9 / peaks.gemm:.0f}% of fp32 GEMM peak, "
+                  f"{100 * fl / t / 1e9 / peaks.fma:.0f}% of FMA peak); best id {int(i[0, 0])}")
         del index
 
 
+def print_table(rows, cols, md):
+    for i, r in enumerate(rows):
+        print_row(r, cols, header=i == 0, md=md)
+
+
 def print_row(r, cols, header, md):
-    fmt = []
-    for v in r:
-        if isinstance(v, float):
-            fmt.append(f"{v:,.0f}" if v >= 1000 else f"{v:.2f}")
-        else:
-            fmt.append(str(v))
+    fmt = fmt_row(r)
     if md:
         if header:
             print("| " + " | ".join(cols) + " |")
             print("|" + "---|" * len(cols))
         print("| " + " | ".join(fmt) + " |", flush=True)
     else:
-        w = [6, 8, 2, 4, 2, 6, 11, 11, 12, 13, 6, 13, 11]
+        w = [6, 8, 2, 4, 2, 6, 11, 11, 10, 13, 6, 11, 10]
         if header:
             print("  ".join(c.rjust(x) for c, x in zip(cols, w)))
         print("  ".join(c.rjust(x) for c, x in zip(fmt, w)), flush=True)
