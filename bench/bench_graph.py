@@ -194,6 +194,7 @@ def main(argv=None):
                                efs=(8, 16) if dry else (8, 16, 32, 64), exact_queries=2,
                                gpu=not dry, impl="torch")
         table(f"(c) synthetic {n:,} x {d} bf16 on {dev}" + (" (dry run)" if dry else ""), rows, extra)
+        plot({name: rows}, args.png)
         return
     cases = ["debian"] if args.quick else args.cases
     for name in cases:
