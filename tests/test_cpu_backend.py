@@ -376,7 +376,7 @@ def test_packed_argument_is_validated():
 
 @pytest.mark.parametrize("Q", [1, 2, 3])
 def test_gather_splits_across_threads(Q):
-    """Small gathers are cut into equal per-thread shares; every split agrees."""
+    """Small gathers are cut into blocks of decreasing size (guided); every split agrees."""
     qn = make_qnet(Q, 48, 2, torch.float32)
     vec = make_vectors(600, 48, torch.float32)
     ref = torch_ref.score_dense(qn.weights, qn.biases, qn.config, vec)

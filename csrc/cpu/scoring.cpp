@@ -249,42 +249,38 @@ struct Task {
 };
 
 // The (query, block) pairs of a call, in query-major, increasing-row order (exact_topk's
-// merge relies on each thread seeing a query's blocks in that order). With many blocks per
-// thread they are full blocks of B rows, handed out dynamically. With few (a gather of a
-// few hundred rows, where one late block leaves a thread idle for a large part of the
-// call), each query's rows are first cut into `parts` equal shares, each share a multiple
-// of MR (so only a share's last block is padded) and one per thread, then each share into
-// blocks of at most B rows; these are handed out statically, share by share.
+// merge relies on each thread seeing a query's blocks in that order), handed out to the
+// threads dynamically, first come first served. With many blocks per thread they are full
+// blocks of B rows. With few (a gather of a few hundred rows), a late block would leave a
+// thread idle for a large part of the call, so block sizes decrease (guided): each block
+// takes about 1/(2 x threads) of the rows still unassigned, between 2 x MR and B rows. The
+// last blocks are small, so threads finish together on a quiet machine, and a thread whose
+// core is shared with another process simply takes fewer blocks (static equal shares were
+// measured twice as slow as one thread when the other core was busy).
 struct Schedule {
   std::vector<Task> tasks;
-  bool balanced = false;  // static schedule over shares
   int64_t max_rows = 0;
 };
 
 Schedule make_schedule(int64_t Q, int64_t items, int num_threads, int64_t block, const KernelOps& ops) {
   Schedule sc;
   const int64_t B = block_rows(block, ops);
-  sc.max_rows = B;
   const int64_t nb = (items + B - 1) / B;
-  if (block <= 0 && num_threads > 1 && Q * nb < 8 * num_threads && Q < num_threads) {
-    const int64_t parts = std::min<int64_t>((num_threads + Q - 1) / Q, (items + ops.mr - 1) / ops.mr);
-    const int64_t share = round_up((items + parts - 1) / parts, ops.mr);
-    sc.balanced = Q * parts == num_threads;
-    for (int64_t q = 0; q < Q; ++q)
-      for (int64_t s0 = 0; s0 < items; s0 += share) {
-        const int64_t s1 = std::min(items, s0 + share);
-        const int64_t per = (s1 - s0 + B - 1) / B;  // blocks in this share, equal sizes
-        const int64_t bl = round_up((s1 - s0 + per - 1) / per, ops.mr);
-        for (int64_t b0 = s0; b0 < s1; b0 += bl) sc.tasks.push_back({q, b0, std::min(bl, s1 - b0)});
+  const bool guided = block <= 0 && num_threads > 1 && Q * nb < 8 * num_threads;
+  int64_t left = Q * items;
+  for (int64_t q = 0; q < Q; ++q)
+    for (int64_t s0 = 0; s0 < items;) {
+      int64_t bl = B;
+      if (guided) {
+        bl = round_up((left + 2 * num_threads - 1) / (2 * num_threads), ops.mr);
+        bl = std::min(B, std::max<int64_t>(2 * ops.mr, bl));
       }
-    if (!sc.balanced) sc.tasks.clear();
-  }
-  if (sc.tasks.empty()) {
-    sc.balanced = false;
-    for (int64_t q = 0; q < Q; ++q)
-      for (int64_t s0 = 0; s0 < items; s0 += B) sc.tasks.push_back({q, s0, std::min(B, items - s0)});
-  }
-  for (const Task& t : sc.tasks) sc.max_rows = std::max(sc.max_rows, round_up(t.rows, ops.mr));
+      bl = std::min(bl, items - s0);
+      sc.tasks.push_back({q, s0, bl});
+      s0 += bl;
+      left -= bl;
+    }
+  sc.max_rows = B;
   return sc;
 }
 
@@ -384,13 +380,8 @@ void run_pairs(const QNetView& qn, int64_t items, int num_threads, int64_t block
         fwd(views[packed ? t.q : t.q - g0], ws, t.rows, scores);
         emit(tid, t.q, t.start, t.rows, scores);
       };
-      if (sc.balanced) {
-#pragma omp for schedule(static)
-        for (int64_t i = t0; i < t1; ++i) run(i);
-      } else {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = t0; i < t1; ++i) run(i);
-      }
+      for (int64_t i = t0; i < t1; ++i) run(i);
     }
   }
 }
@@ -562,7 +553,7 @@ double fma_peak_gflops(int num_threads, double seconds) {
   if (!ops->fma_loop) ops = &kernel_ops_portable();
   const int nt = std::max(1, num_threads);
   // Calibrate the iteration count on one thread, then time all threads together; the
-  // best of three rounds, so that a moment of load from other processes does not count.
+  // best of five rounds, so that a moment of load from other processes does not count.
   float sink = 0.0f;
   int64_t iters = 1 << 16;
   for (;;) {
@@ -570,13 +561,13 @@ double fma_peak_gflops(int num_threads, double seconds) {
     ops->fma_loop(iters, &sink);
     const double dt = omp_get_wtime() - t0;
     if (dt > 0.01 || iters > (int64_t(1) << 40)) {
-      iters = std::max<int64_t>(1, static_cast<int64_t>(iters * (seconds / 3) / std::max(dt, 1e-9)));
+      iters = std::max<int64_t>(1, static_cast<int64_t>(iters * (seconds / 5) / std::max(dt, 1e-9)));
       break;
     }
     iters *= 4;
   }
   double best = 0.0;
-  for (int round = 0; round < 3; ++round) {
+  for (int round = 0; round < 5; ++round) {
     int64_t flops = 0;
     double t0 = 0.0, t1 = 0.0;
     std::vector<float> sinks(static_cast<size_t>(nt));

@@ -63,7 +63,7 @@ def supports(device: torch.device) -> bool:
 
 def fma_peak_gflops(num_threads=None, seconds: float = 1.0) -> float:
     """This machine's fp32 FMA peak in GFLOP/s on ``num_threads`` threads (a register-only
-    FMA loop in the widest vectors the CPU runs; best of three rounds)."""
+    FMA loop in the widest vectors the CPU runs; best of five rounds)."""
     return float(_C.cpu_fma_peak_gflops(_threads(num_threads), float(seconds)))
 
 
