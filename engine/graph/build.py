@@ -3,8 +3,9 @@
 ``exact``: blocked brute force with torch (CPU or CUDA): distances of a block of rows to
 every document, the document itself excluded by position (not by distance, so duplicates
 of it stay eligible), ties broken by the lower id. ``faiss``: an IVF-Flat index searched
-with ``R + 1`` neighbours, the document itself removed by id; approximate, for corpora
-too large for brute force on a CPU.
+with ``R + 1`` neighbours, the document itself removed by id. ``cluster`` (the ``auto``
+choice for large CPU corpora): k-means clusters, exact matmuls between each cluster and its
+nearest clusters; approximate, minutes instead of hours at 1M x 768 on 2 cores.
 """
 
 from __future__ import annotations
@@ -237,8 +238,9 @@ def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
         vectors: ``(n, d)`` corpus (any float dtype, CPU or CUDA).
         degree: neighbours per document ``R``; rows are padded with -1 when the corpus
             has ``n <= R`` documents.
-        method: ``"exact"``, ``"faiss"`` (IVF-Flat, CPU) or ``"auto"`` (exact on CUDA or
-            below ``EXACT_CPU_LIMIT`` documents, faiss otherwise).
+        method: ``"exact"``, ``"faiss"`` (IVF-Flat, CPU), ``"cluster"`` (see
+            :func:`cluster_knn`) or ``"auto"`` (exact on CUDA or below
+            ``EXACT_CPU_LIMIT`` documents, cluster otherwise).
         seed: also fixes the graph search's entry points for this index.
 
     Returns:
