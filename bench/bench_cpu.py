@@ -190,6 +190,9 @@ def main():
     ap.add_argument("--exact-n", type=int, default=None, help="documents of the exact-search index (0: skip)")
     ap.add_argument("--exact-layers", type=int, nargs="+", default=[2], help="q-net depths for exact search")
     ap.add_argument("--no-single", action="store_true", help="skip the single-thread section")
+    ap.add_argument("--targets", action="store_true",
+                    help="only the acceptance rows (gather m=512 d=384 L=2 Q=1; dense d=768 L=6 Q=1 and Q=8), "
+                         "each with 25x the repetitions over up to 30 s, peaks re-measured after every row")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
     args = ap.parse_args()
     if args.threads:
@@ -209,6 +212,8 @@ def main():
     dtypes = (torch.bfloat16, torch.float32)
     if args.quick:
         Qs, ms = (1,), (512,)
+    targets = (("gather", 2, 384, 1, 512), ("dense", 6, 768, 1, None), ("dense", 6, 768, 8, None))
+    n_peaks = 2 + len(Ls) * len(ds)
     cols = ("op", "dtype", "L", "d", "Q", "n|m", "cpu docs/s", "cpu GFLOP/s", "torch best", "torch GFLOP/s",
             "ratio", "% GEMM peak", "% FMA peak")
     rows, cold = [], []
@@ -222,26 +227,31 @@ def main():
                 n = max(256, int(work / (Q * fpd)))
                 vec32 = torch.randn(n, d)
                 for op, m in [("dense", None)] + [("gather", m) for m in ms]:
+                    if args.targets and (op, L, d, Q, m) not in targets:
+                        continue
                     ids = None if m is None else torch.randint(0, n, (Q, m))
                     items = n if m is None else m
-                    # The acceptance rows get 4x the repetitions, to catch quiet moments.
-                    target = (op, L, d, Q, m) in (("gather", 2, 384, 1, 512), ("dense", 6, 768, 1, None))
+                    # The acceptance rows get more repetitions, to catch quiet moments.
+                    target = (op, L, d, Q, m) in targets[:2] or args.targets
+                    mult, mt = (25, 30.0) if args.targets else (4, 20.0)
                     for dt in dtypes:
                         qn, vec = qn32.to(dtype=dt), vec32.to(dt)
                         t_cpu, t_t, name, f_cold = time_row(op, dt, qn, qn.to(dtype=torch.float32), vec, ids,
-                                                            items, reps * (4 if target else 1), work,
-                                                            max_time=20.0 if target else 6.0)
+                                                            items, reps * (mult if target else 1), work,
+                                                            max_time=mt if target else 6.0)
                         flops = Q * items * fpd
                         rows.append([op, str(dt).replace("torch.", ""), L, d, Q, items, Q * items / t_cpu,
                                      flops / t_cpu / 1e9, name, flops / t_t / 1e9, t_t / t_cpu])
-                        if (op, L, d, Q, m) in (("gather", 2, 384, 1, 512), ("dense", 6, 768, 1, None),
-                                                ("dense", 6, 768, 8, None)):
+                        if (op, L, d, Q, m) in targets:
                             (tc,) = best_of([f_cold], max(3, reps // 2))
                             cold.append((rows[-1][:6], flops / tc / 1e9, tc, t_cpu))
                         print("  " + " ".join(fmt_row(rows[-1])), flush=True)
+                        if args.targets:
+                            peaks.measure()
+                            n_peaks += 1
             peaks.measure()  # between groups of rows
     peaks.measure()
-    print(f"\n# peaks (largest of {1 + len(Ls) * len(ds) + 1} readings through the run): "
+    print(f"\n# peaks (largest of {n_peaks} readings through the run): "
           f"fp32 GEMM {peaks.gemm:.1f} GFLOP/s, FMA {peaks.fma:.1f} GFLOP/s; "
           f"load average at end {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for r in rows:
@@ -255,7 +265,8 @@ def main():
 
     if not args.no_single:
         single_thread_section(args, reps, work)
-    exact_section(args, peaks)
+    if not args.targets:
+        exact_section(args, peaks)
 
 
 def single_thread_section(args, reps, work):
