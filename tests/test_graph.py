@@ -250,6 +250,104 @@ def test_native_linear_topk_rejects_bad_input():
         _C.graph_linear_topk(np.zeros((10, 4), np.float32)[:, ::2].copy().T, w, 3, 1)
 
 
+@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("simd", [True, False])
+def test_native_rows_topk_matches_linear_topk(dtype, simd):
+    from engine import _C
+
+    x = engine.synthetic.vectors(3000, 36, seed=8, dtype=dtype)  # 36: a tail after 4 x 8 lanes
+    xs = (x.view(torch.uint16) if dtype == torch.bfloat16 else x).numpy()
+    w = torch.randn(3, 36, generator=torch.Generator().manual_seed(1)).numpy()
+    s_full, i_full = _C.graph_linear_topk(xs, w, 50, 2, simd)
+    # The whole corpus as the shortlist, in a different order per query: the same bits.
+    g = torch.Generator().manual_seed(2)
+    perm = torch.stack([torch.randperm(3000, generator=g) for _ in range(3)]).numpy()
+    s_rows, i_rows = _C.graph_rows_topk(xs, perm, w, 50, 2, simd)
+    assert np.array_equal(i_rows, i_full) and np.array_equal(s_rows, s_full)
+    # A subset: its exact top (float64 reference), and one thread gives the same.
+    sub = perm[:, :700].copy()
+    s_sub, i_sub = _C.graph_rows_topk(xs, sub, w, 20, 2, simd)
+    ref = torch.einsum("qsd,qd->qs", x.double()[torch.from_numpy(sub)], torch.from_numpy(w).double())
+    rs, rp = torch.sort(ref, dim=1, descending=True)
+    torch.testing.assert_close(torch.from_numpy(s_sub).double(), rs[:, :20], rtol=1e-5, atol=1e-5)
+    assert recall(torch.from_numpy(i_sub), torch.gather(torch.from_numpy(sub), 1, rp[:, :20])) >= 0.99
+    s1, i1 = _C.graph_rows_topk(xs, sub, w, 20, 1, simd)
+    assert np.array_equal(i1, i_sub) and np.array_equal(s1, s_sub)
+    # m beyond S: all S rows.
+    assert _C.graph_rows_topk(xs, sub[:, :7].copy(), w, 40, 2, simd)[1].shape == (3, 7)
+
+
+@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
+def test_native_rows_topk_rejects_bad_input():
+    from engine import _C
+
+    x = np.zeros((10, 4), np.float32)
+    w = np.zeros((2, 4), np.float32)
+    ids = np.array([[0, 1, 2], [3, 4, 5]], np.int64)
+    assert _C.graph_rows_topk(x, ids, w, 2, 1)[1].shape == (2, 2)
+    with pytest.raises(ValueError, match="outside"):
+        _C.graph_rows_topk(x, np.array([[0, 1, 10], [3, 4, 5]], np.int64), w, 2, 1)
+    with pytest.raises(ValueError, match="outside"):
+        _C.graph_rows_topk(x, np.array([[0, 1, -1], [3, 4, 5]], np.int64), w, 2, 1)
+    with pytest.raises(ValueError, match="twice"):
+        _C.graph_rows_topk(x, np.array([[0, 1, 2], [3, 4, 3]], np.int64), w, 2, 1)
+    with pytest.raises(ValueError):  # one row of ids per query
+        _C.graph_rows_topk(x, ids[:1].copy(), w, 2, 1)
+    with pytest.raises(TypeError):
+        _C.graph_rows_topk(x, ids.astype(np.int32), w, 2, 1)
+    with pytest.raises(ValueError):
+        _C.graph_rows_topk(x, ids, w, 0, 1)
+    with pytest.raises(ValueError):
+        _C.graph_rows_topk(x, ids, np.full((2, 4), np.inf, np.float32), 2, 1)
+
+
+def test_rows_topk_torch_matches_linear_scan():
+    from engine.graph.beam import linear_scan, rows_topk_torch
+
+    # Small-integer data: every dot product is exact in float32, so the two agree exactly,
+    # ties (many, with values this coarse) included.
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-4, 5, (2000, 24), generator=g).float()
+    w = torch.randint(-4, 5, (5, 24), generator=g).float()
+    full = linear_scan(x, w, 60, block=512)
+    perm = torch.stack([torch.randperm(2000, generator=g) for _ in range(5)])
+    assert torch.equal(rows_topk_torch(x, perm, w, 60, budget=24 * 2000 * 2), full)
+    sub = perm[:, :300]
+    ref_s = (x[sub] * w[:, None, :]).sum(-1)
+    order = sorted(range(300), key=lambda j: (-ref_s[0, j].item(), sub[0, j].item()))[:25]
+    assert rows_topk_torch(x, sub, w, 25)[0].tolist() == sub[0, order].tolist()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_shortlist_of_whole_corpus_equals_full_rescan(small, impl):
+    idx, q = small
+    opts = dict(mode="graph", impl=impl, ef=16, passes=2)
+    full = idx.search(q, 10, shortlist=0, **opts)
+    whole = idx.search(q, 10, shortlist=1.0, **opts)  # S = n
+    assert torch.equal(whole.ids, full.ids) and torch.equal(whole.scores, full.scores)
+    assert whole.stats["documents_scored"] == full.stats["documents_scored"]
+    n, Q = len(idx), q.num_queries
+    assert full.stats["linear_scored"] == 2 * n * Q
+    # The default shortlist: S = max(0.02 n, 8 * ef_lin) = 512 of 600 rows for pass 2.
+    short = idx.search(q, 10, **opts)
+    assert short.stats["linear_scored"] == (n + 512) * Q
+    assert recall(short.ids, full.ids) >= 0.95
+
+
+@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
+def test_shortlist_native_matches_torch(small):
+    idx, q = small
+    # ef 8: ef_lin = 32, S = max(0.1 * 600, 8 * 32) = 256 of 600 rows: a real shortlist.
+    opts = dict(mode="graph", ef=8, passes=2, shortlist=0.1)
+    a = idx.search(q, 10, impl="torch", **opts)
+    b = idx.search(q, 10, impl="native", **opts)
+    assert recall(a.ids, b.ids) >= 0.98  # float rounding of the two scorers may swap near-ties
+    torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-4)
+    assert a.stats["linear_scored"] == b.stats["linear_scored"] == (600 + 256) * q.num_queries
+    assert a.stats["linear_scored"] == b.stats["linear_scored"] == (600 + 256) * q.num_queries
+
+
 # ---------------------------------------------------------------- edge cases
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("preset", ["default", "paper"])
@@ -332,6 +430,10 @@ def test_search_rejects_bad_options(small):
         idx.search(q, 10, mode="graph", passes=3)
     with pytest.raises(ValueError, match="impl"):
         idx.search(q, 10, mode="graph", impl="cuda")
+    with pytest.raises(ValueError, match="shortlist"):
+        idx.search(q, 10, mode="graph", shortlist=-0.1)
+    with pytest.raises(ValueError, match="shortlist"):
+        idx.search(q, 10, mode="graph", shortlist=1.5)
     bare = engine.Index.from_vectors(idx.vectors)
     with pytest.raises(ValueError, match="build_graph"):
         bare.search(q, 10, mode="graph")

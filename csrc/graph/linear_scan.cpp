@@ -79,12 +79,14 @@ inline float load_one(const void* base, VType t, int64_t i) {
   return 0.f;
 }
 
-// out[r] = x_r . w for rows r0 .. r0 + nr: eight partial sums by lane (j mod 8), added
-// pairwise at the end, the same order as the AVX2 path's lanes.
-void dots_portable(const void* x, VType t, int64_t d, int64_t r0, int nr, const float* w, float* out) {
+// out[r] = x_{rows[r]} . w for r < nr: eight partial sums by lane (j mod 8), added
+// pairwise at the end, the same order as the AVX2 path's lanes. Rows come as indices so
+// that the full scan and the shortlist re-ranking (rows gathered by id) run the same code
+// and give every row the same bits: a shortlist of all n rows reproduces the full scan.
+void dots_portable(const void* x, VType t, int64_t d, const int64_t* rows, int nr, const float* w, float* out) {
   for (int r = 0; r < nr; ++r) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    const int64_t base = (r0 + r) * d;
+    const int64_t base = rows[r] * d;
     for (int64_t j = 0; j < d; ++j) acc[j & 7] += load_one(x, t, base + j) * w[j];
     out[r] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
   }
@@ -114,31 +116,31 @@ __attribute__((target("avx2,fma,f16c"))) inline float hsum(__m256 v) {
 }
 
 template <VType T>
-__attribute__((target("avx2,fma,f16c"))) void dots_avx2_t(const void* x, int64_t d, int64_t r0, int nr,
+__attribute__((target("avx2,fma,f16c"))) void dots_avx2_t(const void* x, int64_t d, const int64_t* rows, int nr,
                                                          const float* w, float* out) {
   const int64_t d8 = d & ~int64_t(7);
   int r = 0;
   for (; r + 4 <= nr; r += 4) {  // four rows share each load of w
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    const int64_t b = (r0 + r) * d;
+    const int64_t b[4] = {rows[r] * d, rows[r + 1] * d, rows[r + 2] * d, rows[r + 3] * d};
     for (int64_t j = 0; j < d8; j += 8) {
       const __m256 wj = _mm256_loadu_ps(w + j);
-      a0 = _mm256_fmadd_ps(load8(x, T, b + j), wj, a0);
-      a1 = _mm256_fmadd_ps(load8(x, T, b + d + j), wj, a1);
-      a2 = _mm256_fmadd_ps(load8(x, T, b + 2 * d + j), wj, a2);
-      a3 = _mm256_fmadd_ps(load8(x, T, b + 3 * d + j), wj, a3);
+      a0 = _mm256_fmadd_ps(load8(x, T, b[0] + j), wj, a0);
+      a1 = _mm256_fmadd_ps(load8(x, T, b[1] + j), wj, a1);
+      a2 = _mm256_fmadd_ps(load8(x, T, b[2] + j), wj, a2);
+      a3 = _mm256_fmadd_ps(load8(x, T, b[3] + j), wj, a3);
     }
     const __m256 acc[4] = {a0, a1, a2, a3};
     for (int i = 0; i < 4; ++i) {
       float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       _mm256_storeu_ps(tail, acc[i]);
-      for (int64_t j = d8; j < d; ++j) tail[j & 7] = std::fma(load_one(x, T, b + i * d + j), w[j], tail[j & 7]);
+      for (int64_t j = d8; j < d; ++j) tail[j & 7] = std::fma(load_one(x, T, b[i] + j), w[j], tail[j & 7]);
       out[r + i] = hsum(_mm256_loadu_ps(tail));
     }
   }
   for (; r < nr; ++r) {  // the same per-row order as above
     __m256 a = _mm256_setzero_ps();
-    const int64_t b = (r0 + r) * d;
+    const int64_t b = rows[r] * d;
     for (int64_t j = 0; j < d8; j += 8) a = _mm256_fmadd_ps(load8(x, T, b + j), _mm256_loadu_ps(w + j), a);
     float tail[8];
     _mm256_storeu_ps(tail, a);
@@ -147,7 +149,7 @@ __attribute__((target("avx2,fma,f16c"))) void dots_avx2_t(const void* x, int64_t
   }
 }
 
-using DotsFn = void (*)(const void*, int64_t, int64_t, int, const float*, float*);
+using DotsFn = void (*)(const void*, int64_t, const int64_t*, int, const float*, float*);
 
 DotsFn pick_avx2(VType t) {
   switch (t) {
@@ -166,24 +168,34 @@ struct Item {
 };
 inline bool better(const Item& a, const Item& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); }
 
-// Bounded list of the best m items; its front is the worst kept (a heap under `better`).
+// The best m items offered, as a buffer cut back to m by nth_element whenever it reaches
+// 2m: amortised O(1) per offer, where a heap costs O(log m) per accepted item (with the
+// first pass's shortlist of tens of thousands of rows a heap made the scan several times
+// slower). `worst` is the m-th best after the last cut: anything not better is refused.
+// The kept set is the exact top-m under (score desc, id asc), a strict total order.
 struct TopM {
   std::vector<Item> h;
   int64_t m = 0;
+  bool cut = false;  // `worst` is valid (at least one cut happened)
+  Item worst{0.f, 0};
   void offer(float s, int64_t id) {
     const Item it{s, id};
-    if (static_cast<int64_t>(h.size()) < m) {
-      h.push_back(it);
-      std::push_heap(h.begin(), h.end(), better);
-    } else if (better(it, h.front())) {
-      std::pop_heap(h.begin(), h.end(), better);
-      h.back() = it;
-      std::push_heap(h.begin(), h.end(), better);
-    }
+    if (cut && !better(it, worst)) return;
+    h.push_back(it);
+    if (static_cast<int64_t>(h.size()) >= 2 * m) shrink();
+  }
+  void shrink() {
+    if (static_cast<int64_t>(h.size()) <= m) return;
+    std::nth_element(h.begin(), h.begin() + (m - 1), h.end(), better);
+    h.resize(m);
+    worst = h[m - 1];
+    cut = true;
   }
 };
 
-py::tuple linear_topk(py::array vectors, py::array w, int64_t m, int num_threads, bool allow_simd) {
+// Checks shared by both entry points: w (Q, d) float32 and finite, vectors (n, d) of a
+// supported dtype, m and num_threads positive. Returns the vectors' type.
+VType check_inputs(const py::array& vectors, const py::array& w, int64_t m, int num_threads) {
   check_kind(w, "w", Kind::F32);
   check_shape(w, "w", {-1, -1});
   const int64_t Q = w.shape(0), d = w.shape(1);
@@ -198,11 +210,18 @@ py::tuple linear_topk(py::array vectors, py::array w, int64_t m, int num_threads
   check_shape(vectors, "vectors", {-1, d});
   if (m < 1) throw std::invalid_argument("m must be at least 1");
   if (num_threads < 1) throw std::invalid_argument("num_threads must be at least 1");
-  const int64_t n = vectors.shape(0);
-  const int64_t keep = std::min(m, n);
   const float* wp = static_cast<const float*>(w.data());
   for (int64_t i = 0; i < Q * d; ++i)
     if (!std::isfinite(wp[i])) throw std::invalid_argument("w holds a non-finite value");
+  return vt;
+}
+
+py::tuple linear_topk(py::array vectors, py::array w, int64_t m, int num_threads, bool allow_simd) {
+  const VType vt = check_inputs(vectors, w, m, num_threads);
+  const int64_t Q = w.shape(0), d = w.shape(1);
+  const int64_t n = vectors.shape(0);
+  const int64_t keep = std::min(m, n);
+  const float* wp = static_cast<const float*>(w.data());
   const void* xp = vectors.data();
   const DotsFn simd = allow_simd && isa_supported(Isa::Avx2) ? pick_avx2(vt) : nullptr;
 
@@ -225,7 +244,7 @@ py::tuple linear_topk(py::array vectors, py::array w, int64_t m, int num_threads
       const int tid = 0;
 #endif
       std::vector<TopM>& mine = tops[tid];
-      for (auto& t : mine) t.m = keep, t.h.reserve(keep);
+      for (auto& t : mine) t.m = keep, t.h.reserve(std::min<int64_t>(2 * keep, 4096));
       float sc[kRows];
 #pragma omp for schedule(dynamic, 1)
       for (int64_t c = 0; c < chunks; ++c) {
@@ -234,9 +253,11 @@ py::tuple linear_topk(py::array vectors, py::array w, int64_t m, int num_threads
         // while it is in cache.
         for (int64_t r0 = lo; r0 < hi; r0 += kRows) {
           const int nr = static_cast<int>(std::min<int64_t>(kRows, hi - r0));
+          int64_t rows[kRows];
+          for (int r = 0; r < nr; ++r) rows[r] = r0 + r;
           for (int64_t q = 0; q < Q; ++q) {
-            if (simd) simd(xp, d, r0, nr, wp + q * d, sc);
-            else dots_portable(xp, vt, d, r0, nr, wp + q * d, sc);
+            if (simd) simd(xp, d, rows, nr, wp + q * d, sc);
+            else dots_portable(xp, vt, d, rows, nr, wp + q * d, sc);
             for (int r = 0; r < nr; ++r) mine[q].offer(sc[r], r0 + r);
           }
         }
@@ -256,9 +277,77 @@ py::tuple linear_topk(py::array vectors, py::array w, int64_t m, int num_threads
   return py::make_tuple(out_s, out_i);
 }
 
+// The second pass of the default search with a shortlist: for every query q the m rows
+// among ids[q] (a shortlist from the first pass's scan) with the largest x . w_q. Only
+// those S rows are read (gathered by id), instead of the whole corpus again; each row's
+// dot product is the bits linear_topk gives it, and the order is the same (score desc,
+// id asc), so a shortlist holding every row returns exactly linear_topk's result.
+py::tuple rows_topk(py::array vectors, py::array ids, py::array w, int64_t m, int num_threads,
+                    bool allow_simd) {
+  const VType vt = check_inputs(vectors, w, m, num_threads);
+  const int64_t Q = w.shape(0), d = w.shape(1);
+  check_kind(ids, "ids", Kind::I64);
+  check_shape(ids, "ids", {Q, -1});
+  const int64_t n = vectors.shape(0), S = ids.shape(1);
+  const int64_t* ip = static_cast<const int64_t*>(ids.data());
+  // Out-of-range ids would read outside the corpus; a repeated id would be returned twice.
+  {
+    std::vector<int64_t> row;
+    for (int64_t q = 0; q < Q; ++q) {
+      row.assign(ip + q * S, ip + (q + 1) * S);
+      for (int64_t v : row)
+        if (v < 0 || v >= n)
+          throw std::invalid_argument("ids: value " + std::to_string(v) + " outside [0, " + std::to_string(n) + ")");
+      std::sort(row.begin(), row.end());
+      if (std::adjacent_find(row.begin(), row.end()) != row.end())
+        throw std::invalid_argument("ids: query " + std::to_string(q) + " lists a document twice");
+    }
+  }
+  const int64_t keep = std::min(m, S);
+  const float* wp = static_cast<const float*>(w.data());
+  const void* xp = vectors.data();
+  const DotsFn simd = allow_simd && isa_supported(Isa::Avx2) ? pick_avx2(vt) : nullptr;
+
+  py::array_t<float> out_s({Q, keep});
+  py::array_t<int64_t> out_i({Q, keep});
+  float* os = out_s.mutable_data();
+  int64_t* oi = out_i.mutable_data();
+  if (Q == 0 || S == 0) return py::make_tuple(out_s, out_i);
+  std::vector<float> sc(static_cast<size_t>(Q * S));
+  constexpr int64_t kChunk = 256;  // rows per task: S is a few thousand, split over threads
+  const int64_t per_q = (S + kChunk - 1) / kChunk, tasks = Q * per_q;
+  const int nt = static_cast<int>(std::min<int64_t>(num_threads, tasks));
+  {
+    py::gil_scoped_release release;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t q = t / per_q, lo = (t % per_q) * kChunk, hi = std::min(S, lo + kChunk);
+      for (int64_t r0 = lo; r0 < hi; r0 += kRows) {
+        const int nr = static_cast<int>(std::min<int64_t>(kRows, hi - r0));
+        if (simd) simd(xp, d, ip + q * S + r0, nr, wp + q * d, sc.data() + q * S + r0);
+        else dots_portable(xp, vt, d, ip + q * S + r0, nr, wp + q * d, sc.data() + q * S + r0);
+      }
+    }
+  }
+  std::vector<Item> all(static_cast<size_t>(S));
+  for (int64_t q = 0; q < Q; ++q) {
+    for (int64_t j = 0; j < S; ++j) all[j] = Item{sc[q * S + j], ip[q * S + j]};
+    std::partial_sort(all.begin(), all.begin() + keep, all.end(), better);
+    for (int64_t j = 0; j < keep; ++j) {
+      os[q * keep + j] = all[j].s;
+      oi[q * keep + j] = all[j].id;
+    }
+  }
+  return py::make_tuple(out_s, out_i);
+}
+
 }  // namespace
 
 void register_graph_scan(py::module_& m) {
+  m.def("graph_rows_topk", &rows_topk, py::arg("vectors"), py::arg("ids"), py::arg("w"), py::arg("m"),
+        py::arg("num_threads"), py::arg("allow_simd") = true,
+        "Top-m of the rows ids[q] (int64, (Q, S), distinct, in [0, n)) by x . w_q: (scores (Q, "
+        "min(m, S)), ids), best first, ties to the lower id; the same bits as graph_linear_topk.");
   m.def("graph_linear_topk", &linear_topk, py::arg("vectors"), py::arg("w"), py::arg("m"),
         py::arg("num_threads"), py::arg("allow_simd") = true,
         "Top-m documents by x . w_q for every row of w: (scores (Q, min(m, n)), ids), best first, "

@@ -16,7 +16,14 @@ against the q-net's ``sum(in_i * out_i)`` (hundreds of times more). So per query
 3. *Q-net stage*: those ``ef_lin`` documents are scored by the q-net; a best-first beam
    search with the q-net itself on the same graph, candidate list ``ef``, refines them.
 4. With ``passes=2``, re-linearise at each query's best document and repeat 2-3, keeping
-   what was scored (a second look around the region the q-net prefers).
+   what was scored (a second look around the region the q-net prefers). The second
+   linear stage does not scan the corpus again: the first scan keeps a shortlist, the
+   top ``S = max(shortlist * n, 8 * ef_lin)`` documents by the first linearisation, and
+   the second ranks only those by the new one (the two gradients are close, so the new
+   linear top lies mostly inside a generous old one; see bench/RESULTS.md for the
+   containment measured). At 1M x 768 bf16 a scan reads 1.5 GB, about a third of a
+   two-pass query; the S rows gathered are a few percent of that. ``shortlist=0``
+   rescans the whole corpus (the behaviour before the shortlist).
 
 Beam search (both stages): a candidate list of at most ``ef`` scored documents sorted
 best first; each step expands the ``width`` best unexpanded ones (neighbours not yet
@@ -42,6 +49,7 @@ BEAM_DEFAULTS = {
     "max_steps": 256,
     "passes": 2,  # debian-minilm: recall@10 0.89 -> 0.99 at ef 32 for twice the work
     "linear_search": "scan",  # "scan": blocked matmul over all documents; "graph": beam
+    "shortlist": 0.02,  # pass 2 ranks the first scan's top max(0.02 n, 8 ef_lin); 0: rescan all
 }
 LINEAR_SEARCHES = ("scan", "graph")
 
@@ -160,6 +168,30 @@ def linear_scan(vectors: torch.Tensor, w: torch.Tensor, m: int, block: int = 1 <
     return run_i
 
 
+def rows_topk_torch(vectors: torch.Tensor, ids: torch.Tensor, w: torch.Tensor, m: int,
+                    budget: int = 1 << 25) -> torch.Tensor:
+    """Ids ``(Q, min(m, S))`` of the rows among ``ids[q]`` ((Q, S), distinct) with the
+    largest ``x . w_q``, ties by lower id: the torch twin of ``native.rows_topk``. Queries
+    go in groups of at most ``budget`` gathered elements (64 queries x 64,000 rows x 768
+    in float32 at once would be 12 GB)."""
+    Q, S = ids.shape
+    m = min(m, S)
+    if S == 0:
+        return ids[:, :0]
+    step = max(1, budget // max(1, S * vectors.shape[1]))
+    out = []
+    for q0 in range(0, Q, step):
+        xi, wq = ids[q0 : q0 + step], w[q0 : q0 + step]
+        xs = vectors[xi]  # (q, S, d)
+        if xs.device.type == "cuda" and xs.dtype != torch.float32:  # tensor cores
+            sc = torch.bmm(xs, wq.to(xs.dtype)[:, :, None])[:, :, 0].float()
+        else:
+            sc = torch.bmm(xs.float(), wq[:, :, None].float())[:, :, 0]
+        _, oi = sort_by_key(sc, xi)
+        out.append(oi[:, :m])
+    return torch.cat(out)
+
+
 def scan_matrix(index) -> torch.Tensor:
     """The corpus as the torch linear scan reads it: on the CPU a float32 copy, made once
     and cached on the index (converting half-precision blocks on every query cost more
@@ -187,8 +219,16 @@ def _beam(impl, be, qnets, index, graph, ef, width, max_steps, **start):
     return s, i, scored, steps
 
 
+def shortlist_size(n: int, ef_lin: int, shortlist: float) -> int:
+    """Rows the first scan keeps for the second pass (0: none, the second pass rescans)."""
+    if shortlist <= 0:
+        return 0
+    return min(n, max(int(math.ceil(shortlist * n)), 8 * ef_lin))
+
+
 def default_search(index, qnets, k: int, be, *, impl: str, ef: int, lin_factor: float,
-                   num_samples: int, width: int, max_steps: int, passes: int, linear_search: str):
+                   num_samples: int, width: int, max_steps: int, passes: int, linear_search: str,
+                   shortlist: float = 0.0):
     if passes not in (1, 2):
         raise ValueError(f"passes must be 1 or 2, got {passes}")
     if linear_search not in LINEAR_SEARCHES:
@@ -203,16 +243,33 @@ def default_search(index, qnets, k: int, be, *, impl: str, ef: int, lin_factor: 
     lin_scored = q_scored = steps = 0
     best = None  # (scores, ids) of the q-net stage so far
     lin_ids = None
+    n = len(index)
+    # The shortlist only pays when a second pass will use it.
+    S = shortlist_size(n, ef_lin, shortlist) if passes > 1 and linear_search == "scan" else 0
+    short = None  # (Q, S) ids: the first scan's top S by the first linearisation
     for p in range(passes):
         w = linearise(qnets, at)
         if linear_search == "scan":
             if impl == "native":
                 from . import native
-
-                lin_ids = native.linear_topk(index, w, ef_lin)
+            if short is not None:  # rank the shortlist by the new linearisation only
+                if impl == "native":
+                    lin_ids = native.rows_topk(index, short, w, ef_lin)
+                else:
+                    lin_ids = rows_topk_torch(scan_matrix(index), short, w, ef_lin)
+                rows = short.shape[1]
             else:
-                lin_ids = linear_scan(scan_matrix(index), w, ef_lin)
-            lin_scored = lin_scored + torch.full((qnets.num_queries,), len(index), dtype=torch.int64, device=dev)
+                m = max(S, ef_lin)
+                if impl == "native":
+                    lin_ids = native.linear_topk(index, w, m)
+                else:
+                    lin_ids = linear_scan(scan_matrix(index), w, m)
+                if S:
+                    short = lin_ids.to(dev)
+                # The top S are sorted best first, so their head is the top ef_lin.
+                lin_ids = lin_ids[:, :ef_lin].contiguous()
+                rows = n
+            lin_scored = lin_scored + torch.full((qnets.num_queries,), rows, dtype=torch.int64, device=dev)
         else:
             lq = linear_qnet(w, qnets.config)
             if p == 0:

@@ -99,3 +99,13 @@ def linear_topk(index, w: torch.Tensor, m: int) -> torch.Tensor:
     _C = _module()
     _, ids = _C.graph_linear_topk(_np(index.vectors), _np(w.float()), int(m), torch.get_num_threads())
     return torch.from_numpy(ids)
+
+
+def rows_topk(index, ids: torch.Tensor, w: torch.Tensor, m: int) -> torch.Tensor:
+    """Ids ``(Q, min(m, S))`` of the rows among ``ids[q]`` ((Q, S) int64, distinct) with the
+    largest ``x . w_q``, best first, ties by lower id: reads only those S rows, each dot
+    product bit-identical to :func:`linear_topk`'s."""
+    _C = _module()
+    _, out = _C.graph_rows_topk(_np(index.vectors), _np(ids.to(torch.int64)), _np(w.float()), int(m),
+                                torch.get_num_threads())
+    return torch.from_numpy(out)

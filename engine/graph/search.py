@@ -35,6 +35,10 @@ def _options(defaults: dict, given: dict, preset: str) -> dict:
                 raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
         elif isinstance(d, int):
             opts[name] = _int_opt(name, v, 0 if name in ("max_steps_lin",) else 1)
+        elif name == "shortlist":  # a fraction of the corpus; 0 selects the full rescan
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ValueError(f"shortlist must be a number in [0, 1], got {v!r}")
+            opts[name] = float(v)
         elif isinstance(d, float):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
