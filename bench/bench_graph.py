@@ -41,8 +41,9 @@ def sync(dev):
 
 
 def per_query(idx, q, k, nq, **opts):
-    """Batch-1 latencies (s) and results of the first ``nq`` queries."""
-    lat, ids, scored = [], [], 0
+    """Batch-1 latencies (s), results, mean q-net evaluations and mean linear-stage dot
+    products (rows read by the scan) per query, of the first ``nq`` queries."""
+    lat, ids, scored, lin = [], [], 0, 0
     for i in range(nq):
         qi = one(q, i)
         sync(q.device)
@@ -52,7 +53,8 @@ def per_query(idx, q, k, nq, **opts):
         lat.append(time.perf_counter() - t)
         ids.append(r.ids.cpu())
         scored += r.stats.get("documents_scored", 0)
-    return lat, torch.cat(ids), scored / nq
+        lin += r.stats.get("linear_scored", 0)
+    return lat, torch.cat(ids), scored / nq, lin / nq
 
 
 def pct(xs, p):
@@ -60,12 +62,13 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def row(name, lat, ids, truth, n, scored, batch_qps=None):
+def row(name, lat, ids, truth, n, scored, batch_qps=None, lin=float("nan")):
     return {
         "method": name,
         "recall@10": gd.recall(ids, truth, 10),
         "recall@100": gd.recall(ids, truth, 100) if ids.shape[1] >= 100 else float("nan"),
         "scored %": 100 * scored / n,
+        "lin rows %": 100 * lin / n,
         "p50 ms": 1e3 * statistics.median(lat),
         "p95 ms": 1e3 * pct(lat, 95),
         "batch q/s": batch_qps if batch_qps is not None else float("nan"),
@@ -91,7 +94,7 @@ def run_case(name, idx, q, *, nq_lat, nq_base, efs, exact_queries, gpu=False, im
     truth_s, truth, _ = gd.exact_truth(name, idx, q, 100)
     truth = truth[:nq_lat]
     # Exact, timed in this run on a few queries (batch 1).
-    lat, _, _ = per_query(idx, q, 100, exact_queries, mode="exact")
+    lat, _, _, _ = per_query(idx, q, 100, exact_queries, mode="exact")
     rows.append(row("exact", lat, truth[:exact_queries], truth[:exact_queries], n, n))
     # Python reference of the paper's algorithm, and the engine's paper preset.
     ent = entry_points(idx, 10_000)
@@ -104,7 +107,7 @@ def run_case(name, idx, q, *, nq_lat, nq_base, efs, exact_queries, gpu=False, im
     base_ids = torch.tensor([r[1] + [-1] * (100 - len(r[1])) for r in ref])
     base_scored = sum(s["documents_scored"] for s in st) / nq_base
     rows.append(row("paper, Python baseline", [base_lat], base_ids, truth[:nq_base], n, base_scored))
-    lat, ids, scored = per_query(idx, q, 100, nq_lat, mode="graph", preset="paper", impl=impl)
+    lat, ids, scored, _ = per_query(idx, q, 100, nq_lat, mode="graph", preset="paper", impl=impl)
     same = torch.equal(ids[:nq_base], base_ids)
     sync(dev)
     t0 = time.perf_counter()
@@ -113,17 +116,23 @@ def run_case(name, idx, q, *, nq_lat, nq_base, efs, exact_queries, gpu=False, im
     qps = q.num_queries / (time.perf_counter() - t0)
     rows.append(row("paper preset, engine", lat, ids, truth, n, scored, qps))
     speed_paper = base_lat / statistics.median(lat[:nq_base])
-    for passes in passes_list:
+    # passes=2 twice: with the default shortlist, and shortlist=0 (the second pass rescans
+    # the whole corpus, the behaviour before the shortlist) for a same-run comparison.
+    variants = [(p, None) for p in passes_list] + ([(2, 0.0)] if 2 in passes_list else [])
+    for passes, shortlist in variants:
         for ef in efs:
             opts = dict(mode="graph", ef=ef, passes=passes, impl=impl)
-            lat, ids10, scored = per_query(idx, q, 10, nq_lat, **opts)
-            _, ids100, _ = per_query(idx, q, 100, min(nq_lat, 8), **opts)
+            if shortlist is not None:
+                opts["shortlist"] = shortlist
+            lat, ids10, scored, lin = per_query(idx, q, 10, nq_lat, **opts)
+            _, ids100, _, _ = per_query(idx, q, 100, min(nq_lat, 8), **opts)
             sync(dev)
             t0 = time.perf_counter()
             idx.search(q, 10, **opts)
             sync(dev)
             qps = q.num_queries / (time.perf_counter() - t0)
-            r = row(f"default ef={ef} passes={passes}", lat, ids10, truth, n, scored, qps)
+            label = f"default ef={ef} passes={passes}" + (" shortlist=0" if shortlist is not None else "")
+            r = row(label, lat, ids10, truth, n, scored, qps, lin)
             r["recall@100"] = gd.recall(ids100, truth[: ids100.shape[0]], 100)
             rows.append(r)
     ex_p50 = rows[0]["p50 ms"]
@@ -144,10 +153,11 @@ def plot(results, path):
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
     for ax, (name, rows) in zip(axes[0], results.items()):
-        for passes, mk in ((1, "o-"), (2, "s-")):
-            pts = [(r["p50 ms"], r["recall@10"]) for r in rows if r["method"].endswith(f"passes={passes}")]
+        for suffix, mk, what in (("passes=1", "o-", "passes=1"), ("passes=2", "s-", "passes=2"),
+                                 ("passes=2 shortlist=0", "d--", "passes=2, full rescan (shortlist=0)")):
+            pts = [(r["p50 ms"], r["recall@10"]) for r in rows if r["method"].endswith(suffix)]
             if pts:
-                ax.plot(*zip(*pts), mk, label=f"default, passes={passes} (ef sweep)")
+                ax.plot(*zip(*pts), mk, label=f"default, {what} (ef sweep)")
         for r in rows:
             if not r["method"].startswith("default"):
                 ax.plot([r["p50 ms"]], [r["recall@10"]], "x" if "exact" in r["method"] else "^",
