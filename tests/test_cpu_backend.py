@@ -387,6 +387,18 @@ def test_gather_splits_across_threads(Q):
             assert_scores_close(got, torch.gather(ref, 1, ids), 1e-4)
 
 
+def test_gather_splits_large_qnet():
+    """q-nets beyond 2 MB of packed weights take equal blocks instead of guided ones."""
+    qn = make_qnet(1, 384, 4, torch.float32)  # 2.4 MB of fp32 weights
+    vec = make_vectors(400, 384, torch.float32)
+    ref = torch_ref.score_dense(qn.weights, qn.biases, qn.config, vec)
+    for m in (7, 256, 301):
+        ids = torch.randint(0, 400, (1, m))
+        for nt in (2, 3):
+            got = cpu.score_gather(qn.weights, qn.biases, qn.config, vec, ids, num_threads=nt)
+            assert_scores_close(got, torch.gather(ref, 1, ids), 1e-4)
+
+
 def test_fma_peak():
     from engine import _C
 
