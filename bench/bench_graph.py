@@ -183,6 +183,8 @@ def main(argv=None):
     ap.add_argument("--gpu-dry-run", action="store_true",
                     help="the --gpu code path on CPU tensors at a tiny size (torch impl), to check it runs")
     ap.add_argument("--syn-queries", type=int, default=8, help="case (b): queries (exact truth cached)")
+    ap.add_argument("--syn-exact-queries", type=int, default=1,
+                    help="case (b): queries exact search is timed on (about 25-35 s each here)")
     ap.add_argument("--png", default=os.path.join(HERE, "graph_latency_recall.png"))
     args = ap.parse_args(argv)
     print(f"# bench_graph: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -221,7 +223,7 @@ def main(argv=None):
             x, q = gd.synthetic(1_000_000, 768, 2, args.syn_queries)
             idx = gd.index_with_graph("syn1m", x, 32)
             rows, extra = run_case("syn1m", idx, q, nq_lat=args.syn_queries, nq_base=2,
-                                   efs=(8, 16, 32, 64), exact_queries=1)
+                                   efs=(8, 16, 32, 64), exact_queries=args.syn_exact_queries)
             table("(b) synthetic 1M x 768 bf16, 2-layer synthetic q-nets", rows, extra)
         results[name] = rows
     plot(results, args.png)
