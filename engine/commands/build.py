@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import DTYPES
+from .common import DTYPES, write_index
 
 
 def add_parser(sub) -> None:
@@ -41,9 +41,7 @@ def run(args) -> int:
         if args.ids:
             with open(args.ids, encoding="utf-8") as f:
                 ids = [line.rstrip("\n") for line in f]
-        index = Index.from_vectors(vectors, ids)
-        if args.graph:
-            index.build_graph(args.graph)
-        index.save(args.output)
+        write_index(vectors, ids, args.output, args.graph)
+        return 0
     print(Index.load(args.output))
     return 0

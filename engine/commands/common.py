@@ -29,3 +29,15 @@ def parse_dims(text: str) -> list[int]:
     except ValueError:
         raise ValueError(f"--dims must be comma-separated integers, got {text!r}") from None
     return dims
+
+
+def write_index(vectors, ids, output: str, graph_degree: int | None) -> None:
+    """Build an index (with an optional ``graph_degree``-neighbour graph), save it to
+    ``output`` and print what was written."""
+    from ..index import Index
+
+    index = Index.from_vectors(vectors, ids)
+    if graph_degree:
+        index.build_graph(graph_degree)
+    index.save(output)
+    print(Index.load(output))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import DTYPES
+from .common import DTYPES, write_index
 from .text_model import add_model_args, load_model
 
 
@@ -24,16 +24,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..index import Index
     from ..jsonl import read_jsonl
 
     ids, texts = read_jsonl(args.corpus, args.id_field, args.text_field, limit=args.limit)
     model = load_model(args)
     vectors = model.encode_documents(texts, batch_size=args.batch_size, max_length=args.max_length,
                                      show_progress=True, dtype=DTYPES[args.dtype])
-    index = Index.from_vectors(vectors, ids)
-    if args.graph:
-        index.build_graph(args.graph)
-    index.save(args.output)
-    print(Index.load(args.output))
+    write_index(vectors, ids, args.output, args.graph)
     return 0
