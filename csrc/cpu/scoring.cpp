@@ -38,6 +38,8 @@ namespace {
 // from L3) more often per row and pay the cold first pass over each weight chunk more
 // often: 96 rows give 48 FLOP per weight byte fetched.
 constexpr int64_t kDefaultBlock = 96;
+// PackedQNets packs on one thread per this many bytes of packed weights (see there).
+constexpr size_t kPackBytesPerThread = size_t(4) << 20;
 // Queries packed at once are bounded by this many bytes of packed weights.
 constexpr size_t kPackBudget = size_t(64) << 20;
 
@@ -542,7 +544,13 @@ PackedQNets::PackedQNets(const QNetView& qn, int num_threads) : impl_(new Impl) 
   im.views.resize(static_cast<size_t>(im.Q));
   char* base = static_cast<char*>(im.buf.get(std::max<size_t>(1, im.Q * im.plan.bytes)));
   const PackTasks tasks = make_tasks(qn, im.plan);
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, im.Q * static_cast<int64_t>(tasks.layer.size()))));
+  // One thread per kPackBytesPerThread of packed weights: packing 1 MB takes a fraction of
+  // a millisecond on one thread, while a parallel region ends at a barrier that waits for
+  // every thread; when the other core is busy that wait lasted 8-24 ms (a d = 384, L = 2
+  // q-net on two threads right after torch calls, against 0.3-0.5 ms on one thread).
+  const int64_t by_size = static_cast<int64_t>((im.Q * im.plan.bytes + kPackBytesPerThread - 1) / kPackBytesPerThread);
+  const int nt = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>({static_cast<int64_t>(num_threads), by_size, im.Q * static_cast<int64_t>(tasks.layer.size())})));
 #pragma omp parallel num_threads(nt)
   pack_group(qn, im.plan, tasks, *im.ops, 0, im.Q, base, im.layers.data(), im.views.data());
 }
