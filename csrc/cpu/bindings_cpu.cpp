@@ -12,95 +12,13 @@
 #include "array_check.h"
 #include "cpu/isa.h"
 #include "cpu/qnet_kernel.h"
+#include "qnet_args.h"
 
 namespace hyp {
 
 namespace py = pybind11;
 
 namespace {
-
-DType float_kind(const py::array& a, const char* name) {
-  if (array_is(a, Kind::F32)) return DType::F32;
-  if (array_is(a, Kind::F16)) return DType::F16;
-  if (array_is(a, Kind::BF16)) return DType::BF16;
-  throw py::type_error(std::string(name) + ": expected float32, float16 or bfloat16 (as uint16) array, got dtype " +
-                       std::string(py::str(a.dtype())));
-}
-
-// Owns what a QNetView points at for the duration of one call.
-struct QNetArgs {
-  std::vector<py::array> arrays;  // keeps the arrays alive
-  std::vector<int64_t> dims;
-  std::vector<const void*> w, b;
-  QNetView view;
-};
-
-void parse_qnet(QNetArgs& a, const py::list& weights, const py::list& biases, bool relu,
-                bool layer_norm, bool residual, bool residual_on_last, bool ln_before, double eps) {
-  const int64_t nw = static_cast<int64_t>(weights.size());
-  if (nw < 1) throw std::invalid_argument("weights: a q-net needs at least the output layer");
-  if (static_cast<int64_t>(biases.size()) != nw - 1)
-    throw std::invalid_argument("biases: expected " + std::to_string(nw - 1) + " arrays (one per hidden layer), got " +
-                                std::to_string(biases.size()));
-  if (!(eps > 0) || !std::isfinite(eps)) throw std::invalid_argument("eps must be positive and finite");
-  const int L = static_cast<int>(nw - 1);
-  DType wdt = DType::F32;
-  int64_t Q = -1;
-  for (int i = 0; i <= L; ++i) {
-    const std::string name = "weights[" + std::to_string(i) + "]";
-    py::array w = py::reinterpret_borrow<py::object>(weights[i]).cast<py::array>();
-    const DType t = float_kind(w, name.c_str());
-    if (i == 0) wdt = t;
-    else if (t != wdt) throw py::type_error(name + ": every weight and bias must have the dtype of weights[0]");
-    if (i == 0) {
-      check_shape(w, name.c_str(), {-1, -1, -1});
-      Q = w.shape(0);
-      a.dims.push_back(w.shape(1));
-    }
-    check_shape(w, name.c_str(), {Q, a.dims[i], i == L ? 1 : -1});
-    a.dims.push_back(w.shape(2));
-    a.w.push_back(w.data());
-    a.arrays.push_back(w);
-  }
-  for (int i = 0; i < L; ++i) {
-    const std::string name = "biases[" + std::to_string(i) + "]";
-    py::array b = py::reinterpret_borrow<py::object>(biases[i]).cast<py::array>();
-    if (float_kind(b, name.c_str()) != wdt)
-      throw py::type_error(name + ": every weight and bias must have the dtype of weights[0]");
-    check_shape(b, name.c_str(), {Q, a.dims[i + 1]});
-    a.b.push_back(b.data());
-    a.arrays.push_back(b);
-    const bool res = residual && (residual_on_last || i < L - 1);
-    if (res && a.dims[i] != a.dims[i + 1])
-      throw std::invalid_argument("hidden layer " + std::to_string(i) + " has a residual but maps " +
-                                  std::to_string(a.dims[i]) + " -> " + std::to_string(a.dims[i + 1]));
-  }
-  for (int64_t d : a.dims)
-    if (d <= 0) throw std::invalid_argument("q-net widths must be positive");
-  QNetView& v = a.view;
-  v.num_layers = L;
-  v.num_queries = Q;
-  v.dims = a.dims.data();
-  v.weights = a.w.data();
-  v.biases = a.b.data();
-  v.wdtype = wdt;
-  v.relu = relu;
-  v.layer_norm = layer_norm;
-  v.residual = residual;
-  v.residual_on_last = residual_on_last;
-  v.layer_norm_before_residual = ln_before;
-  v.eps = static_cast<float>(eps);
-}
-
-VectorsView parse_vectors(const py::array& vec, const QNetArgs& a) {
-  VectorsView v;
-  v.dtype = float_kind(vec, "vectors");
-  check_shape(vec, "vectors", {-1, a.dims[0]});
-  v.data = vec.data();
-  v.n = vec.shape(0);
-  v.d = vec.shape(1);
-  return v;
-}
 
 // The optional prepacked q-nets of a call: None, or a PackedQNets made from a q-net of the
 // same shapes, dtype and flags under the ISA active now.
@@ -129,13 +47,13 @@ int64_t block_arg(int64_t block) {
 #define HYP_QNET_ARGS                                                                        \
   py::list weights, py::list biases, bool relu, bool layer_norm, bool residual, bool residual_on_last, \
       bool layer_norm_before_residual, double eps
-#define HYP_QNET_PASS weights, biases, relu, layer_norm, residual, residual_on_last, layer_norm_before_residual, eps
+#define HYP_QNET_PASS weights, biases, QNetFlags{relu, layer_norm, residual, residual_on_last, layer_norm_before_residual, eps}
 
 void py_score_dense(HYP_QNET_ARGS, py::array vectors, py::array out, int num_threads, int64_t block,
                     py::object packed) {
   QNetArgs a;
   parse_qnet(a, HYP_QNET_PASS);
-  const VectorsView v = parse_vectors(vectors, a);
+  const VectorsView v = parse_vectors(vectors, a.dims[0]);
   check_kind(out, "out", Kind::F32);
   check_shape(out, "out", {a.view.num_queries, v.n});
   check_writeable(out, "out");
@@ -152,7 +70,7 @@ void py_score_gather(HYP_QNET_ARGS, py::array vectors, py::array ids, py::array 
                      int64_t block, py::object packed) {
   QNetArgs a;
   parse_qnet(a, HYP_QNET_PASS);
-  const VectorsView v = parse_vectors(vectors, a);
+  const VectorsView v = parse_vectors(vectors, a.dims[0]);
   check_kind(ids, "ids", Kind::I64);
   check_shape(ids, "ids", {a.view.num_queries, -1});
   const int64_t m = ids.shape(1);
@@ -178,7 +96,7 @@ py::tuple py_exact_topk(HYP_QNET_ARGS, py::array vectors, int64_t k, int num_thr
                         py::object packed) {
   QNetArgs a;
   parse_qnet(a, HYP_QNET_PASS);
-  const VectorsView v = parse_vectors(vectors, a);
+  const VectorsView v = parse_vectors(vectors, a.dims[0]);
   if (k < 1) throw std::invalid_argument("k must be at least 1, got " + std::to_string(k));
   const int nt = threads_arg(num_threads);
   block = block_arg(block);
@@ -214,7 +132,7 @@ double py_fma_peak(int num_threads, double seconds) {
 void py_score_gather_query(HYP_QNET_ARGS, int64_t q, py::array vectors, py::array ids, py::array out) {
   QNetArgs a;
   parse_qnet(a, HYP_QNET_PASS);
-  const VectorsView v = parse_vectors(vectors, a);
+  const VectorsView v = parse_vectors(vectors, a.dims[0]);
   if (q < 0 || q >= a.view.num_queries)
     throw std::invalid_argument("q out of range: " + std::to_string(q));
   check_kind(ids, "ids", Kind::I64);

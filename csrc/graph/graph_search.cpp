@@ -17,6 +17,7 @@
 
 #include "array_check.h"
 #include "cpu/qnet_kernel.h"
+#include "qnet_args.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -30,95 +31,26 @@ namespace {
 
 // ------------------------------------------------------------------ argument parsing
 
-DType float_dtype(const py::array& a, const char* name) {
-  if (array_is(a, Kind::F32)) return DType::F32;
-  if (array_is(a, Kind::F16)) return DType::F16;
-  if (array_is(a, Kind::BF16)) return DType::BF16;
-  throw py::type_error(std::string(name) + ": expected float32, float16 or bfloat16 (as uint16), got dtype " +
-                       std::string(py::str(a.dtype())));
-}
-
-// Keeps the arrays a QNetView points into alive for one call.
-struct QNetHold {
-  std::vector<py::array> arrays;
-  std::vector<int64_t> dims;
-  std::vector<const void*> w, b;
-  QNetView view;
-};
-
-void parse_qnet(QNetHold& h, const py::list& weights, const py::list& biases, const py::dict& flags) {
-  const int64_t nw = static_cast<int64_t>(weights.size());
-  if (nw < 1) throw std::invalid_argument("weights: a q-net needs at least the output layer");
-  if (static_cast<int64_t>(biases.size()) != nw - 1)
-    throw std::invalid_argument("biases: expected " + std::to_string(nw - 1) + " arrays, got " +
-                                std::to_string(biases.size()));
-  const int L = static_cast<int>(nw - 1);
-  DType wdt = DType::F32;
-  int64_t Q = -1;
-  for (int i = 0; i <= L; ++i) {
-    const std::string name = "weights[" + std::to_string(i) + "]";
-    py::array w = py::reinterpret_borrow<py::object>(weights[i]).cast<py::array>();
-    const DType t = float_dtype(w, name.c_str());
-    if (t == DType::F16) throw py::type_error(name + ": float16 weights must be converted to float32 first");
-    if (i == 0) {
-      wdt = t;
-      check_shape(w, name.c_str(), {-1, -1, -1});
-      Q = w.shape(0);
-      h.dims.push_back(w.shape(1));
-    } else if (t != wdt) {
-      throw py::type_error(name + ": every weight and bias must have the dtype of weights[0]");
-    }
-    check_shape(w, name.c_str(), {Q, h.dims[i], i == L ? 1 : -1});
-    h.dims.push_back(w.shape(2));
-    h.w.push_back(w.data());
-    h.arrays.push_back(w);
-  }
-  for (int i = 0; i < L; ++i) {
-    const std::string name = "biases[" + std::to_string(i) + "]";
-    py::array b = py::reinterpret_borrow<py::object>(biases[i]).cast<py::array>();
-    if (float_dtype(b, name.c_str()) != wdt) throw py::type_error(name + ": dtype differs from weights[0]");
-    check_shape(b, name.c_str(), {Q, h.dims[i + 1]});
-    h.b.push_back(b.data());
-    h.arrays.push_back(b);
-  }
-  for (int64_t d : h.dims)
-    if (d <= 0) throw std::invalid_argument("q-net widths must be positive");
-  auto flag = [&](const char* key) {
+// Flags of the q-net from the dict the Python side passes (every key required).
+QNetFlags parse_flags(const py::dict& flags) {
+  auto get = [&](const char* key) {
     if (!flags.contains(key)) throw std::invalid_argument(std::string("q-net flags: missing '") + key + "'");
-    return flags[key].cast<bool>();
+    return flags[key];
   };
-  QNetView& v = h.view;
-  v.num_layers = L;
-  v.num_queries = Q;
-  v.dims = h.dims.data();
-  v.weights = h.w.data();
-  v.biases = h.b.data();
-  v.wdtype = wdt;
-  v.relu = flag("relu");
-  v.layer_norm = flag("layer_norm");
-  v.residual = flag("residual");
-  v.residual_on_last = flag("residual_on_last");
-  v.layer_norm_before_residual = flag("layer_norm_before_residual");
-  if (!flags.contains("eps")) throw std::invalid_argument("q-net flags: missing 'eps'");
-  const double eps = flags["eps"].cast<double>();
-  if (!(eps > 0) || !std::isfinite(eps)) throw std::invalid_argument("eps must be positive and finite");
-  v.eps = static_cast<float>(eps);
-  for (int i = 0; i < L; ++i) {
-    const bool res = v.residual && (v.residual_on_last || i < L - 1);
-    if (res && h.dims[i] != h.dims[i + 1])
-      throw std::invalid_argument("hidden layer " + std::to_string(i) + " has a residual but maps " +
-                                  std::to_string(h.dims[i]) + " -> " + std::to_string(h.dims[i + 1]));
-  }
+  QNetFlags f;
+  f.relu = get("relu").cast<bool>();
+  f.layer_norm = get("layer_norm").cast<bool>();
+  f.residual = get("residual").cast<bool>();
+  f.residual_on_last = get("residual_on_last").cast<bool>();
+  f.layer_norm_before_residual = get("layer_norm_before_residual").cast<bool>();
+  f.eps = get("eps").cast<double>();
+  return f;
 }
 
-VectorsView parse_vectors(const py::array& a, int64_t d) {
-  VectorsView v;
-  v.dtype = float_dtype(a, "vectors");
-  check_shape(a, "vectors", {-1, d});
-  v.data = a.data();
-  v.n = a.shape(0);
-  v.d = d;
-  return v;
+void parse_qnet(QNetArgs& h, const py::list& weights, const py::list& biases, const py::dict& flags) {
+  hyp::parse_qnet(h, weights, biases, parse_flags(flags));
+  // The Python side converts float16 weights; graph search packs float32 or bfloat16 only.
+  if (h.view.wdtype == DType::F16) throw py::type_error("weights: float16 weights must be converted to float32 first");
 }
 
 struct Graph {
@@ -234,7 +166,7 @@ inline Split split_threads(int64_t Q, int nt) {
 py::tuple paper_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
                        py::array entries, int64_t k, int64_t ncandidates, int64_t max_iter, bool early_stop,
                        int num_threads) {
-  QNetHold h;
+  QNetArgs h;
   parse_qnet(h, weights, biases, flags);
   const VectorsView v = parse_vectors(vectors, h.dims[0]);
   const Graph g = parse_graph(graph, v.n);
@@ -330,7 +262,7 @@ inline bool better_e(const Entry& a, const Entry& b) { return a.s > b.s || (a.s 
 py::tuple beam_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
                       py::array shared_entries, py::array entries, py::array init_scores, py::array init_ids,
                       int64_t ef, int64_t width, int64_t max_steps, int num_threads) {
-  QNetHold h;
+  QNetArgs h;
   parse_qnet(h, weights, biases, flags);
   const int64_t Q = h.view.num_queries;
   const VectorsView v = parse_vectors(vectors, h.dims[0]);

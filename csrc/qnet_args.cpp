@@ -1,0 +1,84 @@
+#include "qnet_args.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace hyp {
+
+DType float_dtype(const py::array& a, const char* name) {
+  if (array_is(a, Kind::F32)) return DType::F32;
+  if (array_is(a, Kind::F16)) return DType::F16;
+  if (array_is(a, Kind::BF16)) return DType::BF16;
+  throw py::type_error(std::string(name) + ": expected float32, float16 or bfloat16 (as uint16) array, got dtype " +
+                       std::string(py::str(a.dtype())));
+}
+
+void parse_qnet(QNetArgs& a, const py::list& weights, const py::list& biases, const QNetFlags& flags) {
+  const int64_t nw = static_cast<int64_t>(weights.size());
+  if (nw < 1) throw std::invalid_argument("weights: a q-net needs at least the output layer");
+  if (static_cast<int64_t>(biases.size()) != nw - 1)
+    throw std::invalid_argument("biases: expected " + std::to_string(nw - 1) + " arrays (one per hidden layer), got " +
+                                std::to_string(biases.size()));
+  if (!(flags.eps > 0) || !std::isfinite(flags.eps)) throw std::invalid_argument("eps must be positive and finite");
+  const int L = static_cast<int>(nw - 1);
+  DType wdt = DType::F32;
+  int64_t Q = -1;
+  for (int i = 0; i <= L; ++i) {
+    const std::string name = "weights[" + std::to_string(i) + "]";
+    py::array w = py::reinterpret_borrow<py::object>(weights[i]).cast<py::array>();
+    const DType t = float_dtype(w, name.c_str());
+    if (i == 0) {
+      wdt = t;
+      check_shape(w, name.c_str(), {-1, -1, -1});
+      Q = w.shape(0);
+      a.dims.push_back(w.shape(1));
+    } else if (t != wdt) {
+      throw py::type_error(name + ": every weight and bias must have the dtype of weights[0]");
+    }
+    check_shape(w, name.c_str(), {Q, a.dims[i], i == L ? 1 : -1});
+    a.dims.push_back(w.shape(2));
+    a.w.push_back(w.data());
+    a.arrays.push_back(w);
+  }
+  for (int i = 0; i < L; ++i) {
+    const std::string name = "biases[" + std::to_string(i) + "]";
+    py::array b = py::reinterpret_borrow<py::object>(biases[i]).cast<py::array>();
+    if (float_dtype(b, name.c_str()) != wdt)
+      throw py::type_error(name + ": every weight and bias must have the dtype of weights[0]");
+    check_shape(b, name.c_str(), {Q, a.dims[i + 1]});
+    a.b.push_back(b.data());
+    a.arrays.push_back(b);
+    const bool res = flags.residual && (flags.residual_on_last || i < L - 1);
+    if (res && a.dims[i] != a.dims[i + 1])
+      throw std::invalid_argument("hidden layer " + std::to_string(i) + " has a residual but maps " +
+                                  std::to_string(a.dims[i]) + " -> " + std::to_string(a.dims[i + 1]));
+  }
+  for (int64_t d : a.dims)
+    if (d <= 0) throw std::invalid_argument("q-net widths must be positive");
+  QNetView& v = a.view;
+  v.num_layers = L;
+  v.num_queries = Q;
+  v.dims = a.dims.data();
+  v.weights = a.w.data();
+  v.biases = a.b.data();
+  v.wdtype = wdt;
+  v.relu = flags.relu;
+  v.layer_norm = flags.layer_norm;
+  v.residual = flags.residual;
+  v.residual_on_last = flags.residual_on_last;
+  v.layer_norm_before_residual = flags.layer_norm_before_residual;
+  v.eps = static_cast<float>(flags.eps);
+}
+
+VectorsView parse_vectors(const py::array& vec, int64_t d) {
+  VectorsView v;
+  v.dtype = float_dtype(vec, "vectors");
+  check_shape(vec, "vectors", {-1, d});
+  v.data = vec.data();
+  v.n = vec.shape(0);
+  v.d = d;
+  return v;
+}
+
+}  // namespace hyp

@@ -1,0 +1,45 @@
+// Parsing and validation of the q-net and document arrays that every C++ entry point takes
+// (CPU kernels, graph search): one place checks dtypes, shapes, contiguity and the
+// residual rule, and builds the QNetView / VectorsView the kernels read.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "array_check.h"
+#include "cpu/qnet_kernel.h"
+
+namespace hyp {
+
+// float32, float16 or bfloat16 (passed as uint16); TypeError otherwise.
+DType float_dtype(const py::array& a, const char* name);
+
+// The converter's flags (engine.QNetConfig).
+struct QNetFlags {
+  bool relu = true;
+  bool layer_norm = true;
+  bool residual = true;
+  bool residual_on_last = false;
+  bool layer_norm_before_residual = true;
+  double eps = 1e-5;
+};
+
+// Owns what a QNetView points at (and keeps the arrays alive) for the duration of one call.
+struct QNetArgs {
+  std::vector<py::array> arrays;
+  std::vector<int64_t> dims;
+  std::vector<const void*> w, b;
+  QNetView view;
+};
+
+// weights: L + 1 arrays (Q, in, out), the last (Q, h_L, 1); biases: L arrays (Q, out); all
+// one dtype. Throws ValueError / TypeError naming the offending array.
+void parse_qnet(QNetArgs& a, const py::list& weights, const py::list& biases, const QNetFlags& flags);
+
+// Document vectors (n, d) in float32, float16 or bfloat16.
+VectorsView parse_vectors(const py::array& vec, int64_t d);
+
+}  // namespace hyp
