@@ -63,4 +63,11 @@ inline void check_writeable(const py::array& a, const char* name) {
   if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": array must be writeable");
 }
 
+// A thread count handed in from Python (the callers pass torch.get_num_threads() or the
+// user's choice).
+inline int threads_arg(int num_threads) {
+  if (num_threads < 1) throw std::invalid_argument("num_threads must be at least 1");
+  return num_threads;
+}
+
 }  // namespace hyp

@@ -10,36 +10,25 @@
 #include <vector>
 
 #include "array_check.h"
+#include "ranking.h"
 
 namespace hyp {
-
-namespace {
-struct Entry {
-  float score;
-  int64_t id;
-};
-// Best first; on equal scores the lower id wins (padding, id -1 with -inf, never ties a
-// real finite score).
-inline bool better(const Entry& a, const Entry& b) {
-  return a.score > b.score || (a.score == b.score && a.id < b.id);
-}
-}  // namespace
 
 void topk_merge_row(const float* block, int64_t b, int64_t base, float* run_scores,
                     int64_t* run_ids, int64_t k) {
   // Block ids are all larger than running ids, so a block entry must beat the current
   // k-th score strictly to enter; most entries are rejected by this one comparison.
   float thresh = run_scores[k - 1];
-  std::vector<Entry> cand;
+  std::vector<Scored> cand;
   for (int64_t j = 0; j < b; ++j) {
     if (block[j] > thresh) {
       cand.push_back({block[j], base + j});
       if (static_cast<int64_t>(cand.size()) >= 4 * k + 64) {
         // Keep the candidate list bounded: cut it to its best k and raise the threshold.
-        std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), better);
+        std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), better<Scored>);
         cand.resize(k);
-        float kth = cand[0].score;
-        for (auto& e : cand) kth = std::min(kth, e.score);
+        float kth = cand[0].s;
+        for (auto& e : cand) kth = std::min(kth, e.s);
         thresh = std::max(thresh, kth);
       }
     }
@@ -47,9 +36,9 @@ void topk_merge_row(const float* block, int64_t b, int64_t base, float* run_scor
   if (cand.empty()) return;
   for (int64_t i = 0; i < k; ++i) cand.push_back({run_scores[i], run_ids[i]});
   int64_t keep = std::min<int64_t>(k, cand.size());
-  std::partial_sort(cand.begin(), cand.begin() + keep, cand.end(), better);
+  std::partial_sort(cand.begin(), cand.begin() + keep, cand.end(), better<Scored>);
   for (int64_t i = 0; i < keep; ++i) {
-    run_scores[i] = cand[i].score;
+    run_scores[i] = cand[i].s;
     run_ids[i] = cand[i].id;
   }
 }

@@ -34,10 +34,6 @@ const PackedQNets* packed_arg(const py::object& packed, const QNetArgs& a) {
   return p;
 }
 
-int threads_arg(int num_threads) {
-  if (num_threads < 1) throw std::invalid_argument("num_threads must be at least 1");
-  return num_threads;
-}
 
 int64_t block_arg(int64_t block) {
   if (block < 0 || block > (1 << 16)) throw std::invalid_argument("block_size must be 0 (default) or in 1..65536");

@@ -18,6 +18,7 @@
 #include "array_check.h"
 #include "cpu/qnet_kernel.h"
 #include "qnet_args.h"
+#include "ranking.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -77,18 +78,10 @@ const int64_t* parse_ids(const py::array& a, const char* name, std::vector<int64
   return p;
 }
 
-int threads_arg(int t) {
-  if (t < 1) throw std::invalid_argument("num_threads must be at least 1");
-  return t;
-}
 
 // ------------------------------------------------------------------ search state
 
-struct Item {
-  float s;
-  int64_t id;
-};
-inline bool better(const Item& a, const Item& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); }
+using Item = Scored;
 
 // Visited marks by epoch: a new query bumps the epoch instead of clearing n entries.
 struct Visited {
@@ -215,7 +208,7 @@ py::tuple paper_search(py::list weights, py::list biases, py::dict flags, py::ar
           items.resize(C);
           for (int64_t i = 0; i < C; ++i) items[i] = Item{sc[i], cand[i]};
           const int64_t T = std::min(top_n, C);
-          std::partial_sort(items.begin(), items.begin() + T, items.end(), better);
+          std::partial_sort(items.begin(), items.begin() + T, items.end(), better<Item>);
           next.clear();
           int64_t added = 0;
           for (int64_t r = 0; r < T; ++r) {
@@ -235,7 +228,7 @@ py::tuple paper_search(py::list weights, py::list biases, py::dict flags, py::ar
           if (added == 0 && early_stop) break;
           cand.swap(next);
         }
-        std::sort(heap.begin(), heap.end(), better);
+        std::sort(heap.begin(), heap.end(), better<Item>);
         for (int64_t j = 0; j < k; ++j) {
           const bool f = j < static_cast<int64_t>(heap.size());
           os[q * k + j] = f ? heap[j].s : -std::numeric_limits<float>::infinity();
@@ -257,7 +250,6 @@ struct Entry {
   int64_t id;
   bool expanded;
 };
-inline bool better_e(const Entry& a, const Entry& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); }
 
 py::tuple beam_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
                       py::array shared_entries, py::array entries, py::array init_scores, py::array init_ids,
@@ -324,13 +316,13 @@ py::tuple beam_search(py::list weights, py::list biases, py::dict flags, py::arr
           scored += m;
           for (int64_t j = 0; j < m; ++j) list.push_back(Entry{sc[j], ids[j], false});
           const int64_t keep = std::min<int64_t>(ef, static_cast<int64_t>(list.size()));
-          std::partial_sort(list.begin(), list.begin() + keep, list.end(), better_e);
+          std::partial_sort(list.begin(), list.begin() + keep, list.end(), better<Entry>);
           list.resize(keep);
         };
         score_into_list();
         {
           const int64_t keep = std::min<int64_t>(ef, static_cast<int64_t>(list.size()));
-          std::partial_sort(list.begin(), list.begin() + keep, list.end(), better_e);
+          std::partial_sort(list.begin(), list.begin() + keep, list.end(), better<Entry>);
           list.resize(keep);
         }
         for (int64_t st = 0; st < max_steps; ++st) {

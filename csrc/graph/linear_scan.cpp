@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "array_check.h"
+#include "qnet_args.h"
+#include "ranking.h"
 #include "cpu/isa.h"
 
 #ifdef _OPENMP
@@ -162,11 +164,7 @@ DotsFn pick_avx2(VType t) {
 
 // ------------------------------------------------------------------ top-m
 
-struct Item {
-  float s;
-  int64_t id;
-};
-inline bool better(const Item& a, const Item& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); }
+using Item = Scored;
 
 // The best m items offered, as a buffer cut back to m by nth_element whenever it reaches
 // 2m: amortised O(1) per offer, where a heap costs O(log m) per accepted item (with the
@@ -186,7 +184,7 @@ struct TopM {
   }
   void shrink() {
     if (static_cast<int64_t>(h.size()) <= m) return;
-    std::nth_element(h.begin(), h.begin() + (m - 1), h.end(), better);
+    std::nth_element(h.begin(), h.begin() + (m - 1), h.end(), better<Item>);
     h.resize(m);
     worst = h[m - 1];
     cut = true;
@@ -200,16 +198,11 @@ VType check_inputs(const py::array& vectors, const py::array& w, int64_t m, int 
   check_shape(w, "w", {-1, -1});
   const int64_t Q = w.shape(0), d = w.shape(1);
   if (d < 1) throw std::invalid_argument("w: dimension must be positive");
-  VType vt;
-  if (array_is(vectors, Kind::F32)) vt = VType::F32;
-  else if (array_is(vectors, Kind::F16)) vt = VType::F16;
-  else if (array_is(vectors, Kind::BF16)) vt = VType::BF16;
-  else
-    throw py::type_error("vectors: expected float32, float16 or bfloat16 (as uint16), got dtype " +
-                         std::string(py::str(vectors.dtype())));
+  const DType dt = float_dtype(vectors, "vectors");
+  const VType vt = dt == DType::F32 ? VType::F32 : dt == DType::F16 ? VType::F16 : VType::BF16;
   check_shape(vectors, "vectors", {-1, d});
   if (m < 1) throw std::invalid_argument("m must be at least 1");
-  if (num_threads < 1) throw std::invalid_argument("num_threads must be at least 1");
+  threads_arg(num_threads);
   const float* wp = static_cast<const float*>(w.data());
   for (int64_t i = 0; i < Q * d; ++i)
     if (!std::isfinite(wp[i])) throw std::invalid_argument("w holds a non-finite value");
@@ -268,7 +261,7 @@ py::tuple linear_topk(py::array vectors, py::array w, int64_t m, int num_threads
   for (int64_t q = 0; q < Q; ++q) {
     all.clear();
     for (int t = 0; t < nt; ++t) all.insert(all.end(), tops[t][q].h.begin(), tops[t][q].h.end());
-    std::partial_sort(all.begin(), all.begin() + keep, all.end(), better);
+    std::partial_sort(all.begin(), all.begin() + keep, all.end(), better<Item>);
     for (int64_t j = 0; j < keep; ++j) {
       os[q * keep + j] = all[j].s;
       oi[q * keep + j] = all[j].id;
@@ -332,7 +325,7 @@ py::tuple rows_topk(py::array vectors, py::array ids, py::array w, int64_t m, in
   std::vector<Item> all(static_cast<size_t>(S));
   for (int64_t q = 0; q < Q; ++q) {
     for (int64_t j = 0; j < S; ++j) all[j] = Item{sc[q * S + j], ip[q * S + j]};
-    std::partial_sort(all.begin(), all.begin() + keep, all.end(), better);
+    std::partial_sort(all.begin(), all.begin() + keep, all.end(), better<Item>);
     for (int64_t j = 0; j < keep; ++j) {
       os[q * keep + j] = all[j].s;
       oi[q * keep + j] = all[j].id;
