@@ -60,20 +60,8 @@ def gemm_peak_tflops():
 
 def corpus(n, seed=0):
     """Structured vectors (clusters, decaying spectrum, shared mean: engine.synthetic's
-    model) generated on the device in chunks."""
-    m = synthetic.CorpusModel(D, seed)
-    dev = torch.device("cuda")
-    mean, rot, spec = m.mean.to(dev), m.rotation.to(dev), m.spectrum.to(dev)
-    centers, probs = m.centers.to(dev), m.cluster_probs.float().to(dev)
-    g = torch.Generator(device=dev).manual_seed(seed)
-    out = torch.empty(n, D, dtype=DTYPE, device=dev)
-    chunk = 1 << 20
-    for s in range(0, n, chunk):
-        b = min(chunk, n - s)
-        c = torch.multinomial(probs, b, replacement=True, generator=g)
-        z = centers[c] * m.cluster_scale + torch.randn(b, D, device=dev, generator=g) * m.doc_scale
-        out[s : s + b] = (mean + (z * spec) @ rot.T).to(DTYPE)
-    return out
+    model) drawn on the device."""
+    return synthetic.vectors(n, D, seed=seed, dtype=DTYPE, device="cuda")
 
 
 def run_backend(name):

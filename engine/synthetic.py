@@ -39,10 +39,12 @@ class CorpusModel:
     """The fixed parameters of a synthetic corpus (mean, rotation, spectrum, clusters)."""
 
     def __init__(self, dim: int, seed: int = 0, num_clusters: int | None = None,
-                 cluster_share: float = 0.4, norm: float = 3.0, mean_norm: float = 1.2):
+                 cluster_share: float = 0.4, norm: float = 3.0, mean_norm: float = 1.2,
+                 device=None):
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         self.dim, self.seed = dim, seed
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         g = torch.Generator().manual_seed(seed * 1_000_003 + 17)
         self.num_clusters = num_clusters or 1024
         mean = torch.randn(dim, generator=g)
@@ -59,14 +61,19 @@ class CorpusModel:
         # Zipf-like cluster sizes: a few large topics, a long tail.
         p = 1.0 / (torch.arange(self.num_clusters, dtype=torch.float64) + 10.0)
         self.cluster_probs = p / p.sum()
+        # The model's parameters are drawn on the CPU (the same on every device); only
+        # the per-unit draws below use the device's own generator.
+        for name in ("mean", "rotation", "spectrum", "centers", "cluster_probs"):
+            setattr(self, name, getattr(self, name).to(self.device))
 
     def _embed(self, z: torch.Tensor) -> torch.Tensor:
         return self.mean + (z * self.spectrum) @ self.rotation.T
 
     def _unit(self, u: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + u) * 7919 + 3)
+        g = torch.Generator(device=self.device).manual_seed((self.seed * 1_000_003 + u) * 7919 + 3)
         c = torch.multinomial(self.cluster_probs, _UNIT, replacement=True, generator=g)
-        return self.centers[c] * self.cluster_scale + torch.randn(_UNIT, self.dim, generator=g) * self.doc_scale
+        z = torch.randn(_UNIT, self.dim, generator=g, device=self.device)
+        return self.centers[c] * self.cluster_scale + z * self.doc_scale
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """Vectors ``[start, stop)`` as float32 (``start`` a multiple of the unit).
@@ -76,7 +83,7 @@ class CorpusModel:
         """
         assert start % _UNIT == 0
         units = [self._embed(self._unit(u)) for u in range(start // _UNIT, -(-stop // _UNIT))]
-        return torch.cat(units)[: stop - start] if units else torch.empty(0, self.dim)
+        return torch.cat(units)[: stop - start] if units else torch.empty(0, self.dim, device=self.device)
 
 
 def vector_chunks(n: int, dim: int, *, seed: int = 0, dtype=torch.float32, **model_kwargs):
@@ -86,13 +93,19 @@ def vector_chunks(n: int, dim: int, *, seed: int = 0, dtype=torch.float32, **mod
         yield model.rows(s, min(s + CHUNK, n)).to(dtype)
 
 
-def vectors(n: int, dim: int, *, seed: int = 0, dtype=torch.float32, **model_kwargs) -> torch.Tensor:
-    """``(n, dim)`` synthetic document vectors in ``dtype`` (only one copy is held)."""
+def vectors(n: int, dim: int, *, seed: int = 0, dtype=torch.float32, device=None,
+            **model_kwargs) -> torch.Tensor:
+    """``(n, dim)`` synthetic document vectors in ``dtype`` (only one copy is held).
+
+    ``device``: where the vectors are drawn and kept (default CPU). A CUDA device draws
+    them with its own generator, far faster at millions of rows; the corpus has the same
+    model (mean, spectrum, clusters) but other individual rows than the CPU's.
+    """
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
-    out = torch.empty(n, dim, dtype=dtype)
+    out = torch.empty(n, dim, dtype=dtype, device=device)
     s = 0
-    for c in vector_chunks(n, dim, seed=seed, dtype=dtype, **model_kwargs):
+    for c in vector_chunks(n, dim, seed=seed, dtype=dtype, device=device, **model_kwargs):
         out[s : s + len(c)] = c
         s += len(c)
     return out

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import engine
@@ -13,6 +14,23 @@ def test_deterministic_and_streamed():
     assert len(chunks) == 2 and torch.equal(torch.cat(chunks), a)
     # A prefix of a larger corpus is the smaller corpus.
     assert torch.equal(synthetic.vectors(1000, 32, seed=4), a[:1000])
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vectors_on_device(device):
+    """Drawn where they are kept; the CPU device is the default's corpus bit for bit, and
+    each device's corpus is deterministic, prefix-stable and MiniLM-shaped."""
+    a = synthetic.vectors(9000, 64, seed=3, device=device, dtype=torch.bfloat16)
+    assert a.device.type == device and a.dtype == torch.bfloat16 and a.shape == (9000, 64)
+    assert torch.equal(a, synthetic.vectors(9000, 64, seed=3, device=device, dtype=torch.bfloat16))
+    assert torch.equal(a[:5000], synthetic.vectors(5000, 64, seed=3, device=device, dtype=torch.bfloat16))
+    if device == "cpu":
+        assert torch.equal(a, synthetic.vectors(9000, 64, seed=3, dtype=torch.bfloat16))
+    norms = a.float().norm(dim=1)
+    assert 2.5 < float(norms.mean()) < 3.5
 
 
 def test_structure_like_minilm():
