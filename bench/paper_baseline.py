@@ -23,17 +23,34 @@ def adjacency(neighbors) -> list[list[int]]:
     return [[int(j) for j in row if j >= 0] for row in neighbors.tolist()]
 
 
+class LazyAdjacency:
+    """The same lists made on first use, for graphs too large to list whole (8.8M x 32
+    ids as Python ints would take minutes and tens of GB); a search touches a few
+    thousand rows."""
+
+    def __init__(self, neighbors):
+        self.neighbors = neighbors.cpu().numpy()
+        self.rows: dict[int, list[int]] = {}
+
+    def __getitem__(self, i: int) -> list[int]:
+        row = self.rows.get(i)
+        if row is None:
+            row = self.rows[i] = [int(j) for j in self.neighbors[i] if j >= 0]
+        return row
+
+
 def paper_search_python(qnets: QNet, vectors: torch.Tensor, neighbors, entry_ids, k: int, *,
                         ncandidates: int = 50, max_iter: int = 16, early_stop: bool = True,
                         backend: str = "torch"):
     """Top-k ``(scores, ids)`` lists per query and per-query stats (scored, steps).
 
-    ``neighbors``: (n, R) int array (-1 = none) or its :func:`adjacency` lists;
+    ``neighbors``: (n, R) int array (-1 = none), its :func:`adjacency` lists or a
+    :class:`LazyAdjacency`;
     ``entry_ids``: the entry documents. ``backend="torch"``: each step gathers the
     candidates, converts them to float32 and runs the q-net with torch ops.
     """
     be = get_backend(backend, vectors.device)
-    nbr_lists = neighbors if isinstance(neighbors, list) else adjacency(neighbors)
+    nbr_lists = neighbors if isinstance(neighbors, (list, LazyAdjacency)) else adjacency(neighbors)
     entry = [int(e) for e in entry_ids]
     results, stats = [], []
     for q in range(qnets.num_queries):
@@ -46,7 +63,7 @@ def paper_search_python(qnets: QNet, vectors: torch.Tensor, neighbors, entry_ids
         for _ in range(max_iter):
             if not candidates:
                 break
-            ids = torch.tensor(candidates, dtype=torch.int64)[None]
+            ids = torch.tensor(candidates, dtype=torch.int64, device=vectors.device)[None]
             sims = be.score_gather(w, b, qnets.config, vectors, ids, None)[0].tolist()
             scored += len(candidates)
             steps += 1

@@ -86,6 +86,37 @@ def test_cluster_graph_close_to_exact_and_never_self():
     assert torch.equal(full, exact)
 
 
+@pytest.mark.parametrize("kmeans", ["torch", "faiss"])
+def test_cluster_graph_kmeans_choices(kmeans):
+    """Both k-means (torch: the CUDA and no-faiss path) give a close graph, exact when
+    every cluster is probed; small row blocks give the same graph as one block."""
+    if kmeans == "faiss":
+        pytest.importorskip("faiss")
+    x = engine.synthetic.vectors(3000, 24, seed=8)
+    exact, _ = build_knn_graph(x, 8, method="exact")
+    nbr, params = build_knn_graph(x, 8, method="cluster", nlist=12, nprobe=6, kmeans=kmeans)
+    assert params["kmeans"] == kmeans
+    assert not (nbr.long() == torch.arange(3000)[:, None]).any() and (nbr >= 0).all()
+    assert recall(nbr.long(), exact.long()) > 0.85  # faiss and torch: about 0.9 here
+    blocked, _ = build_knn_graph(x, 8, method="cluster", nlist=12, nprobe=6, kmeans=kmeans,
+                                 block_size=37)
+    assert recall(blocked.long(), nbr.long()) > 0.999
+    full, _ = build_knn_graph(x, 8, method="cluster", nlist=5, nprobe=5, kmeans=kmeans)
+    assert torch.equal(full, exact)
+
+
+def test_kmeans_torch_finds_separated_clusters():
+    from engine.graph.build import kmeans_torch
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.1 * torch.randn(200, 2, generator=g) for c in centers])
+    cent = kmeans_torch(x, 3, niter=10, seed=1)
+    # Each true center has exactly one centroid next to it.
+    d = torch.cdist(centers, cent)
+    assert (d.min(1).values < 0.1).all() and d.argmin(1).unique().numel() == 3
+
+
 def test_cluster_graph_rejects_bad_options():
     pytest.importorskip("faiss")
     x = engine.synthetic.vectors(100, 8)
@@ -93,6 +124,8 @@ def test_cluster_graph_rejects_bad_options():
         build_knn_graph(x, 4, method="cluster", nprobe=0)
     with pytest.raises(TypeError):
         build_knn_graph(x, 4, method="cluster", bogus=1)
+    with pytest.raises(ValueError, match="kmeans"):
+        build_knn_graph(x, 4, method="cluster", kmeans="lloyd")
 
 
 def test_duplicates_are_neighbours_but_never_self():
@@ -160,6 +193,19 @@ def test_paper_preset_matches_python_reference(small, impl, k, nc, early):
     assert r.stats["documents_scored_per_query"] == [s["documents_scored"] for s in st]
 
 
+def test_paper_reference_same_with_lazy_adjacency(small):
+    """The baseline's lazy neighbour lists (for graphs too large to list whole) change
+    nothing."""
+    from paper_baseline import LazyAdjacency
+
+    idx, q = small
+    args = (q, idx.vectors)
+    full = paper_search_python(*args, idx.graph, entry_points(idx, 40), 10, ncandidates=8, max_iter=6)
+    lazy = paper_search_python(*args, LazyAdjacency(idx.graph), entry_points(idx, 40), 10,
+                               ncandidates=8, max_iter=6)
+    assert full == lazy
+
+
 def test_paper_entry_points_fixed_by_seed(small):
     idx, _ = small
     a = entry_points(idx, 100)
@@ -198,6 +244,22 @@ def test_native_matches_torch(small, preset):
     b = idx.search(q, 10, mode="graph", preset=preset, impl="native", **opts)
     assert recall(a.ids, b.ids) >= 0.98  # float rounding of the two scorers may swap near-ties
     torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("block", [None, 1000, 777, 64])
+@pytest.mark.parametrize("m", [1, 40, 5000, 6000])
+def test_linear_scan_is_the_exact_top_m(block, m):
+    """Any block size gives the top m of all scores, ordered by (score desc, id asc),
+    duplicate rows (equal scores) included; m beyond n gives all n."""
+    from engine.graph.beam import linear_scan
+    from engine.graph.common import sort_by_key
+
+    x = engine.synthetic.vectors(5000, 24, seed=3)
+    x[4000:4100] = x[10:110]  # equal scores, ordered by id
+    w = torch.randn(3, 24, generator=torch.Generator().manual_seed(1))
+    _, ref = sort_by_key(w @ x.T, torch.arange(5000).expand(3, -1))
+    got = linear_scan(x, w, m, block=block)
+    assert torch.equal(got, ref[:, : min(m, 5000)])
 
 
 @pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
@@ -437,3 +499,16 @@ def test_search_rejects_bad_options(small):
     bare = engine.Index.from_vectors(idx.vectors)
     with pytest.raises(ValueError, match="build_graph"):
         bare.search(q, 10, mode="graph")
+
+
+def test_device_graph_cached_until_the_graph_changes():
+    from engine.graph.common import device_graph
+
+    x = engine.synthetic.vectors(200, 16, seed=9)
+    idx = engine.Index.from_vectors(x).build_graph(4)
+    g = device_graph(idx, "cpu")
+    assert g.dtype == torch.int64 and torch.equal(g, idx.graph.long())
+    assert device_graph(idx, "cpu") is g  # made once, not per search
+    idx.set_graph(torch.flip(idx.graph, [1]).contiguous(), idx.graph_params)
+    g2 = device_graph(idx, "cpu")
+    assert g2 is not g and torch.equal(g2, idx.graph.long())

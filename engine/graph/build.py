@@ -4,8 +4,8 @@
 every document, the document itself excluded by position (not by distance, so duplicates
 of it stay eligible), ties broken by the lower id. ``faiss``: an IVF-Flat index searched
 with ``R + 1`` neighbours, the document itself removed by id. ``cluster`` (the ``auto``
-choice for large CPU corpora): k-means clusters, exact matmuls between each cluster and its
-nearest clusters; approximate, minutes instead of hours at 1M x 768 on 2 cores.
+choice for large corpora, CPU or CUDA): k-means clusters, exact matmuls between each cluster
+and its nearest clusters; approximate, minutes instead of hours at 1M x 768 on 2 cores.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 METHODS = ("auto", "exact", "faiss", "cluster")
-# Above this many documents a CPU build goes to faiss under method="auto": exact brute
-# force is O(n^2 d) and would take hours on a few cores.
+# Above this many documents method="auto" builds by clusters: exact brute force is
+# O(n^2 d), hours on a few cores at 1M, and about 40 min of fp32 H100 time at 8.8M.
 EXACT_CPU_LIMIT = 200_000
+EXACT_CUDA_LIMIT = 2_000_000
 
 
 def _check_degree(degree, n: int) -> int:
@@ -156,77 +157,121 @@ def faiss_knn(vectors: torch.Tensor, degree: int, *, nlist: int | None = None,
     return torch.from_numpy(out), {"nlist": nlist, "nprobe": nprobe, "train_size": int(train_n)}
 
 
-def _f32(vectors: torch.Tensor, ids=None) -> torch.Tensor:
-    x = vectors if ids is None else vectors[ids]
-    return x.float().contiguous()
+def _f32(vectors: torch.Tensor, ids=None, device=None) -> torch.Tensor:
+    x = vectors if ids is None else vectors[ids.to(vectors.device)]
+    return x.to(device if device is not None else x.device).float().contiguous()
+
+
+def _nearest(vectors: torch.Tensor, cent: torch.Tensor, block: int = 1 << 15) -> torch.Tensor:
+    """Index of the nearest centroid (L2) of every row, on the centroids' device."""
+    cn = cent.pow(2).sum(1)
+    out = torch.empty(vectors.shape[0], dtype=torch.int64, device=cent.device)
+    for s in range(0, vectors.shape[0], block):
+        xb = _f32(vectors[s : s + block], device=cent.device)
+        out[s : s + xb.shape[0]] = torch.addmm(cn[None], xb, cent.T, alpha=-2.0).argmin(1)
+    return out
+
+
+def kmeans_torch(x: torch.Tensor, nlist: int, *, niter: int = 10, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means of the float32 rows ``x`` on their own device: ``(nlist, d)``
+    centroids. Starts from ``nlist`` distinct rows drawn with ``seed``; an emptied
+    cluster keeps its centroid. For CUDA and for CPUs without faiss."""
+    g = torch.Generator().manual_seed(seed)
+    cent = x[torch.randperm(x.shape[0], generator=g)[:nlist].to(x.device)].clone()
+    for _ in range(niter):
+        a = _nearest(x, cent)
+        sums = torch.zeros_like(cent).index_add_(0, a, x)
+        cnt = torch.bincount(a, minlength=nlist).to(x.dtype)[:, None]
+        cent = torch.where(cnt > 0, sums / cnt.clamp_min(1.0), cent)
+    return cent
+
+
+def _kmeans(train: torch.Tensor, nlist: int, niter: int, seed: int, kmeans: str):
+    """``(centroids, the k-means used)``."""
+    if kmeans not in ("auto", "faiss", "torch"):
+        raise ValueError(f"kmeans must be 'auto', 'faiss' or 'torch', got {kmeans!r}")
+    if kmeans == "auto":
+        kmeans = "torch"
+        if train.device.type == "cpu":
+            try:
+                import faiss  # noqa: F401
+
+                kmeans = "faiss"
+            except ImportError:
+                pass
+    if kmeans == "torch":
+        return kmeans_torch(train, nlist, niter=niter, seed=seed), kmeans
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - faiss is an optional extra
+        raise RuntimeError("kmeans='faiss' needs faiss-cpu: pip install faiss-cpu") from e
+    km = faiss.Kmeans(train.shape[1], nlist, niter=niter, seed=seed, max_points_per_centroid=1 << 30,
+                      min_points_per_centroid=1, verbose=False)
+    km.train(train.cpu().numpy())
+    return torch.from_numpy(km.centroids.copy()).to(train.device), kmeans
 
 
 def cluster_knn(vectors: torch.Tensor, degree: int, *, nlist: int | None = None, nprobe: int = 4,
                 train_size: int | None = None, niter: int = 10, seed: int = 0,
+                kmeans: str = "auto", device=None, block_size: int = 4096,
                 progress: bool = False) -> tuple[torch.Tensor, dict]:
-    """Approximate neighbours by clusters (CPU; k-means by faiss, distances by torch).
+    """Approximate neighbours by clusters, computed on ``device`` (default: the vectors').
 
     k-means on a sample puts every document in one of ``nlist`` clusters; the members of
     a cluster look for their neighbours among the members of the ``nprobe`` clusters
-    whose centroids are nearest to its own, by one exact blocked matmul per cluster.
-    A faiss IVF index probes per document instead, but scans its lists one query at a
-    time: on 2 cores that ran at about 1 GMAC/s against tens in a matmul, hours instead
-    of minutes at 1M x 768. The document itself is excluded by id, ties by lower id.
+    whose centroids are nearest to its own, by exact blocked matmuls (``block_size``
+    members at a time). A faiss IVF index probes per document instead, but scans its
+    lists one query at a time: on 2 cores that ran at about 1 GMAC/s against tens in a
+    matmul, hours instead of minutes at 1M x 768. ``kmeans``: ``"faiss"``, ``"torch"``
+    (:func:`kmeans_torch`, any device) or ``"auto"`` (faiss on CPU when installed).
+    The document itself is excluded by id, ties by lower id.
     """
-    try:
-        import faiss
-    except ImportError as e:  # pragma: no cover - faiss is an optional extra
-        raise RuntimeError("method='cluster' needs faiss-cpu: pip install faiss-cpu") from e
     n, d = vectors.shape
+    dev = torch.device(device) if device is not None else vectors.device
     r = min(degree, n - 1)
-    out = torch.full((n, max(r, 0)), -1, dtype=torch.int64)
     if r <= 0:
-        return out, {"nlist": 0, "nprobe": 0, "train_size": 0}
+        return torch.full((n, max(r, 0)), -1, dtype=torch.int64), {"nlist": 0, "nprobe": 0, "train_size": 0}
     # About sqrt(n) clusters of sqrt(n) documents: one cluster's matmul stays a few MB.
     nlist = int(nlist or max(1, int(round(math.sqrt(n)))))
-    if nlist <= 0 or nprobe <= 0 or niter <= 0:
-        raise ValueError("nlist, nprobe and niter must be positive")
+    if nlist <= 0 or nprobe <= 0 or niter <= 0 or block_size <= 0:
+        raise ValueError("nlist, nprobe, niter and block_size must be positive")
     nlist = min(nlist, n)
     nprobe = min(int(nprobe), nlist)
     train_n = int(min(n, train_size or 64 * nlist))
     rng = np.random.default_rng(seed)
     train_ids = torch.from_numpy(np.sort(rng.choice(n, size=train_n, replace=False)))
-    km = faiss.Kmeans(d, nlist, niter=niter, seed=seed, max_points_per_centroid=1 << 30,
-                      min_points_per_centroid=1, verbose=False)
-    km.train(_f32(vectors, train_ids).numpy())
-    cent = torch.from_numpy(km.centroids.copy())
-    assign = torch.empty(n, dtype=torch.int64)
-    cn = cent.pow(2).sum(1)
-    for s in range(0, n, 1 << 15):
-        xb = _f32(vectors[s : s + (1 << 15)])
-        assign[s : s + xb.shape[0]] = torch.addmm(cn[None], xb, cent.T, alpha=-2.0).argmin(1)
+    cent, kmeans = _kmeans(_f32(vectors, train_ids, dev), nlist, niter, seed, kmeans)
+    assign = _nearest(vectors, cent)
     # Clusters probed by each cluster: the nprobe nearest centroids, itself first.
     cd = torch.cdist(cent, cent)
     cd.fill_diagonal_(-1.0)
-    probes = torch.topk(cd, nprobe, dim=1, largest=False).indices
+    probes = torch.topk(cd, nprobe, dim=1, largest=False).indices.cpu().tolist()
     order = torch.argsort(assign, stable=True)  # members of each cluster, ids ascending
-    starts = torch.zeros(nlist + 1, dtype=torch.int64)
-    starts[1:] = torch.cumsum(torch.bincount(assign, minlength=nlist), 0)
-    members = [order[starts[c] : starts[c + 1]] for c in range(nlist)]
+    bounds = [0] + torch.cumsum(torch.bincount(assign, minlength=nlist), 0).cpu().tolist()
+    members = [order[bounds[c] : bounds[c + 1]] for c in range(nlist)]
+    out = torch.full((n, r), -1, dtype=torch.int64, device=dev)
     clusters = range(nlist)
     if progress:
         from tqdm import tqdm
 
         clusters = tqdm(clusters, desc="knn graph (clusters)", unit="cluster")
     for c in clusters:
-        mine = members[c]
-        if mine.numel() == 0:
+        if members[c].numel() == 0:
             continue
-        cand = torch.cat([members[int(p)] for p in probes[c]])
-        xq, xc = _f32(vectors, mine), _f32(vectors, cand)
-        dist = torch.addmm(xc.pow(2).sum(1)[None], xq, xc.T, alpha=-2.0)
-        ids = cand.expand(mine.numel(), -1)
-        # The document itself is excluded by id (its duplicates stay eligible).
-        dist.masked_fill_(ids == mine[:, None], float("inf"))
-        vals, best = _smallest(dist, ids, r)
-        # Fewer than r other documents within reach: the excluded self is never listed.
-        out[mine, : best.shape[1]] = best.masked_fill(torch.isinf(vals), -1)
-    return out, {"nlist": nlist, "nprobe": nprobe, "train_size": train_n, "niter": niter}
+        cand = torch.cat([members[p] for p in probes[c]])
+        xc = _f32(vectors, cand, dev)
+        cn = xc.pow(2).sum(1)[None]
+        for s in range(0, members[c].numel(), block_size):
+            mine = members[c][s : s + block_size]
+            dist = torch.addmm(cn, _f32(vectors, mine, dev), xc.T, alpha=-2.0)
+            ids = cand.expand(mine.numel(), -1)
+            # The document itself is excluded by id (its duplicates stay eligible).
+            dist.masked_fill_(ids == mine[:, None], float("inf"))
+            vals, best = _smallest(dist, ids, r)
+            # Fewer than r other documents within reach: the excluded self is never listed.
+            out[mine, : best.shape[1]] = best.masked_fill(torch.isinf(vals), -1)
+    params = {"nlist": nlist, "nprobe": nprobe, "train_size": train_n, "niter": niter, "kmeans": kmeans}
+    return out.cpu(), params
 
 
 def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
@@ -239,8 +284,8 @@ def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
         degree: neighbours per document ``R``; rows are padded with -1 when the corpus
             has ``n <= R`` documents.
         method: ``"exact"``, ``"faiss"`` (IVF-Flat, CPU), ``"cluster"`` (see
-            :func:`cluster_knn`) or ``"auto"`` (exact on CUDA or below
-            ``EXACT_CPU_LIMIT`` documents, cluster otherwise).
+            :func:`cluster_knn`) or ``"auto"`` (exact up to ``EXACT_CPU_LIMIT``
+            documents on CPU and ``EXACT_CUDA_LIMIT`` on CUDA, cluster above).
         seed: also fixes the graph search's entry points for this index.
 
     Returns:
@@ -257,7 +302,8 @@ def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     dev = torch.device(device) if device is not None else vectors.device
     if method == "auto":
-        method = "exact" if dev.type == "cuda" or n <= EXACT_CPU_LIMIT else "cluster"
+        limit = EXACT_CUDA_LIMIT if dev.type == "cuda" else EXACT_CPU_LIMIT
+        method = "exact" if n <= limit else "cluster"
     if faiss_options and method not in ("faiss", "cluster"):
         raise TypeError(f"unexpected options for an exact build: {sorted(faiss_options)}")
     t0 = time.perf_counter()
@@ -265,8 +311,11 @@ def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
     if method == "exact":
         nbr = exact_knn(vectors, degree, block_size=block_size, device=dev, progress=progress)
     else:
-        fn = faiss_knn if method == "faiss" else cluster_knn
-        nbr, extra = fn(vectors, degree, seed=seed, progress=progress, **faiss_options)
+        if method == "faiss":
+            nbr, extra = faiss_knn(vectors, degree, seed=seed, progress=progress, **faiss_options)
+        else:
+            nbr, extra = cluster_knn(vectors, degree, seed=seed, progress=progress, device=dev,
+                                     block_size=block_size, **faiss_options)
         params.update(extra)
     params["build_seconds"] = round(time.perf_counter() - t0, 3)
     return _finish(nbr, degree), params

@@ -32,6 +32,20 @@ def entry_points(index, count: int, salt: int = 0) -> torch.Tensor:
     return cache[key]
 
 
+def device_graph(index, device) -> torch.Tensor:
+    """The graph as int64 on ``device`` for the torch searches, made once per graph and
+    device and cached on the index (copying 8.8M x 32 ids per search would cost more
+    than the search)."""
+    device = torch.device(device)
+    cache = index.__dict__.setdefault("_graph_device_cache", {})
+    key = (str(device), id(index.graph))
+    hit = cache.get(key)
+    if hit is None or hit[0] is not index.graph:
+        cache.clear()  # one graph at a time: a replaced graph frees its copies
+        cache[key] = hit = (index.graph, index.graph.to(device, torch.int64))
+    return hit[1]
+
+
 def sort_by_key(scores: torch.Tensor, ids: torch.Tensor, *extra: torch.Tensor):
     """Sort each row by score descending, ties by id ascending (padding, score -inf with
     id -1, goes last). Returns the sorted scores, ids and ``extra`` tensors."""

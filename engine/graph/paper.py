@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import torch
 
-from .common import entry_points, new_candidates, score_ids, score_shared, sort_by_key
+from .common import device_graph, entry_points, new_candidates, score_ids, score_shared, sort_by_key
 
 PAPER_DEFAULTS = {"num_entry_points": 10_000, "ncandidates": 50, "max_iter": 16, "early_stop": True}
 
 
 def paper_search_torch(index, qnets, k: int, be, *, num_entry_points: int, ncandidates: int,
                        max_iter: int, early_stop: bool):
-    vectors, graph = index.vectors, index.graph
+    vectors = index.vectors
     dev = qnets.device
     Q, n = qnets.num_queries, len(index)
-    g = graph.to(dev, torch.int64) if graph.device != dev or graph.dtype != torch.int64 else graph
+    g = device_graph(index, dev)
     entries = entry_points(index, num_entry_points).to(dev)
     visited = torch.zeros((Q, n + 1), dtype=torch.bool, device=dev)
     visited[:, entries] = True
