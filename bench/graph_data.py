@@ -66,7 +66,7 @@ def index_with_graph(name: str, vectors: torch.Tensor, degree: int, **build_kwar
 def _qnet_key(q: engine.QNet) -> str:
     h = hashlib.sha1()
     for t in list(q.weights) + list(q.biases):
-        h.update(t.float().contiguous().numpy().tobytes()[:1 << 20])
+        h.update(t.float().contiguous().cpu().numpy().tobytes()[:1 << 20])
         h.update(str(tuple(t.shape)).encode())
     return h.hexdigest()[:12]
 
@@ -79,9 +79,10 @@ def exact_truth(name: str, idx: engine.Index, q: engine.QNet, k: int = 100):
         return torch.from_numpy(z["scores"]), torch.from_numpy(z["ids"]), float(z["seconds"])
     t = time.perf_counter()
     r = idx.search(q, k, mode="exact")
+    scores, ids = r.scores.cpu(), r.ids.cpu()
     sec = (time.perf_counter() - t) / q.num_queries
-    np.savez(f, scores=r.scores.numpy(), ids=r.ids.numpy(), seconds=sec)
-    return r.scores, r.ids, sec
+    np.savez(f, scores=scores.numpy(), ids=ids.numpy(), seconds=sec)
+    return scores, ids, sec
 
 
 def recall(found: torch.Tensor, truth: torch.Tensor, k: int) -> float:
@@ -98,17 +99,18 @@ def graph_recall(idx: engine.Index, rows: int = 1000, seed: int = 0) -> float:
     g = idx.graph
     n, r = g.shape
     rng = np.random.default_rng(seed)
-    sample = torch.from_numpy(np.sort(rng.choice(n, size=min(rows, n), replace=False)))
+    dev = idx.vectors.device
+    sample = torch.from_numpy(np.sort(rng.choice(n, size=min(rows, n), replace=False))).to(dev)
     q = idx.vectors[sample].float()
-    best_d = torch.full((len(sample), 0), float("inf"))
-    best_i = torch.full((len(sample), 0), -1, dtype=torch.int64)
+    best_d = torch.full((len(sample), 0), float("inf"), device=dev)
+    best_i = torch.full((len(sample), 0), -1, dtype=torch.int64, device=dev)
     for s in range(0, n, 1 << 16):
         xb = idx.vectors[s : s + (1 << 16)].float()
         d = torch.addmm(xb.pow(2).sum(1)[None], q, xb.T, alpha=-2.0)
-        ids = torch.arange(s, s + xb.shape[0]).expand(len(sample), -1)
+        ids = torch.arange(s, s + xb.shape[0], device=dev).expand(len(sample), -1)
         d = d.masked_fill(ids == sample[:, None], float("inf"))
         d, ids = torch.cat([best_d, d], 1), torch.cat([best_i, ids], 1)
         best_d, pos = torch.topk(d, min(r, d.shape[1]), dim=1, largest=False)
         best_i = torch.gather(ids, 1, pos)
-    hits = sum(len(set(a) & set(b)) for a, b in zip(g[sample].tolist(), best_i.tolist()))
+    hits = sum(len(set(a) & set(b)) for a, b in zip(g[sample.cpu()].tolist(), best_i.tolist()))
     return hits / best_i.numel()
