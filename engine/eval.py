@@ -26,24 +26,36 @@ def _ir_measures():
     return ir_measures
 
 
+def _trec_lines(path: str, fields: str):
+    """``(line number, fields)`` of every non-blank line of a whitespace-separated TREC
+    file whose lines hold ``fields`` (e.g. ``"qid iter docid relevance"``)."""
+    width = len(fields.split())
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != width:
+                raise ValueError(f"{path}:{lineno}: expected '{fields}', got {line.strip()!r}")
+            yield lineno, parts
+
+
+def _number(path: str, lineno: int, what: str, text: str, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{path}:{lineno}: {what} must be {'an integer' if kind is int else 'a number'}, "
+                         f"got {text!r}") from None
+
+
 def read_qrels(path) -> dict[str, dict[str, int]]:
     """TREC qrels (``qid iter docid rel``, whitespace- or tab-separated) -> ``{qid: {docid: rel}}``."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no qrels file at {path}")
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 4:
-                raise ValueError(f"{path}:{lineno}: expected 'qid iter docid relevance', got {line.strip()!r}")
-            try:
-                rel = int(parts[3])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: relevance must be an integer, got {parts[3]!r}") from None
-            qrels.setdefault(parts[0], {})[parts[2]] = rel
+    for lineno, parts in _trec_lines(path, "qid iter docid relevance"):
+        qrels.setdefault(parts[0], {})[parts[2]] = _number(path, lineno, "relevance", parts[3], int)
     if not qrels:
         raise ValueError(f"{path} holds no judgements")
     return qrels
@@ -88,14 +100,8 @@ def read_run(path) -> dict[str, dict[str, float]]:
     """Read a TREC run file back into ``{qid: {docid: score}}``."""
     path = os.fspath(path)
     run: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise ValueError(f"{path}:{lineno}: expected 'qid Q0 docid rank score tag'")
-            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+    for lineno, parts in _trec_lines(path, "qid Q0 docid rank score tag"):
+        run.setdefault(parts[0], {})[parts[2]] = _number(path, lineno, "score", parts[4], float)
     return run
 
 

@@ -53,6 +53,16 @@ def test_qrels_reader_and_bad_input(tmp_path):
         read_qrels(p)
     with pytest.raises(FileNotFoundError):
         read_qrels(tmp_path / "missing")
+    p.write_text("q1 0 a high\n")
+    with pytest.raises(ValueError, match=":1: relevance must be an integer"):
+        read_qrels(p)
+    r = tmp_path / "bad.trec"
+    r.write_text("q1 Q0 a 1 0.5 tag\nq1 Q0 b 2\n")
+    with pytest.raises(ValueError, match=":2: expected 'qid Q0 docid rank score tag'"):
+        read_run(r)
+    r.write_text("q1 Q0 a 1 high tag\n")
+    with pytest.raises(ValueError, match="score must be a number"):
+        read_run(r)
     with pytest.raises(ValueError, match="no judged query"):
         evaluate({"other": {"a": 1.0}}, {"q": {"a": 1}}, restrict_to_run=True)
     with pytest.raises(ValueError, match="spaces"):
