@@ -193,41 +193,26 @@ def _out(out, shape):
     return out, torch.empty(shape, dtype=torch.float32)
 
 
-def score_dense(weights, biases, config, vectors, out=None, *, num_threads=None, block_size=None):
-    Q, n = weights[0].shape[0], vectors.shape[0]
-    res, buf = _out(out, (Q, n))
+def _score(kernel, shape, weights, biases, config, vectors, out, num_threads, block_size, **extra):
+    """Run a scoring kernel into ``out`` (or a new (shape) float32 tensor)."""
+    res, buf = _out(out, shape)
     nt = _threads(num_threads)
     args, packed = _prepare(weights, biases, config, nt)
-    _C.cpu_score_dense(
-        **args,
-        vectors=_np(vectors),
-        out=buf.numpy(),
-        num_threads=nt,
-        block_size=int(block_size or 0),
-        packed=packed,
-    )
+    kernel(**args, vectors=_np(vectors), out=buf.numpy(), num_threads=nt,
+           block_size=int(block_size or 0), packed=packed, **extra)
     if buf is not res:
         res.copy_(buf)
     return res
+
+
+def score_dense(weights, biases, config, vectors, out=None, *, num_threads=None, block_size=None):
+    shape = (weights[0].shape[0], vectors.shape[0])
+    return _score(_C.cpu_score_dense, shape, weights, biases, config, vectors, out, num_threads, block_size)
 
 
 def score_gather(weights, biases, config, vectors, ids, out=None, *, num_threads=None, block_size=None):
-    res, buf = _out(out, tuple(ids.shape))
-    ids = ids.to(torch.int64)
-    nt = _threads(num_threads)
-    args, packed = _prepare(weights, biases, config, nt)
-    _C.cpu_score_gather(
-        **args,
-        vectors=_np(vectors),
-        ids=_np(ids),
-        out=buf.numpy(),
-        num_threads=nt,
-        block_size=int(block_size or 0),
-        packed=packed,
-    )
-    if buf is not res:
-        res.copy_(buf)
-    return res
+    return _score(_C.cpu_score_gather, tuple(ids.shape), weights, biases, config, vectors, out,
+                  num_threads, block_size, ids=_np(ids.to(torch.int64)))
 
 
 def exact_topk(weights, biases, config, vectors, k, block_size=None, *, num_threads=None):
