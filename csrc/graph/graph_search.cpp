@@ -154,6 +154,32 @@ inline Split split_threads(int64_t Q, int nt) {
   return {1, nt};
 }
 
+// What a batch of searches returns: the `width` best (score, id) of every query, padded
+// with (-inf, -1), and the documents scored and steps taken per query. The pointers are
+// taken while the GIL is held; each thread then writes only its own queries' rows.
+struct SearchOutput {
+  int64_t width;
+  py::array_t<float> scores;
+  py::array_t<int64_t> ids, scored, steps;
+  float* os;
+  int64_t *oi, *oscored, *osteps;
+  SearchOutput(int64_t Q, int64_t w)
+      : width(w), scores({Q, w}), ids({Q, w}), scored(Q), steps(Q), os(scores.mutable_data()),
+        oi(ids.mutable_data()), oscored(scored.mutable_data()), osteps(steps.mutable_data()) {}
+  // Row q: the first `count` of `items` (best first), then padding.
+  template <class T>
+  void write(int64_t q, const std::vector<T>& items, int64_t count, int64_t nscored, int64_t nsteps) {
+    for (int64_t j = 0; j < width; ++j) {
+      const bool f = j < count;
+      os[q * width + j] = f ? items[j].s : -std::numeric_limits<float>::infinity();
+      oi[q * width + j] = f ? items[j].id : -1;
+    }
+    oscored[q] = nscored;
+    osteps[q] = nsteps;
+  }
+  py::tuple result() const { return py::make_tuple(scores, ids, scored, steps); }
+};
+
 // ------------------------------------------------------------------ the paper's algorithm
 
 py::tuple paper_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
@@ -170,13 +196,7 @@ py::tuple paper_search(py::list weights, py::list biases, py::dict flags, py::ar
   if (max_iter < 1) throw std::invalid_argument("max_iter must be at least 1");
   const int nt = threads_arg(num_threads);
   const int64_t Q = h.view.num_queries;
-  py::array_t<float> out_s({Q, k});
-  py::array_t<int64_t> out_i({Q, k});
-  py::array_t<int64_t> out_scored(Q), out_steps(Q);
-  float* os = out_s.mutable_data();
-  int64_t* oi = out_i.mutable_data();
-  int64_t* oscored = out_scored.mutable_data();
-  int64_t* osteps = out_steps.mutable_data();
+  SearchOutput out(Q, k);
   std::atomic<bool> bad{false};
   const Split sp = split_threads(Q, nt);
   {
@@ -229,18 +249,12 @@ py::tuple paper_search(py::list weights, py::list biases, py::dict flags, py::ar
           cand.swap(next);
         }
         std::sort(heap.begin(), heap.end(), better<Item>);
-        for (int64_t j = 0; j < k; ++j) {
-          const bool f = j < static_cast<int64_t>(heap.size());
-          os[q * k + j] = f ? heap[j].s : -std::numeric_limits<float>::infinity();
-          oi[q * k + j] = f ? heap[j].id : -1;
-        }
-        oscored[q] = scored;
-        osteps[q] = steps;
+        out.write(q, heap, static_cast<int64_t>(heap.size()), scored, steps);
       }
     }
   }
   raise_bad_graph(bad, v.n);
-  return py::make_tuple(out_s, out_i, out_scored, out_steps);
+  return out.result();
 }
 
 // ------------------------------------------------------------------ best-first beam search
@@ -273,13 +287,7 @@ py::tuple beam_search(py::list weights, py::list biases, py::dict flags, py::arr
   if (width < 1) throw std::invalid_argument("width must be at least 1");
   if (max_steps < 0) throw std::invalid_argument("max_steps must be non-negative");
   const int nt = threads_arg(num_threads);
-  py::array_t<float> out_s({Q, ef});
-  py::array_t<int64_t> out_i({Q, ef});
-  py::array_t<int64_t> out_scored(Q), out_steps(Q);
-  float* os = out_s.mutable_data();
-  int64_t* oi = out_i.mutable_data();
-  int64_t* oscored = out_scored.mutable_data();
-  int64_t* osteps = out_steps.mutable_data();
+  SearchOutput out(Q, ef);
   std::atomic<bool> bad{false};
   const Split sp = split_threads(Q, nt);
   {
@@ -338,18 +346,12 @@ py::tuple beam_search(py::list weights, py::list biases, py::dict flags, py::arr
           ++steps;
           score_into_list();
         }
-        const int64_t L = static_cast<int64_t>(list.size());
-        for (int64_t j = 0; j < ef; ++j) {
-          os[q * ef + j] = j < L ? list[j].s : -std::numeric_limits<float>::infinity();
-          oi[q * ef + j] = j < L ? list[j].id : -1;
-        }
-        oscored[q] = scored;
-        osteps[q] = steps;
+        out.write(q, list, static_cast<int64_t>(list.size()), scored, steps);
       }
     }
   }
   raise_bad_graph(bad, v.n);
-  return py::make_tuple(out_s, out_i, out_scored, out_steps);
+  return out.result();
 }
 
 }  // namespace
