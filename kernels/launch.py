@@ -4,11 +4,12 @@ persistent program count and the per-program scratch tiles."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
 
-from .qnet_pack import norm_mode  # noqa: F401 - re-exported for the Triton launchers
+from .qnet_pack import norm_mode
 
 
 def interpreting() -> bool:
@@ -61,3 +62,38 @@ def scratch(programs: int, bn: int, width: int, dtype: torch.dtype, device: torc
                 torch.zeros(need, dtype=torch.float32, device=device))
         _SCRATCH[key] = have
     return have
+
+
+def qnet_flags(packed, config) -> dict:
+    """The compile-time flags of a q-net launch (activation, norm, precision)."""
+    return dict(
+        ACT_RELU=config.activation == "relu",
+        NORM_MODE=norm_mode(config),
+        IEEE=packed.w.dtype == torch.float32,
+        UPCAST=interpreting(),
+    )
+
+
+@dataclass
+class Plan:
+    """One launch over ``rows`` scored rows per query: unit-stride vectors, tile size,
+    tiles per query, persistent program count and the scratch tiles."""
+
+    vectors: torch.Tensor
+    bn: int
+    nblocks: int
+    programs: int
+    width: int
+    xs: torch.Tensor
+    ys: torch.Tensor
+
+
+def plan(packed, vectors: torch.Tensor, rows: int) -> Plan:
+    vectors = vectors if vectors.stride(1) == 1 else vectors.contiguous()
+    dev = vectors.device
+    bn = block_n(dev)
+    nblocks = triton.cdiv(rows, bn)
+    programs = num_programs(packed.w.shape[0] * nblocks, dev)
+    width = max(packed.max_width, vectors.shape[1])
+    xs, ys = scratch(programs, bn, width, packed.w.dtype, dev)
+    return Plan(vectors, bn, nblocks, programs, width, xs, ys)

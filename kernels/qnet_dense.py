@@ -63,33 +63,17 @@ def _dense_kernel(
             tl.store(out_ptr + q.to(tl.int64) * stride_oq + rows * stride_on, s, mask=ok)
 
 
-def _flags(packed, config, vectors):
-    return dict(
-        ACT_RELU=config.activation == "relu",
-        NORM_MODE=launch.norm_mode(config),
-        IEEE=packed.w.dtype == torch.float32,
-        UPCAST=launch.interpreting(),
-    )
-
-
 def _launch(packed, config, vectors, out, base, topk_k):
-    vectors = vectors if vectors.stride(1) == 1 else vectors.contiguous()
-    n, d = vectors.shape
-    Q = packed.w.shape[0]
-    dev = vectors.device
-    bn = launch.block_n(dev)
-    nblocks = triton.cdiv(n, bn)
-    P = launch.num_programs(Q * nblocks, dev)
-    width = max(packed.max_width, d)
-    xs, ys = launch.scratch(P, bn, width, packed.w.dtype, dev)
-    kblk = min(topk_k, bn) if topk_k else 1
-    _dense_kernel[(P,)](
-        vectors, vectors.stride(0), n, d, base,
+    n = vectors.shape[0]
+    pl = launch.plan(packed, vectors, n)
+    kblk = min(topk_k, pl.bn) if topk_k else 1
+    _dense_kernel[(pl.programs,)](
+        pl.vectors, pl.vectors.stride(0), n, pl.vectors.shape[1], base,
         packed.w, packed.w.stride(0), packed.b, packed.b.stride(0), packed.meta, packed.num_layers,
-        xs, ys, width, float(config.eps),
+        pl.xs, pl.ys, pl.width, float(config.eps),
         out, out.stride(0), out.stride(1),
-        Q, nblocks,
-        BN=bn, TOPK=bool(topk_k), KBLK=kblk, **_flags(packed, config, vectors),
+        packed.w.shape[0], pl.nblocks,
+        BN=pl.bn, TOPK=bool(topk_k), KBLK=kblk, **launch.qnet_flags(packed, config),
     )
     return out
 

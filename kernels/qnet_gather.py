@@ -4,12 +4,10 @@ the row addresses come from ``ids``."""
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
 from . import launch
-from .qnet_dense import _flags
 from .qnet_tile import qnet_tile
 
 
@@ -45,22 +43,15 @@ def _gather_kernel(
 
 def score_gather(packed, config, vectors, ids, out):
     """Fill ``out`` (Q, m) float32: ``out[q, j]`` scores row ``ids[q, j]``."""
-    vectors = vectors if vectors.stride(1) == 1 else vectors.contiguous()
-    n, d = vectors.shape
-    Q, m = ids.shape
-    dev = vectors.device
-    bn = launch.block_n(dev)
-    nblocks = triton.cdiv(m, bn)
-    P = launch.num_programs(Q * nblocks, dev)
-    width = max(packed.max_width, d)
-    xs, ys = launch.scratch(P, bn, width, packed.w.dtype, dev)
-    _gather_kernel[(P,)](
-        vectors, vectors.stride(0), d,
+    m = ids.shape[1]
+    pl = launch.plan(packed, vectors, m)
+    _gather_kernel[(pl.programs,)](
+        pl.vectors, pl.vectors.stride(0), pl.vectors.shape[1],
         ids, ids.stride(0), ids.stride(1), m,
         packed.w, packed.w.stride(0), packed.b, packed.b.stride(0), packed.meta, packed.num_layers,
-        xs, ys, width, float(config.eps),
+        pl.xs, pl.ys, pl.width, float(config.eps),
         out, out.stride(0), out.stride(1),
-        Q, nblocks,
-        BN=bn, **_flags(packed, config, vectors),
+        packed.w.shape[0], pl.nblocks,
+        BN=pl.bn, **launch.qnet_flags(packed, config),
     )
     return out
