@@ -103,6 +103,10 @@ def vectors(n: int, dim: int, *, seed: int = 0, dtype=torch.float32, device=None
     """
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
+    try:
+        device = torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"not a device: {device!r}") from e
     out = torch.empty(n, dim, dtype=dtype, device=device)
     s = 0
     for c in vector_chunks(n, dim, seed=seed, dtype=dtype, device=device, **model_kwargs):

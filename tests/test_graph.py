@@ -126,6 +126,12 @@ def test_cluster_graph_rejects_bad_options():
         build_knn_graph(x, 4, method="cluster", bogus=1)
     with pytest.raises(ValueError, match="kmeans"):
         build_knn_graph(x, 4, method="cluster", kmeans="lloyd")
+    with pytest.raises(ValueError, match="train_size"):
+        build_knn_graph(x, 4, method="cluster", nlist=10, train_size=5, kmeans="torch")
+    from engine.graph.build import kmeans_torch
+
+    with pytest.raises(ValueError, match="nlist"):
+        kmeans_torch(x[:3].float(), 4)
 
 
 def test_duplicates_are_neighbours_but_never_self():

@@ -33,6 +33,11 @@ def test_vectors_on_device(device):
     assert 2.5 < float(norms.mean()) < 3.5
 
 
+def test_vectors_reject_a_bad_device():
+    with pytest.raises(ValueError, match="device"):
+        synthetic.vectors(10, 8, device="gpu0")
+
+
 def test_structure_like_minilm():
     v = synthetic.vectors(20_000, 384, seed=0)
     norms = v.norm(dim=1)

@@ -176,6 +176,8 @@ def kmeans_torch(x: torch.Tensor, nlist: int, *, niter: int = 10, seed: int = 0)
     """Lloyd's k-means of the float32 rows ``x`` on their own device: ``(nlist, d)``
     centroids. Starts from ``nlist`` distinct rows drawn with ``seed``; an emptied
     cluster keeps its centroid. For CUDA and for CPUs without faiss."""
+    if not 1 <= nlist <= x.shape[0]:
+        raise ValueError(f"k-means needs 1 <= nlist <= training rows, got {nlist} clusters for {x.shape[0]} rows")
     g = torch.Generator().manual_seed(seed)
     cent = x[torch.randperm(x.shape[0], generator=g)[:nlist].to(x.device)].clone()
     for _ in range(niter):
@@ -238,6 +240,8 @@ def cluster_knn(vectors: torch.Tensor, degree: int, *, nlist: int | None = None,
     nlist = min(nlist, n)
     nprobe = min(int(nprobe), nlist)
     train_n = int(min(n, train_size or 64 * nlist))
+    if train_n < nlist:
+        raise ValueError(f"train_size ({train_n}) must be at least nlist ({nlist})")
     rng = np.random.default_rng(seed)
     train_ids = torch.from_numpy(np.sort(rng.choice(n, size=train_n, replace=False)))
     cent, kmeans = _kmeans(_f32(vectors, train_ids, dev), nlist, niter, seed, kmeans)
