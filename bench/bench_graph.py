@@ -31,10 +31,6 @@ import graph_data as gd
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def one(q: engine.QNet, i: int) -> engine.QNet:
-    return engine.QNet([w[i : i + 1] for w in q.weights], [b[i : i + 1] for b in q.biases], q.config)
-
-
 def sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -45,7 +41,7 @@ def per_query(idx, q, k, nq, **opts):
     products (rows read by the scan) per query, of the first ``nq`` queries."""
     lat, ids, scored, lin = [], [], 0, 0
     for i in range(nq):
-        qi = one(q, i)
+        qi = q[i]
         sync(q.device)
         t = time.perf_counter()
         r = idx.search(qi, k, **opts)
@@ -92,12 +88,6 @@ def fma_peak(readings: int, seconds: float) -> float:
     return max(cpu.fma_peak_gflops(seconds=seconds) for _ in range(readings))
 
 
-def first(q: engine.QNet, m: int) -> engine.QNet:
-    if m >= q.num_queries:
-        return q
-    return engine.QNet([w[:m] for w in q.weights], [b[:m] for b in q.biases], q.config)
-
-
 def run_case(name, idx, q, *, nq_lat, nq_base, efs, exact_queries, gpu=False, impl="auto",
              passes_list=(1, 2), linear_graph=False):
     n = len(idx)
@@ -107,13 +97,13 @@ def run_case(name, idx, q, *, nq_lat, nq_base, efs, exact_queries, gpu=False, im
     peak = 0.0 if gpu else fma_peak(3, 1.0)
     # Ground truth only for the queries whose recall is measured (the batch rows time
     # all of q but need no truth).
-    truth_s, truth, _ = gd.exact_truth(name, idx, first(q, nq_lat), 100)
+    truth_s, truth, _ = gd.exact_truth(name, idx, q[:nq_lat], 100)
     # Exact, timed in this run on a few queries (batch 1).
     lat, _, _, _ = per_query(idx, q, 100, exact_queries, mode="exact")
     rows.append(row("exact", lat, truth[:exact_queries], truth[:exact_queries], n, n))
     # Python reference of the paper's algorithm, and the engine's paper preset.
     ent = entry_points(idx, 10_000)
-    qb = first(q, nq_base)
+    qb = q[:nq_base]
     # Per index, not per query: outside the timing (made lazily for huge graphs).
     adj = adjacency(idx.graph) if n <= 2_000_000 else LazyAdjacency(idx.graph)
     t0 = time.perf_counter()
@@ -259,7 +249,7 @@ def main(argv=None):
             x, q = gd.debian(64)
             idx = gd.index_with_graph("debian", x, 32)
             nq = 16 if args.quick else 64
-            q = engine.QNet([w[:nq] for w in q.weights], [b[:nq] for b in q.biases], q.config)
+            q = q[:nq]
             rows, extra = run_case("debian", idx, q, nq_lat=nq, nq_base=4 if args.quick else 8,
                                    efs=(8, 16, 32) if args.quick else (4, 8, 16, 32, 64, 128),
                                    exact_queries=4)

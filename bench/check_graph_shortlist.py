@@ -20,7 +20,6 @@ import argparse
 
 import torch
 
-import engine
 from engine.graph import native
 from engine.graph.beam import BEAM_DEFAULTS, corpus_mean, linearise, shortlist_size
 
@@ -42,7 +41,7 @@ def main(argv=None):
         x, q = gd.synthetic(1_000_000, 768, 2, args.queries)
     idx = gd.index_with_graph(args.case, x, 32)
     nq = args.queries
-    q = engine.QNet([w[:nq] for w in q.weights], [b[:nq] for b in q.biases], q.config)
+    q = q[:nq]
     _, truth, _ = gd.exact_truth(args.case, idx, q, 100)
     n = len(idx)
     lf = BEAM_DEFAULTS["lin_factor"]

@@ -25,10 +25,7 @@ def debian(num_queries: int = 64):
     """(vectors f16 (58285, 384), q-nets float32 of the stored dev queries)."""
     x = torch.from_numpy(np.load(os.path.join(DEBIAN, "docs.f16.npy")))
     q = engine.QNet.load(os.path.join(DEBIAN, "qnets.dev64.safetensors"), dtype=torch.float32)
-    if num_queries < q.num_queries:
-        q = engine.QNet([w[:num_queries].contiguous() for w in q.weights],
-                        [b[:num_queries].contiguous() for b in q.biases], q.config)
-    return x, q
+    return x, q[:num_queries]
 
 
 def synthetic(n: int, dim: int, layers: int, num_queries: int, *, seed: int = 0, dtype=torch.bfloat16):
