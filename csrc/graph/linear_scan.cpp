@@ -162,6 +162,11 @@ DotsFn pick_avx2(VType t) {
   return nullptr;
 }
 
+// The AVX2 dot products when allowed and supported; nullptr selects the portable ones.
+DotsFn pick_dots(VType t, bool allow_simd) {
+  return allow_simd && isa_supported(Isa::Avx2) ? pick_avx2(t) : nullptr;
+}
+
 // ------------------------------------------------------------------ top-m
 
 using Item = Scored;
@@ -191,6 +196,25 @@ struct TopM {
   }
 };
 
+// What both entry points return: the best `keep` (score, id) of every query, best first.
+struct RankedRows {
+  int64_t keep;
+  py::array_t<float> scores;
+  py::array_t<int64_t> ids;
+  RankedRows(int64_t Q, int64_t k) : keep(k), scores({Q, k}), ids({Q, k}) {}
+  // Row q: the best `keep` of `items` (reordered in place) by (score desc, id asc).
+  void write(int64_t q, std::vector<Item>& items) {
+    std::partial_sort(items.begin(), items.begin() + keep, items.end(), better<Item>);
+    float* os = scores.mutable_data();
+    int64_t* oi = ids.mutable_data();
+    for (int64_t j = 0; j < keep; ++j) {
+      os[q * keep + j] = items[j].s;
+      oi[q * keep + j] = items[j].id;
+    }
+  }
+  py::tuple result() const { return py::make_tuple(scores, ids); }
+};
+
 // Checks shared by both entry points: w (Q, d) float32 and finite, vectors (n, d) of a
 // supported dtype, m and num_threads positive. Returns the vectors' type.
 VType check_inputs(const py::array& vectors, const py::array& w, int64_t m, int num_threads) {
@@ -216,13 +240,9 @@ py::tuple linear_topk(py::array vectors, py::array w, int64_t m, int num_threads
   const int64_t keep = std::min(m, n);
   const float* wp = static_cast<const float*>(w.data());
   const void* xp = vectors.data();
-  const DotsFn simd = allow_simd && isa_supported(Isa::Avx2) ? pick_avx2(vt) : nullptr;
-
-  py::array_t<float> out_s({Q, keep});
-  py::array_t<int64_t> out_i({Q, keep});
-  float* os = out_s.mutable_data();
-  int64_t* oi = out_i.mutable_data();
-  if (Q == 0 || n == 0) return py::make_tuple(out_s, out_i);
+  const DotsFn simd = pick_dots(vt, allow_simd);
+  RankedRows out(Q, keep);
+  if (Q == 0 || n == 0) return out.result();
   constexpr int64_t kChunk = 2048;  // rows per scheduled task: several per thread at 1M rows
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const int nt = static_cast<int>(std::min<int64_t>(num_threads, chunks));
@@ -261,13 +281,9 @@ py::tuple linear_topk(py::array vectors, py::array w, int64_t m, int num_threads
   for (int64_t q = 0; q < Q; ++q) {
     all.clear();
     for (int t = 0; t < nt; ++t) all.insert(all.end(), tops[t][q].h.begin(), tops[t][q].h.end());
-    std::partial_sort(all.begin(), all.begin() + keep, all.end(), better<Item>);
-    for (int64_t j = 0; j < keep; ++j) {
-      os[q * keep + j] = all[j].s;
-      oi[q * keep + j] = all[j].id;
-    }
+    out.write(q, all);
   }
-  return py::make_tuple(out_s, out_i);
+  return out.result();
 }
 
 // The second pass of the default search with a shortlist: for every query q the m rows
@@ -299,13 +315,9 @@ py::tuple rows_topk(py::array vectors, py::array ids, py::array w, int64_t m, in
   const int64_t keep = std::min(m, S);
   const float* wp = static_cast<const float*>(w.data());
   const void* xp = vectors.data();
-  const DotsFn simd = allow_simd && isa_supported(Isa::Avx2) ? pick_avx2(vt) : nullptr;
-
-  py::array_t<float> out_s({Q, keep});
-  py::array_t<int64_t> out_i({Q, keep});
-  float* os = out_s.mutable_data();
-  int64_t* oi = out_i.mutable_data();
-  if (Q == 0 || S == 0) return py::make_tuple(out_s, out_i);
+  const DotsFn simd = pick_dots(vt, allow_simd);
+  RankedRows out(Q, keep);
+  if (Q == 0 || S == 0) return out.result();
   std::vector<float> sc(static_cast<size_t>(Q * S));
   constexpr int64_t kChunk = 256;  // rows per task: S is a few thousand, split over threads
   const int64_t per_q = (S + kChunk - 1) / kChunk, tasks = Q * per_q;
@@ -325,13 +337,9 @@ py::tuple rows_topk(py::array vectors, py::array ids, py::array w, int64_t m, in
   std::vector<Item> all(static_cast<size_t>(S));
   for (int64_t q = 0; q < Q; ++q) {
     for (int64_t j = 0; j < S; ++j) all[j] = Item{sc[q * S + j], ip[q * S + j]};
-    std::partial_sort(all.begin(), all.begin() + keep, all.end(), better<Item>);
-    for (int64_t j = 0; j < keep; ++j) {
-      os[q * keep + j] = all[j].s;
-      oi[q * keep + j] = all[j].id;
-    }
+    out.write(q, all);
   }
-  return py::make_tuple(out_s, out_i);
+  return out.result();
 }
 
 }  // namespace
