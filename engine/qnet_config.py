@@ -42,6 +42,28 @@ class QNetConfig:
             return False
         return self.residual_on_last or layer < num_layers - 1
 
+    def layer_ops(self, layer: int, num_layers: int) -> tuple[bool, bool, bool]:
+        """``(ln_before, residual, ln_after)`` of hidden layer ``layer``: the one rule every
+        kernel follows. ``y = act(x W + b)``; ``ln_before``: ``y = layer_norm(y)``;
+        ``residual``: ``y = y + x``; ``ln_after``: ``y = layer_norm(y)``."""
+        res = self.has_residual(layer, num_layers)
+        ln_before = self.layer_norm and (self.layer_norm_before_residual or not res)
+        ln_after = self.layer_norm and res and not self.layer_norm_before_residual
+        return ln_before, res, ln_after
+
+    def kernel_flags(self) -> dict:
+        """The flags as every native and GPU kernel takes them (one dict, one place):
+        ``relu``, ``layer_norm``, ``residual``, ``residual_on_last``,
+        ``layer_norm_before_residual`` (bools) and ``eps`` (float)."""
+        return {
+            "relu": self.activation == "relu",
+            "layer_norm": bool(self.layer_norm),
+            "residual": bool(self.residual),
+            "residual_on_last": bool(self.residual_on_last),
+            "layer_norm_before_residual": bool(self.layer_norm_before_residual),
+            "eps": float(self.eps),
+        }
+
     def to_dict(self) -> dict:
         return asdict(self)
 
