@@ -71,6 +71,18 @@ def available_backends() -> dict[str, str]:
     return out
 
 
+def backend_name(be) -> str:
+    """The registry name of a resolved backend ("cpu", "torch", ...)."""
+    name = getattr(be, "name", None)
+    if isinstance(name, str):
+        return name
+    mod = getattr(be, "__name__", "")
+    for key, path in _MODULES.items():
+        if path == mod:
+            return key
+    return mod.rsplit(".", 1)[-1]
+
+
 def get_backend(name: str, device: torch.device) -> ModuleType:
     """Resolve ``name`` ("auto" or a backend name) for tensors on ``device``."""
     device = torch.device(device)

@@ -21,6 +21,9 @@ METHODS = ("auto", "exact", "faiss", "cluster")
 # O(n^2 d), hours on a few cores at 1M, and about 40 min of fp32 H100 time at 8.8M.
 EXACT_CPU_LIMIT = 200_000
 EXACT_CUDA_LIMIT = 2_000_000
+# Principal directions the automatic CPU cluster build measures distances in (see
+# bench/RESULTS.md for the neighbour recall and the search recall this gives).
+AUTO_CPU_DIMS = 96
 
 
 def _check_degree(degree, n: int) -> int:
@@ -278,9 +281,31 @@ def cluster_knn(vectors: torch.Tensor, degree: int, *, nlist: int | None = None,
     return out.cpu(), params
 
 
+def project(vectors: torch.Tensor, dims: int, *, seed: int = 0, train_size: int = 131_072,
+            device=None, progress: bool = False) -> torch.Tensor:
+    """``(n, dims)`` float32 coordinates of ``vectors`` on their top ``dims`` principal
+    directions (from a sample), computed chunk by chunk on ``device``."""
+    from .codes import corpus_mean, principal_axes
+
+    dev = torch.device(device) if device is not None else vectors.device
+    mean = corpus_mean(vectors)
+    P, _ = principal_axes(vectors, mean, train_size, seed)
+    P = P[:, :dims].to(dev)
+    mean = mean.to(dev)
+    out = torch.empty((vectors.shape[0], dims), dtype=torch.float32, device=dev)
+    starts = range(0, vectors.shape[0], 1 << 16)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"project to {dims} dims", unit="chunk")
+    for s in starts:
+        out[s : s + (1 << 16)] = (vectors[s : s + (1 << 16)].to(dev, torch.float32) - mean) @ P
+    return out
+
+
 def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
                     block_size: int = 1024, device=None, progress: bool = False,
-                    seed: int = 0, **faiss_options) -> tuple[torch.Tensor, dict]:
+                    seed: int = 0, dims: int | None = None, **faiss_options) -> tuple[torch.Tensor, dict]:
     """The ``degree`` nearest other documents of every document by L2.
 
     Args:
@@ -291,6 +316,10 @@ def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
             :func:`cluster_knn`) or ``"auto"`` (exact up to ``EXACT_CPU_LIMIT``
             documents on CPU and ``EXACT_CUDA_LIMIT`` on CUDA, cluster above).
         seed: also fixes the graph search's entry points for this index.
+        dims: measure distances between the coordinates on the top ``dims`` principal
+            directions instead of the full vectors (approximate neighbours, d / dims times
+            less arithmetic); ``None``: full vectors, except that ``method="auto"`` on the
+            CPU above ``EXACT_CPU_LIMIT`` documents uses ``AUTO_CPU_DIMS``.
 
     Returns:
         ``(neighbors, params)``: ``(n, degree)`` int32 on the CPU, nearest first, never a
@@ -308,10 +337,18 @@ def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
     if method == "auto":
         limit = EXACT_CUDA_LIMIT if dev.type == "cuda" else EXACT_CPU_LIMIT
         method = "exact" if n <= limit else "cluster"
+        if method == "cluster" and dev.type == "cpu" and dims is None and vectors.shape[1] > AUTO_CPU_DIMS:
+            dims = AUTO_CPU_DIMS
+    if dims is not None:
+        if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or not 1 <= dims <= vectors.shape[1]:
+            raise ValueError(f"dims must be an int in [1, {vectors.shape[1]}], got {dims!r}")
     if faiss_options and method not in ("faiss", "cluster"):
         raise TypeError(f"unexpected options for an exact build: {sorted(faiss_options)}")
     t0 = time.perf_counter()
     params = {"metric": "l2", "degree": degree, "method": method, "seed": int(seed)}
+    if dims is not None and dims < vectors.shape[1]:
+        vectors = project(vectors, int(dims), seed=seed, device=dev, progress=progress)
+        params["dims"] = int(dims)
     if method == "exact":
         nbr = exact_knn(vectors, degree, block_size=block_size, device=dev, progress=progress)
     else:
