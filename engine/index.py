@@ -158,6 +158,23 @@ class Index:
         self.codes = build_codes(self.vectors, bytes_per_vector=bytes_per_vector, **kwargs)
         return self
 
+    def _unchanged_vectors_file(self):
+        """``(path, manifest entry)`` of the file the vectors were mapped from, when they
+        are still exactly its contents (same tensor, no in-place change, same file), so a
+        save can link it instead of copying it; else None."""
+        src = self.__dict__.get("_vectors_file")
+        if src is None:
+            return None
+        fpath, entry, tensor, version, ident = src
+        try:
+            st = os.stat(fpath)
+        except OSError:
+            return None
+        if tensor is not self.vectors or tensor._version != version or \
+                (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != ident:
+            return None
+        return fpath, entry
+
     # ------------------------------------------------------------------ ids
     def external_ids(self, ids: torch.Tensor) -> list:
         """Map row indices (any shape, -1 for padding) to stored ids (None for padding).
@@ -247,7 +264,8 @@ class Index:
         step = max(1, (64 << 20) // max(1, d * self.vectors.element_size()))
         chunks = (self.vectors[s : s + step] for s in range(0, n, step))
         write_index_files(path, chunks, n, d, storage.TORCH_TO_NAME[self.dtype],
-                          ids=self._ids, graph=self.graph, graph_params=self.graph_params, codes=self.codes)
+                          ids=self._ids, graph=self.graph, graph_params=self.graph_params, codes=self.codes,
+                          vectors_link=self._unchanged_vectors_file())
         self.path = path
 
     @classmethod
@@ -289,6 +307,10 @@ class Index:
                 raise storage.IndexFormatError(f"{path}: string id offsets are inconsistent")
             ids = _StringIds(offsets, blob)
         index = cls(vectors, ids, _checked=True)
+        if mmap:
+            st = os.stat(os.path.join(path, "vectors.bin"))
+            index._vectors_file = (os.path.join(path, "vectors.bin"), dict(files["vectors.bin"]), vectors,
+                                   vectors._version, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
         if m.get("graph"):
             g = m["graph"]
             neighbors = get("graph.i32.bin", "int32", [n, int(g["degree"])])
@@ -325,12 +347,23 @@ _CODE_FILES = (("codes", "codes.u8.bin", "uint8"), ("rotation", "codes.rotation.
 
 def write_index_files(path: str, vector_chunks, n: int, d: int, dtype_name: str, *, ids=None,
                       graph: torch.Tensor | None = None, graph_params: dict | None = None,
-                      codes=None) -> None:
-    """Write an index directory atomically from an iterator of vector row chunks."""
+                      codes=None, vectors_link=None) -> None:
+    """Write an index directory atomically from an iterator of vector row chunks.
+
+    ``vectors_link``: ``(path, manifest entry)`` of an existing vectors file with exactly
+    these rows, hard-linked instead of written (same file system; else written)."""
     tmp = storage.temp_dir_for(path)
     try:
         files = {}
-        info = storage.write_array(os.path.join(tmp, "vectors.bin"), vector_chunks)
+        info = None
+        if vectors_link is not None:
+            try:
+                os.link(vectors_link[0], os.path.join(tmp, "vectors.bin"))
+                info = {k: vectors_link[1][k] for k in ("size", "sha256")}
+            except OSError:  # another file system: write the rows
+                info = None
+        if info is None:
+            info = storage.write_array(os.path.join(tmp, "vectors.bin"), vector_chunks)
         expect = n * d * storage.DTYPES[dtype_name][0].itemsize
         if info["size"] != expect:
             raise ValueError(f"vector chunks gave {info['size']} bytes, expected {expect}")

@@ -243,17 +243,24 @@ def _pack(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return dims, out_bits
 
 
-def _encode(y: torch.Tensor, thresholds: list, dims: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+def _encode(y: torch.Tensor, groups: list, dims: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Byte codes ``(rows / 32, nsub / 2, 32)`` of the rotated rows y (rows a multiple of 32)."""
     rows = y.shape[0]
-    code = torch.zeros((rows, y.shape[1]), dtype=torch.int64)
-    for b, (sel, thr) in thresholds:
-        code[:, sel] = (y[:, sel, None] > thr[None]).sum(-1)
-    off = torch.cumsum(bits, 1) - bits
-    used = (dims >= 0) & (bits > 0)
-    sub = (code[:, dims.clamp_min(0).long()] << off[None].long()) * used[None]
-    sub = sub.sum(-1)  # (rows, nsub)
-    byte = (sub[:, 0::2] | (sub[:, 1::2] << 4)).to(torch.uint8)  # (rows, nsub/2)
+    code = torch.zeros((rows, y.shape[1]), dtype=torch.uint8)
+    for _, (sel, thr) in groups:
+        ys = y[:, sel]
+        c = torch.zeros(ys.shape, dtype=torch.uint8)
+        for t in range(thr.shape[1]):  # the cell: how many midpoints lie below
+            c += ys > thr[:, t]
+        code[:, sel] = c
+    sub = torch.zeros((rows, dims.shape[0]), dtype=torch.uint8)
+    off = torch.zeros(dims.shape[0], dtype=torch.uint8)
+    for s in range(4):
+        used = (dims[:, s] >= 0) & (bits[:, s] > 0)
+        part = code[:, dims[:, s].clamp_min(0).long()] * used.to(torch.uint8)
+        sub |= part << off  # per-column shifts: an elementwise op on uint8
+        off += bits[:, s].to(torch.uint8)
+    byte = sub[:, 0::2] | (sub[:, 1::2] << 4)  # (rows, nsub/2)
     return byte.reshape(rows // BLOCK, BLOCK, -1).permute(0, 2, 1).contiguous()
 
 
