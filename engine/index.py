@@ -3,6 +3,8 @@ memory, with exact and graph search."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -140,6 +142,14 @@ class Index:
             raise ValueError(f"neighbors must have shape ({len(self)}, R), got {tuple(neighbors.shape)}")
         if neighbors.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"neighbors must be int32 or int64, got {neighbors.dtype}")
+        if neighbors.shape[1] < 1:
+            raise ValueError("neighbors must hold at least one neighbour per document (R >= 1)")
+        if not isinstance(params, dict):
+            raise TypeError(f"graph params must be a dict, got {type(params).__name__}")
+        try:
+            json.dumps(params, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"graph params must be JSON values (they are saved in the manifest): {e}") from None
         if neighbors.numel():
             lo, hi = int(neighbors.min()), int(neighbors.max())
             if lo < -1 or hi >= len(self):
@@ -233,15 +243,20 @@ class Index:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to directory ``path`` atomically (format v1, see
-        :mod:`engine.storage`); an existing index there is replaced in one step."""
-        path = os.fspath(path)
+        :mod:`engine.storage`).
+
+        ``path`` must not exist, or be an empty directory, or hold an index of this engine
+        (replaced in one step; a symlink to it stays a symlink). Anything else raises
+        :class:`engine.storage.SaveTargetError` (a ``ValueError`` and ``FileExistsError``)
+        before anything is written.
+        """
         n, d = self.vectors.shape
         # Stream in row chunks: a memory-mapped source is never read whole.
         step = max(1, (64 << 20) // max(1, d * self.vectors.element_size()))
         chunks = (self.vectors[s : s + step] for s in range(0, n, step))
         write_index_files(path, chunks, n, d, storage.TORCH_TO_NAME[self.dtype],
                           ids=self._ids, graph=self.graph, graph_params=self.graph_params)
-        self.path = path
+        self.path = os.fspath(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, verify: bool = False, mmap: bool = True) -> "Index":
@@ -250,77 +265,82 @@ class Index:
         Arrays are memory-mapped (``mmap=True``): opening reads only the manifest. Sizes
         are always checked; ``verify=True`` also checks every file's SHA-256 (reads all).
         Raises ``FileNotFoundError`` for a missing directory and
-        :class:`engine.storage.IndexFormatError` (a ``ValueError``) for an unknown version
-        or a missing, truncated or tampered file.
+        :class:`engine.storage.IndexFormatError` (a ``ValueError``) for an unknown version,
+        a malformed manifest, or a missing, truncated, tampered or non-regular file.
         """
+        if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"index path must be a str or os.PathLike, got {type(path).__name__}")
         path = os.fspath(path)
         m = storage.read_manifest(path)
         files = m["files"]
-        n, d = m["count"], m["dim"]
+        n = m["count"]
+        for name in files:  # every listed file must be present, regular and intact
+            storage.check_file(path, name, files[name], verify)
 
-        def get(name, dtype, shape):
-            entry = files.get(name)
-            if entry is None:
-                raise storage.IndexFormatError(f"manifest of {path} does not list {name}")
-            if entry.get("dtype") != dtype or (shape is not None and list(entry.get("shape", [])) != shape):
-                raise storage.IndexFormatError(f"{name}: manifest says {entry.get('dtype')} {entry.get('shape')}, expected {dtype} {shape}")
-            fpath = storage.check_file(path, name, entry, verify)
-            t = storage.map_array(fpath, entry)
+        def get(name):
+            t = storage.map_array(os.path.join(path, name), files[name])
             return t if mmap else t.clone()
 
-        for name in files:  # every listed file must be present and intact
-            storage.check_file(path, name, files[name], verify)
-        vectors = get("vectors.bin", m["dtype"], [n, d])
+        vectors = get("vectors.bin")
         ids = None
         if m["ids"] == "int":
-            ids = get("ids.i64.bin", "int64", [n]).numpy()
+            ids = get("ids.i64.bin").numpy()
         elif m["ids"] == "str":
-            offsets = get("ids.offsets.bin", "int64", [n + 1])
-            blob = get("ids.utf8.bin", "uint8", None)
+            offsets, blob = get("ids.offsets.bin"), get("ids.utf8.bin")
             o = offsets.numpy()
-            if n and (o[0] != 0 or o[-1] != blob.shape[0] or np.any(np.diff(o) < 0)):
+            if o[0] != 0 or o[-1] != blob.shape[0] or np.any(np.diff(o) < 0):
                 raise storage.IndexFormatError(f"{path}: string id offsets are inconsistent")
             ids = _StringIds(offsets, blob)
         index = cls(vectors, ids, _checked=True)
-        if m.get("graph"):
-            g = m["graph"]
-            neighbors = get("graph.i32.bin", "int32", [n, int(g["degree"])])
+        if m["graph"] is not None:
+            neighbors = get("graph.i32.bin")
             index.graph = neighbors  # bounds were checked when it was set before saving
-            index.graph_params = dict(g.get("params", {}))
+            index.graph_params = dict(m["graph"].get("params", {}))
             if verify:
                 index.set_graph(neighbors, index.graph_params)
         index.path = path
         return index
 
 
-def write_index_files(path: str, vector_chunks, n: int, d: int, dtype_name: str, *, ids=None,
-                      graph: torch.Tensor | None = None, graph_params: dict | None = None) -> None:
-    """Write an index directory atomically from an iterator of vector row chunks."""
-    tmp = storage.temp_dir_for(path)
-    try:
+def write_index_files(path: str | os.PathLike, vector_chunks, n: int, d: int, dtype_name: str, *,
+                      ids=None, graph: torch.Tensor | None = None, graph_params: dict | None = None,
+                      extra_arrays: dict[str, torch.Tensor] | None = None) -> None:
+    """Write an index directory atomically from an iterator of vector row chunks.
+
+    ``extra_arrays`` (file name -> tensor) are written and listed in the manifest beside
+    the standard files. The target is checked (:func:`engine.storage.save_target`) before
+    anything is written.
+    """
+    target = storage.save_target(path)
+    with storage.temp_dir(target) as tmp:
         files = {}
-        info = storage.write_array(os.path.join(tmp, "vectors.bin"), vector_chunks)
-        expect = n * d * storage.DTYPES[dtype_name][0].itemsize
-        if info["size"] != expect:
-            raise ValueError(f"vector chunks gave {info['size']} bytes, expected {expect}")
-        files["vectors.bin"] = {"dtype": dtype_name, "shape": [n, d], **info}
+
+        def add(name: str, rows, dtype: str, shape: list) -> None:
+            info = storage.write_array(os.path.join(tmp, name), rows)
+            expect = math.prod(shape) * storage.DTYPES[dtype][0].itemsize
+            if info["size"] != expect:
+                raise ValueError(f"{name}: got {info['size']} bytes, expected {expect} for {dtype} {shape}")
+            files[name] = {"dtype": dtype, "shape": shape, **info}
+
+        add("vectors.bin", vector_chunks, dtype_name, [n, d])
         kind = "none" if ids is None else ("int" if isinstance(ids, np.ndarray) else "str")
         if kind == "int":
-            info = storage.write_array(os.path.join(tmp, "ids.i64.bin"), torch.from_numpy(ids))
-            files["ids.i64.bin"] = {"dtype": "int64", "shape": [n], **info}
+            add("ids.i64.bin", torch.from_numpy(ids), "int64", [n])
         elif kind == "str":
             encoded = [x.encode("utf-8") for x in ids]
             offsets = np.zeros(n + 1, dtype=np.int64)
             np.cumsum([len(b) for b in encoded], out=offsets[1:])
-            info = storage.write_array(os.path.join(tmp, "ids.offsets.bin"), torch.from_numpy(offsets))
-            files["ids.offsets.bin"] = {"dtype": "int64", "shape": [n + 1], **info}
-            info = storage.write_bytes(os.path.join(tmp, "ids.utf8.bin"), b"".join(encoded))
-            files["ids.utf8.bin"] = {"dtype": "uint8", "shape": [info["size"]], **info}
+            add("ids.offsets.bin", torch.from_numpy(offsets), "int64", [n + 1])
+            blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+            add("ids.utf8.bin", torch.from_numpy(blob.copy()), "uint8", [len(blob)])
         graph_entry = None
         if graph is not None:
-            info = storage.write_array(os.path.join(tmp, "graph.i32.bin"), graph)
-            files["graph.i32.bin"] = {"dtype": "int32", "shape": list(graph.shape), **info}
+            add("graph.i32.bin", graph, "int32", list(graph.shape))
             graph_entry = {"degree": int(graph.shape[1]), "params": dict(graph_params or {})}
+        for name, arr in (extra_arrays or {}).items():
+            if name in files:
+                raise ValueError(f"extra array {name!r} would replace a standard index file")
+            add(name, arr, storage.TORCH_TO_NAME[arr.dtype], list(arr.shape))
         manifest = {
             "format": storage.FORMAT,
             "version": storage.VERSION,
@@ -331,9 +351,4 @@ def write_index_files(path: str, vector_chunks, n: int, d: int, dtype_name: str,
             "graph": graph_entry,
             "files": files,
         }
-        storage.commit_dir(tmp, path, manifest)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        storage.commit_dir(tmp, target, manifest)
