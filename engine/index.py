@@ -14,10 +14,13 @@ import torch
 
 from . import storage
 from .qnet import QNet
-from .scoring import as_vectors, check_pair, check_qnets
+from .devices import as_device
+from .qnet import SUPPORTED_DTYPES
+from .scoring import as_vectors, check_backend, check_pair, check_qnets
 from .search.exact import exact_search
 
 SEARCH_MODES = ("exact", "graph")
+MAX_K = 2**31 - 1  # results per query: the native kernels count them in 32 bits
 
 
 @dataclass
@@ -36,26 +39,65 @@ class SearchResult:
     stats: dict = field(default_factory=dict)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _normalise_ids(ids, n: int):
-    """External ids: None, an int64 array, or a list of str."""
+    """External ids: None, an int64 array, or a list of str; unique, integers within int64.
+
+    Raises ``TypeError`` for other kinds (floats, bools, a mix, a single string) and
+    ``ValueError`` for a wrong count, an integer outside int64 or a repeated id (two
+    documents under one id would merge into one line of a run).
+    """
     if ids is None:
         return None
     if isinstance(ids, torch.Tensor):
-        ids = ids.cpu().numpy()
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TypeError(f"integer ids must have an integer dtype, got {ids.dtype}")
+        ids = ids.detach().cpu().numpy()
+    if isinstance(ids, (str, bytes)):
+        raise TypeError("ids must be a sequence of ids, one per vector, not a single string")
     if isinstance(ids, np.ndarray):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"integer ids must have an integer dtype, got {ids.dtype}")
         if ids.shape != (n,):
             raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
-        return ids.astype(np.int64)
-    ids = list(ids)
-    if len(ids) != n:
-        raise ValueError(f"got {len(ids)} ids for {n} vectors")
-    if all(isinstance(i, str) for i in ids):
-        return ids
-    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
-        return np.asarray(ids, dtype=np.int64)
-    raise TypeError("ids must be all str or all int")
+        if ids.dtype.kind == "u" and n and int(ids.max()) > INT64_MAX:
+            raise ValueError(f"integer ids must fit int64 ({INT64_MIN}..{INT64_MAX}); "
+                             f"id {int(ids.max())} does not")
+        out = ids.astype(np.int64)
+    else:
+        ids = list(ids)
+        if len(ids) != n:
+            raise ValueError(f"got {len(ids)} ids for {n} vectors")
+        if all(isinstance(i, str) for i in ids):
+            out = [str(i) for i in ids]
+            try:
+                "".join(out).encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"string ids must be valid Unicode (saved as UTF-8): {e}") from None
+        elif all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in ids):
+            bad = [i for i in ids if not INT64_MIN <= int(i) <= INT64_MAX]
+            if bad:
+                raise ValueError(f"integer ids must fit int64 ({INT64_MIN}..{INT64_MAX}); id {int(bad[0])} does not")
+            out = np.asarray([int(i) for i in ids], dtype=np.int64)
+        else:
+            raise TypeError("ids must be all str or all int")
+    _check_unique(out)
+    return out
+
+
+def _check_unique(ids) -> None:
+    if isinstance(ids, np.ndarray):
+        uniq, counts = np.unique(ids, return_counts=True)
+        if len(uniq) != len(ids):
+            raise ValueError(f"ids must be unique: id {int(uniq[counts > 1][0])} is given more than once")
+    elif len(set(ids)) != len(ids):
+        seen = set()
+        for i in ids:
+            if i in seen:
+                raise ValueError(f"ids must be unique: id {i!r} is given more than once")
+            seen.add(i)
 
 
 class _StringIds:
@@ -128,8 +170,21 @@ class Index:
         return f"Index(n={len(self)}, dim={self.dim}, dtype={self.dtype}, ids={self.ids_kind}{g})"
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Index":
-        """A copy with the vectors on ``device`` / in ``dtype`` (graph and ids kept)."""
-        out = Index(self.vectors.to(device=device, dtype=dtype), self._ids, _checked=True)
+        """A copy with the vectors on ``device`` / in ``dtype`` (graph and ids kept).
+
+        Raises ``ValueError`` for a device that is not available, and when the cast
+        overflows (a value beyond float16's range would become an Inf row that no search
+        could rank)."""
+        if dtype is not None and dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"unsupported vector dtype {dtype}; use float32, float16 or bfloat16")
+        if device is not None:
+            device = as_device(device)
+        vectors = self.vectors.to(device=device, dtype=dtype)
+        if dtype is not None and dtype != self.dtype and vectors.numel() and not bool(torch.isfinite(vectors).all()):
+            rows = (~torch.isfinite(vectors)).any(dim=1).nonzero()[:, 0]
+            raise ValueError(f"converting the vectors to {dtype} overflows: {len(rows)} rows (first: row "
+                             f"{int(rows[0])}) get Inf values; keep {self.dtype} or rescale the vectors")
+        out = Index(vectors, self._ids, _checked=True)
         if self.graph is not None:
             out.set_graph(self.graph, self.graph_params)
         return out
@@ -174,6 +229,8 @@ class Index:
         the shape of ``ids``.
         """
         arr = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+        if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
+            raise TypeError(f"row indices must be integers, got dtype {arr.dtype}")
 
         def one(i):
             i = int(i)
@@ -203,7 +260,9 @@ class Index:
             mode: ``"exact"`` (a full streaming scan) or ``"graph"`` (needs a graph; see
                 :meth:`build_graph`; ``graph_options`` go to the graph search).
             backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
-            block_size: documents per streamed block in exact search.
+            block_size: documents per streamed block in exact search (an int in
+                ``1..65536``; None: the backend's choice). It changes speed and memory,
+                never a result.
 
         Returns:
             :class:`SearchResult` with ``scores`` (Q, k) float32 and ``ids`` (Q, k) int64 on
@@ -212,10 +271,13 @@ class Index:
         import time
 
         qnets = check_qnets(qnets)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        backend = check_backend(backend)
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an int, got {type(k).__name__}")
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        if not 0 < k <= MAX_K:
+            raise ValueError(f"k must be positive and at most {MAX_K}, got {k}")
+        if not isinstance(mode, str):
+            raise TypeError(f"mode must be a str, got {type(mode).__name__}")
         if mode not in SEARCH_MODES:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
         if qnets.dim != self.dim:
@@ -229,6 +291,8 @@ class Index:
             scores, ids = exact_search(qnets, self.vectors, int(k), backend=backend, block_size=block_size)
             stats = {"mode": "exact", "documents_scored": len(self) * qnets.num_queries}
         else:
+            if block_size is not None:
+                raise TypeError("block_size applies to exact search only")
             if self.graph is None:
                 raise ValueError("graph search needs a graph: call index.build_graph() first")
             from .graph.search import graph_search
