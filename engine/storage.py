@@ -411,7 +411,7 @@ def read_manifest(path: str) -> dict:
         _require(mpath, files, "ids.utf8.bin", "uint8", None, "string ids")
         if len(files["ids.utf8.bin"]["shape"]) != 1:
             raise IndexFormatError(f"{mpath}: manifest field files['ids.utf8.bin'].shape must be 1-D")
-    g = m["graph"]
+    g = m["graph"] = m.get("graph")  # absent: no graph
     if g is not None:
         if not _is_int(g.get("degree")) or g["degree"] < 1:
             raise IndexFormatError(f"{mpath}: manifest field 'graph.degree' must be a positive integer, "
