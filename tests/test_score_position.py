@@ -61,3 +61,27 @@ def test_top1_tie_is_the_lowest_row(backend):
     for block_size in (None, 1, 64, 299):
         r = Index.from_vectors(v).search(q, 10, backend=backend, block_size=block_size)
         assert r.ids.tolist() == [list(range(10))] * 3
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_backends_score_identical_vectors_identically(backend):
+    """The GPU kernels (Triton through its interpreter on a CPU-only machine)."""
+    from engine import backends
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ok, why = backends.availability(backend)
+    if not ok or not backends._load(backend).supports(torch.device(device)):
+        pytest.skip(f"backend {backend!r} cannot run on {device} here: {why}")
+    v = synthetic.vectors(300, 32, seed=2)
+    v[130] = v[299] = v[3]
+    q = synthetic.qnets(2, [32, 32, 1], seed=1)
+    q, v = q.to(device), v.to(device)
+    s = engine.score(q, v, backend=backend)
+    assert torch.equal(s[:, [130, 299]], s[:, [3, 3]])
+    assert torch.equal(engine.score(q, v[299:], backend=backend)[:, 0], s[:, 3])
+    ids = torch.tensor([[3, 130, 299]] * 2, device=device)
+    assert torch.equal(engine.score_gather(q, v, ids, backend=backend), s[:, [3, 3, 3]])
+    r = Index.from_vectors(v).search(q, 300, backend=backend)
+    for row in r.ids.tolist():
+        ranks = [row.index(d) for d in (3, 130, 299)]
+        assert ranks == list(range(ranks[0], ranks[0] + 3))
