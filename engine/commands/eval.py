@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("-k", type=positive_int, default=1000, help="results per query (default 1000, for Recall@1000)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="evaluate only the first N queries (metrics over those queries)")
-    p.add_argument("--chunk", type=positive_int, default=100, help="queries encoded and searched at a time (default 100)")
+    p.add_argument("--chunk", type=positive_int, default=100,
+                   help="queries encoded and searched at a time (default 100)")
     p.add_argument("--graph", type=positive_int, nargs="?", const=32, default=None, metavar="R",
                    help="also run graph search; builds an R-neighbour graph (default 32) if the index has none")
     p.add_argument("--json", help="also write the results as JSON to this file")

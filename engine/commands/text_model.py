@@ -37,7 +37,8 @@ def add_text_search_args(p) -> None:
     """``search``'s text path: query strings through --model, document texts from --corpus."""
     p.add_argument("text", nargs="*", help="query texts (with --model)")
     p.add_argument("--corpus", help="JSONL corpus the index was encoded from, to print document texts")
-    p.add_argument("--text-width", type=positive_int, default=100, help="characters of document text shown (default 100)")
+    p.add_argument("--text-width", type=positive_int, default=100,
+                   help="characters of document text shown (default 100)")
     add_model_args(p)
 
 

@@ -278,9 +278,10 @@ class HypencoderModel:
     def _forward(self, transformer, batch) -> tuple[torch.Tensor, torch.Tensor]:
         ids = batch["input_ids"]
         rows = _vocab_rows(transformer)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
-            raise ValueError(f"the tokenizer produced token id {int(ids.max()) if int(ids.max()) >= rows else int(ids.min())}"
-                             f" outside the model's vocabulary of {rows} tokens")
+        bad = ids[(ids < 0) | (ids >= rows)]
+        if bad.numel():
+            raise ValueError(f"the tokenizer produced token id {int(bad[0])} outside the model's vocabulary "
+                             f"of {rows} tokens")
         inputs = {k: batch[k].to(self.device) for k in _MODEL_INPUTS if k in batch}
         states = transformer(**inputs).last_hidden_state
         return states, inputs["attention_mask"]
