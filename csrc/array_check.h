@@ -30,7 +30,18 @@ inline const char* kind_name(Kind k) {
   return "?";
 }
 
+// Whether the array's elements are in this machine's byte order. numpy can hand over a
+// byte-swapped array ('>f2' on x86) whose bits would be read as other numbers.
+inline bool native_byte_order(const py::array& a) {
+  const char order = a.dtype().byteorder();
+  if (order == '=' || order == '|') return true;
+  const uint16_t probe = 1;
+  const bool little = *reinterpret_cast<const uint8_t*>(&probe) == 1;
+  return order == (little ? '<' : '>');
+}
+
 inline bool array_is(const py::array& a, Kind k) {
+  if (!native_byte_order(a)) return false;
   switch (k) {
     case Kind::F32: return py::isinstance<py::array_t<float>>(a);
     case Kind::F16: return a.dtype().kind() == 'f' && a.itemsize() == 2;
@@ -56,6 +67,9 @@ inline void check_shape(const py::array& a, const char* name, std::vector<int64_
 }
 
 inline void check_kind(const py::array& a, const char* name, Kind k) {
+  if (!native_byte_order(a))
+    throw py::type_error(std::string(name) + ": array is in non-native byte order (dtype " +
+                         std::string(py::str(a.dtype())) + "); convert it with a.astype(a.dtype.newbyteorder('='))");
   if (!array_is(a, k))
     throw py::type_error(std::string(name) + ": expected " + kind_name(k) + " array, got dtype " +
                          std::string(py::str(a.dtype())));

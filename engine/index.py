@@ -3,6 +3,8 @@ memory, with exact and graph search."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from typing import Sequence
 
@@ -11,33 +13,75 @@ import torch
 
 from . import backends, storage
 from .qnet import QNet
+from .devices import as_device
+from .qnet import SUPPORTED_DTYPES
 from .results import SearchResult, SearchStats
-from .scoring import as_vectors, check_pair, check_qnets
+from .scoring import as_vectors, check_backend, check_pair, check_qnets
 from .search.exact import exact_search
 
 SEARCH_MODES = ("exact", "graph")
+MAX_K = 2**31 - 1  # results per query: the native kernels count them in 32 bits
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _normalise_ids(ids, n: int):
-    """External ids: None, an int64 array, or a list of str."""
+    """External ids: None, an int64 array, or a list of str; unique, integers within int64.
+
+    Raises ``TypeError`` for other kinds (floats, bools, a mix, a single string) and
+    ``ValueError`` for a wrong count, an integer outside int64 or a repeated id (two
+    documents under one id would merge into one line of a run).
+    """
     if ids is None:
         return None
     if isinstance(ids, torch.Tensor):
-        ids = ids.cpu().numpy()
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TypeError(f"integer ids must have an integer dtype, got {ids.dtype}")
+        ids = ids.detach().cpu().numpy()
+    if isinstance(ids, (str, bytes)):
+        raise TypeError("ids must be a sequence of ids, one per vector, not a single string")
     if isinstance(ids, np.ndarray):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"integer ids must have an integer dtype, got {ids.dtype}")
         if ids.shape != (n,):
             raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
-        return ids.astype(np.int64)
-    ids = list(ids)
-    if len(ids) != n:
-        raise ValueError(f"got {len(ids)} ids for {n} vectors")
-    if all(isinstance(i, str) for i in ids):
-        return ids
-    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
-        return np.asarray(ids, dtype=np.int64)
-    raise TypeError("ids must be all str or all int")
+        if ids.dtype.kind == "u" and n and int(ids.max()) > INT64_MAX:
+            raise ValueError(f"integer ids must fit int64 ({INT64_MIN}..{INT64_MAX}); "
+                             f"id {int(ids.max())} does not")
+        out = ids.astype(np.int64)
+    else:
+        ids = list(ids)
+        if len(ids) != n:
+            raise ValueError(f"got {len(ids)} ids for {n} vectors")
+        if all(isinstance(i, str) for i in ids):
+            out = [str(i) for i in ids]
+            try:
+                "".join(out).encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"string ids must be valid Unicode (saved as UTF-8): {e}") from None
+        elif all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in ids):
+            bad = [i for i in ids if not INT64_MIN <= int(i) <= INT64_MAX]
+            if bad:
+                raise ValueError(f"integer ids must fit int64 ({INT64_MIN}..{INT64_MAX}); id {int(bad[0])} does not")
+            out = np.asarray([int(i) for i in ids], dtype=np.int64)
+        else:
+            raise TypeError("ids must be all str or all int")
+    _check_unique(out)
+    return out
+
+
+def _check_unique(ids) -> None:
+    if isinstance(ids, np.ndarray):
+        uniq, counts = np.unique(ids, return_counts=True)
+        if len(uniq) != len(ids):
+            raise ValueError(f"ids must be unique: id {int(uniq[counts > 1][0])} is given more than once")
+    elif len(set(ids)) != len(ids):
+        seen = set()
+        for i in ids:
+            if i in seen:
+                raise ValueError(f"ids must be unique: id {i!r} is given more than once")
+            seen.add(i)
 
 
 class _StringIds:
@@ -112,8 +156,21 @@ class Index:
         return f"Index(n={len(self)}, dim={self.dim}, dtype={self.dtype}, ids={self.ids_kind}{g}{c})"
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Index":
-        """A copy with the vectors on ``device`` / in ``dtype`` (graph and ids kept)."""
-        out = Index(self.vectors.to(device=device, dtype=dtype), self._ids, _checked=True)
+        """A copy with the vectors on ``device`` / in ``dtype`` (graph and ids kept).
+
+        Raises ``ValueError`` for a device that is not available, and when the cast
+        overflows (a value beyond float16's range would become an Inf row that no search
+        could rank)."""
+        if dtype is not None and dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"unsupported vector dtype {dtype}; use float32, float16 or bfloat16")
+        if device is not None:
+            device = as_device(device)
+        vectors = self.vectors.to(device=device, dtype=dtype)
+        if dtype is not None and dtype != self.dtype and vectors.numel() and not bool(torch.isfinite(vectors).all()):
+            rows = (~torch.isfinite(vectors)).any(dim=1).nonzero()[:, 0]
+            raise ValueError(f"converting the vectors to {dtype} overflows: {len(rows)} rows (first: row "
+                             f"{int(rows[0])}) get Inf values; keep {self.dtype} or rescale the vectors")
+        out = Index(vectors, self._ids, _checked=True)
         if self.graph is not None:
             out.set_graph(self.graph, self.graph_params)
         if self.codes is not None and dtype in (None, self.dtype):
@@ -128,6 +185,14 @@ class Index:
             raise ValueError(f"neighbors must have shape ({len(self)}, R), got {tuple(neighbors.shape)}")
         if neighbors.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"neighbors must be int32 or int64, got {neighbors.dtype}")
+        if neighbors.shape[1] < 1:
+            raise ValueError("neighbors must hold at least one neighbour per document (R >= 1)")
+        if not isinstance(params, dict):
+            raise TypeError(f"graph params must be a dict, got {type(params).__name__}")
+        try:
+            json.dumps(params, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"graph params must be JSON values (they are saved in the manifest): {e}") from None
         if neighbors.numel():
             lo, hi = int(neighbors.min()), int(neighbors.max())
             if lo < -1 or hi >= len(self):
@@ -183,6 +248,8 @@ class Index:
         the shape of ``ids``.
         """
         arr = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+        if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
+            raise TypeError(f"row indices must be integers, got dtype {arr.dtype}")
 
         def one(i):
             i = int(i)
@@ -212,7 +279,9 @@ class Index:
             mode: ``"exact"`` (a full streaming scan) or ``"graph"`` (needs a graph; see
                 :meth:`build_graph`; ``graph_options`` go to the graph search).
             backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
-            block_size: documents per streamed block in exact search.
+            block_size: documents per streamed block in exact search (an int in
+                ``1..65536``; None: the backend's choice). It changes speed and memory,
+                never a result.
 
         Returns:
             :class:`SearchResult` with ``scores`` (Q, k) float32 and ``ids`` (Q, k) int64 on
@@ -221,10 +290,13 @@ class Index:
         import time
 
         qnets = check_qnets(qnets)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        backend = check_backend(backend)
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an int, got {type(k).__name__}")
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        if not 0 < k <= MAX_K:
+            raise ValueError(f"k must be positive and at most {MAX_K}, got {k}")
+        if not isinstance(mode, str):
+            raise TypeError(f"mode must be a str, got {type(mode).__name__}")
         if mode not in SEARCH_MODES:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
         if qnets.dim != self.dim:
@@ -241,10 +313,10 @@ class Index:
             stats = SearchStats("exact", backends.backend_name(be), impl,
                                 documents_scored=len(self) * qnets.num_queries)
         else:
-            if self.graph is None:
-                raise ValueError("graph search needs a graph: call index.build_graph() first")
             if block_size is not None:
                 raise TypeError("block_size applies to exact search only")
+            if self.graph is None:
+                raise ValueError("graph search needs a graph: call index.build_graph() first")
             from .graph.search import graph_search
 
             scores, ids, st = graph_search(self, qnets, int(k), backend=backend, **graph_options)
@@ -256,9 +328,14 @@ class Index:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index to directory ``path`` atomically (format v1, see
-        :mod:`engine.storage`); an existing index there is replaced in one step."""
-        path = os.fspath(path)
+        """Write the index to directory ``path`` atomically (format v2, see
+        :mod:`engine.storage`).
+
+        ``path`` must not exist, or be an empty directory, or hold an index of this engine
+        (replaced in one step; a symlink to it stays a symlink). Anything else raises
+        :class:`engine.storage.SaveTargetError` (a ``ValueError`` and ``FileExistsError``)
+        before anything is written.
+        """
         n, d = self.vectors.shape
         # Stream in row chunks: a memory-mapped source is never read whole.
         step = max(1, (64 << 20) // max(1, d * self.vectors.element_size()))
@@ -266,7 +343,7 @@ class Index:
         write_index_files(path, chunks, n, d, storage.TORCH_TO_NAME[self.dtype],
                           ids=self._ids, graph=self.graph, graph_params=self.graph_params, codes=self.codes,
                           vectors_link=self._unchanged_vectors_file())
-        self.path = path
+        self.path = os.fspath(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, verify: bool = False, mmap: bool = True) -> "Index":
@@ -275,35 +352,30 @@ class Index:
         Arrays are memory-mapped (``mmap=True``): opening reads only the manifest. Sizes
         are always checked; ``verify=True`` also checks every file's SHA-256 (reads all).
         Raises ``FileNotFoundError`` for a missing directory and
-        :class:`engine.storage.IndexFormatError` (a ``ValueError``) for an unknown version
-        or a missing, truncated or tampered file.
+        :class:`engine.storage.IndexFormatError` (a ``ValueError``) for an unknown version,
+        a malformed manifest, or a missing, truncated, tampered or non-regular file.
         """
+        if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"index path must be a str or os.PathLike, got {type(path).__name__}")
         path = os.fspath(path)
         m = storage.read_manifest(path)
         files = m["files"]
-        n, d = m["count"], m["dim"]
+        n = m["count"]
+        for name in files:  # every listed file must be present, regular and intact
+            storage.check_file(path, name, files[name], verify)
 
-        def get(name, dtype, shape):
-            entry = files.get(name)
-            if entry is None:
-                raise storage.IndexFormatError(f"manifest of {path} does not list {name}")
-            if entry.get("dtype") != dtype or (shape is not None and list(entry.get("shape", [])) != shape):
-                raise storage.IndexFormatError(f"{name}: manifest says {entry.get('dtype')} {entry.get('shape')}, expected {dtype} {shape}")
-            fpath = storage.check_file(path, name, entry, verify)
-            t = storage.map_array(fpath, entry)
+        def get(name):
+            t = storage.map_array(os.path.join(path, name), files[name])
             return t if mmap else t.clone()
 
-        for name in files:  # every listed file must be present and intact
-            storage.check_file(path, name, files[name], verify)
-        vectors = get("vectors.bin", m["dtype"], [n, d])
+        vectors = get("vectors.bin")
         ids = None
         if m["ids"] == "int":
-            ids = get("ids.i64.bin", "int64", [n]).numpy()
+            ids = get("ids.i64.bin").numpy()
         elif m["ids"] == "str":
-            offsets = get("ids.offsets.bin", "int64", [n + 1])
-            blob = get("ids.utf8.bin", "uint8", None)
+            offsets, blob = get("ids.offsets.bin"), get("ids.utf8.bin")
             o = offsets.numpy()
-            if n and (o[0] != 0 or o[-1] != blob.shape[0] or np.any(np.diff(o) < 0)):
+            if o[0] != 0 or o[-1] != blob.shape[0] or np.any(np.diff(o) < 0):
                 raise storage.IndexFormatError(f"{path}: string id offsets are inconsistent")
             ids = _StringIds(offsets, blob)
         index = cls(vectors, ids, _checked=True)
@@ -311,28 +383,19 @@ class Index:
             st = os.stat(os.path.join(path, "vectors.bin"))
             index._vectors_file = (os.path.join(path, "vectors.bin"), dict(files["vectors.bin"]), vectors,
                                    vectors._version, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-        if m.get("graph"):
-            g = m["graph"]
-            neighbors = get("graph.i32.bin", "int32", [n, int(g["degree"])])
+        if m["graph"] is not None:
+            neighbors = get("graph.i32.bin")
             index.graph = neighbors  # bounds were checked when it was set before saving
-            index.graph_params = dict(g.get("params", {}))
+            index.graph_params = dict(m["graph"].get("params", {}))
             if verify:
                 index.set_graph(neighbors, index.graph_params)
-        if m.get("codes"):
+        if m["codes"] is not None:
             from .graph.codes import LinearCodes
 
-            c = m["codes"]
-            if not isinstance(c, dict) or not isinstance(c.get("params", {}), dict):
-                raise storage.IndexFormatError(f"manifest of {path}: 'codes' must be an object")
-            arrays = {}
-            for attr, fname, dt in _CODE_FILES:
-                entry = files.get(fname)
-                if entry is None:
-                    raise storage.IndexFormatError(f"manifest of {path} does not list {fname}")
-                arrays[attr] = get(fname, dt, None)
-            codes = LinearCodes(**arrays, n=n, params=dict(c.get("params", {})))
+            arrays = {attr: get(fname) for attr, (fname, _) in storage.CODE_FILES.items()}
+            codes = LinearCodes(**arrays, n=n, params=dict(m["codes"].get("params", {})))
             try:
-                codes.check(n, d)
+                codes.check(n, m["dim"])
             except ValueError as e:
                 raise storage.IndexFormatError(f"{path}: {e}") from None
             index.codes = codes
@@ -340,58 +403,65 @@ class Index:
         return index
 
 
-_CODE_FILES = (("codes", "codes.u8.bin", "uint8"), ("rotation", "codes.rotation.f32.bin", "float32"),
-               ("dims", "codes.dims.i32.bin", "int32"), ("bits", "codes.bits.i32.bin", "int32"),
-               ("levels", "codes.levels.f32.bin", "float32"), ("mean", "codes.mean.f32.bin", "float32"))
-
-
-def write_index_files(path: str, vector_chunks, n: int, d: int, dtype_name: str, *, ids=None,
-                      graph: torch.Tensor | None = None, graph_params: dict | None = None,
-                      codes=None, vectors_link=None) -> None:
+def write_index_files(path: str | os.PathLike, vector_chunks, n: int, d: int, dtype_name: str, *,
+                      ids=None, graph: torch.Tensor | None = None, graph_params: dict | None = None,
+                      codes=None, vectors_link=None,
+                      extra_arrays: dict[str, torch.Tensor] | None = None) -> None:
     """Write an index directory atomically from an iterator of vector row chunks.
 
-    ``vectors_link``: ``(path, manifest entry)`` of an existing vectors file with exactly
-    these rows, hard-linked instead of written (same file system; else written)."""
-    tmp = storage.temp_dir_for(path)
-    try:
+    ``codes``: the graph search's candidate codes (:class:`engine.graph.codes.LinearCodes`).
+    ``vectors_link``: ``(path, manifest entry)`` of an existing vectors file holding
+    exactly these rows, hard-linked instead of written (when the file system allows).
+    ``extra_arrays`` (file name -> tensor) are written and listed in the manifest beside
+    the standard files. The target is checked (:func:`engine.storage.save_target`) before
+    anything is written.
+    """
+    target = storage.save_target(path)
+    with storage.temp_dir(target) as tmp:
         files = {}
-        info = None
+
+        def add(name: str, rows, dtype: str, shape: list) -> None:
+            info = storage.write_array(os.path.join(tmp, name), rows)
+            expect = math.prod(shape) * storage.DTYPES[dtype][0].itemsize
+            if info["size"] != expect:
+                raise ValueError(f"{name}: got {info['size']} bytes, expected {expect} for {dtype} {shape}")
+            files[name] = {"dtype": dtype, "shape": shape, **info}
+
+        linked = False
         if vectors_link is not None:
             try:
                 os.link(vectors_link[0], os.path.join(tmp, "vectors.bin"))
-                info = {k: vectors_link[1][k] for k in ("size", "sha256")}
+                files["vectors.bin"] = {"dtype": dtype_name, "shape": [n, d],
+                                        **{k: vectors_link[1][k] for k in ("size", "sha256")}}
+                linked = True
             except OSError:  # another file system: write the rows
-                info = None
-        if info is None:
-            info = storage.write_array(os.path.join(tmp, "vectors.bin"), vector_chunks)
-        expect = n * d * storage.DTYPES[dtype_name][0].itemsize
-        if info["size"] != expect:
-            raise ValueError(f"vector chunks gave {info['size']} bytes, expected {expect}")
-        files["vectors.bin"] = {"dtype": dtype_name, "shape": [n, d], **info}
+                pass
+        if not linked:
+            add("vectors.bin", vector_chunks, dtype_name, [n, d])
         kind = "none" if ids is None else ("int" if isinstance(ids, np.ndarray) else "str")
         if kind == "int":
-            info = storage.write_array(os.path.join(tmp, "ids.i64.bin"), torch.from_numpy(ids))
-            files["ids.i64.bin"] = {"dtype": "int64", "shape": [n], **info}
+            add("ids.i64.bin", torch.from_numpy(ids), "int64", [n])
         elif kind == "str":
             encoded = [x.encode("utf-8") for x in ids]
             offsets = np.zeros(n + 1, dtype=np.int64)
             np.cumsum([len(b) for b in encoded], out=offsets[1:])
-            info = storage.write_array(os.path.join(tmp, "ids.offsets.bin"), torch.from_numpy(offsets))
-            files["ids.offsets.bin"] = {"dtype": "int64", "shape": [n + 1], **info}
-            info = storage.write_bytes(os.path.join(tmp, "ids.utf8.bin"), b"".join(encoded))
-            files["ids.utf8.bin"] = {"dtype": "uint8", "shape": [info["size"]], **info}
+            add("ids.offsets.bin", torch.from_numpy(offsets), "int64", [n + 1])
+            blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+            add("ids.utf8.bin", torch.from_numpy(blob.copy()), "uint8", [len(blob)])
         graph_entry = None
         if graph is not None:
-            info = storage.write_array(os.path.join(tmp, "graph.i32.bin"), graph)
-            files["graph.i32.bin"] = {"dtype": "int32", "shape": list(graph.shape), **info}
+            add("graph.i32.bin", graph, "int32", list(graph.shape))
             graph_entry = {"degree": int(graph.shape[1]), "params": dict(graph_params or {})}
         codes_entry = None
         if codes is not None:
-            for attr, fname, dt in _CODE_FILES:
+            for attr, (fname, dt) in storage.CODE_FILES.items():
                 t = getattr(codes, attr).contiguous()
-                info = storage.write_array(os.path.join(tmp, fname), t)
-                files[fname] = {"dtype": dt, "shape": list(t.shape), **info}
+                add(fname, t, dt, list(t.shape))
             codes_entry = {"params": dict(codes.params)}
+        for name, arr in (extra_arrays or {}).items():
+            if name in files:
+                raise ValueError(f"extra array {name!r} would replace a standard index file")
+            add(name, arr, storage.TORCH_TO_NAME[arr.dtype], list(arr.shape))
         manifest = {
             "format": storage.FORMAT,
             "version": storage.VERSION,
@@ -403,9 +473,4 @@ def write_index_files(path: str, vector_chunks, n: int, d: int, dtype_name: str,
             "codes": codes_entry,
             "files": files,
         }
-        storage.commit_dir(tmp, path, manifest)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        storage.commit_dir(tmp, target, manifest)

@@ -13,7 +13,7 @@ def iter_jsonl(path, id_field: str = "id", text_field: str = "text") -> Iterator
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no JSONL file at {path}")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first line
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

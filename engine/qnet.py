@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .devices import as_device
 from .qnet_config import QNetConfig
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -45,6 +46,10 @@ class QNet:
     ) -> None:
         if config is not None and config_kwargs:
             raise TypeError("pass either config= or converter flags as keywords, not both")
+        if config is not None and not isinstance(config, QNetConfig):
+            raise TypeError(f"config must be an engine.QNetConfig, got {type(config).__name__}")
+        if isinstance(weights, torch.Tensor) or isinstance(biases, torch.Tensor):
+            raise TypeError("weights and biases must be sequences of tensors (one per layer), not one tensor")
         self.config = config if config is not None else QNetConfig(**config_kwargs)
         self.weights = tuple(weights)
         self.biases = tuple(biases)
@@ -70,6 +75,8 @@ class QNet:
                     f"{name} has unsupported dtype {t.dtype}; use float32, float16 or bfloat16"
                 )
         dtype, device = ws[0].dtype, ws[0].device
+        if device.type == "meta":
+            raise ValueError("q-net tensors are on the meta device (no data)")
         Q = ws[0].shape[0] if ws[0].dim() == 3 else None
         for i, w in enumerate(ws):
             if w.dim() != 3:
@@ -159,9 +166,14 @@ class QNet:
         )
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "QNet":
-        """Move to ``device`` and/or cast to ``dtype`` (float32, float16 or bfloat16)."""
+        """Move to ``device`` and/or cast to ``dtype`` (float32, float16 or bfloat16).
+
+        Raises ``ValueError`` for a device that is not available and when the cast
+        overflows (a value beyond the narrower dtype's range becomes Inf)."""
         if dtype is not None and dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"unsupported q-net dtype {dtype}; use float32, float16 or bfloat16")
+        if device is not None:
+            device = as_device(device)
         out = self._map(lambda t: t.to(device=device, dtype=dtype))
         if dtype is not None and dtype != self.dtype:
             # A narrower dtype may overflow: keep the finiteness guarantee.
@@ -176,6 +188,8 @@ class QNet:
 
     def __getitem__(self, idx) -> "QNet":
         """Select queries: an int, slice, list or tensor of indices, or a bool mask."""
+        if isinstance(idx, bool):
+            raise TypeError("select queries with an int, slice, index list/tensor or bool mask, not a bool")
         if isinstance(idx, int):
             if not -self.num_queries <= idx < self.num_queries:
                 raise IndexError(f"query {idx} out of range for {self.num_queries} q-nets")
@@ -243,16 +257,29 @@ class QNet:
     ) -> "QNet":
         """Read a safetensors file written by :meth:`save` (or the data set's ``qnets.*``
         files, whose metadata carries no config: the published defaults are used)."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         path = os.fspath(path)
-        if not os.path.exists(path):
+        if not os.path.isfile(path):
             raise FileNotFoundError(f"no q-net file at {path}")
+        if dtype is not None and dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"unsupported q-net dtype {dtype}; use float32, float16 or bfloat16")
+        device = as_device(device)
         tensors = {}
-        with safe_open(path, framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            for k in f.keys():
-                tensors[k] = f.get_tensor(k)
-        cfg = QNetConfig.from_dict(json.loads(meta["qnet_config"])) if "qnet_config" in meta else None
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                for k in f.keys():
+                    tensors[k] = f.get_tensor(k)
+        except SafetensorError as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+        cfg = None
+        if "qnet_config" in meta:
+            try:
+                cfg = QNetConfig.from_dict(json.loads(meta["qnet_config"]))
+            except (TypeError, ValueError, RecursionError) as e:
+                raise ValueError(f"{path}: metadata 'qnet_config' is not a valid q-net config: {e}") from None
+        if dtype is not None:  # cast first: a float64 file loads with dtype=torch.float32
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         q = cls.from_state_dict(tensors, cfg, prefix=prefix)
         return q.to(device=device, dtype=dtype)

@@ -6,9 +6,38 @@ high-level API.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
 
 ACTIVATIONS = ("relu", "identity")
+FLAGS = ("layer_norm", "residual", "residual_on_last", "layer_norm_before_residual")
+
+
+def check_flag(value, name: str) -> bool:
+    """``value`` as a bool; anything but a bool (a string "false", 0, None) is a TypeError:
+    a misread flag silently changes every score."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (true/false), got {value!r}")
+    return value
+
+
+def check_eps(value, name: str = "eps") -> float:
+    """``value`` as a finite positive float (the layer norm's epsilon)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return float(value)
+
+
+def check_activation(value, name: str = "activation") -> str:
+    if not isinstance(value, str) or value not in ACTIVATIONS:
+        raise ValueError(f"{name} must be one of {ACTIVATIONS}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -28,10 +57,13 @@ class QNetConfig:
     eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if not (self.eps > 0):
-            raise ValueError(f"eps must be positive, got {self.eps}")
+        check_activation(self.activation)
+        for name in FLAGS:
+            object.__setattr__(self, name, check_flag(getattr(self, name), name))
+        object.__setattr__(self, "eps", check_eps(self.eps))
+        if self.residual_on_last and not self.residual:
+            raise ValueError("residual_on_last=True needs residual=True (a residual on the last hidden "
+                             "layer only is not a configuration of the reference converter)")
 
     def has_residual(self, layer: int, num_layers: int) -> bool:
         """Whether hidden layer ``layer`` (0-based, of ``num_layers``) adds its input.
@@ -69,5 +101,12 @@ class QNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "QNetConfig":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+        """The inverse of :meth:`to_dict`; a key that is not a field is a ValueError (an
+        unknown flag could change the q-net's math)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"a q-net config must be a dict, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(map(str, set(d) - names))
+        if unknown:
+            raise ValueError(f"unknown q-net config fields {unknown}; known: {sorted(names)}")
+        return cls(**d)

@@ -12,28 +12,46 @@ _INT_DTYPES = (torch.int32, torch.int64)
 
 
 def as_vectors(vectors, *, name: str = "vectors", check_finite: bool = True) -> torch.Tensor:
-    """Validate a ``(n, d)`` float32/float16/bfloat16 tensor (numpy arrays are wrapped)."""
+    """Validate a ``(n, d)`` float32/float16/bfloat16 tensor (numpy arrays are wrapped, in
+    native byte order). Scores carry no gradient: a tensor that requires grad is read
+    detached."""
     if isinstance(vectors, np.ndarray):
-        if vectors.dtype not in (np.float32, np.float16):
+        if vectors.dtype.kind != "f" or vectors.dtype.itemsize not in (2, 4):
             raise TypeError(
-                f"{name} has unsupported dtype {vectors.dtype}; use float32, float16 or bfloat16"
+                f"{name} has unsupported dtype {vectors.dtype}; use float32, float16 or bfloat16 "
+                "(e.g. .astype(np.float32))"
             )
-        vectors = torch.from_numpy(np.ascontiguousarray(vectors))
+        vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=vectors.dtype.newbyteorder("=")))
     if not isinstance(vectors, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(vectors).__name__}")
     if vectors.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} has unsupported dtype {vectors.dtype}; use float32, float16 or bfloat16")
+        raise TypeError(f"{name} has unsupported dtype {vectors.dtype}; use float32, float16 or bfloat16 "
+                        "(e.g. .float())")
     if vectors.dim() != 2:
         raise ValueError(f"{name} must be 2-D (n, d), got shape {tuple(vectors.shape)}")
+    if vectors.device.type == "meta":
+        raise ValueError(f"{name} are on the meta device (no data)")
+    if vectors.requires_grad:
+        vectors = vectors.detach()
     if check_finite and vectors.numel() and not bool(torch.isfinite(vectors).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     return vectors
 
 
 def check_qnets(qnets) -> QNet:
+    """``qnets`` as scoring reads them: a :class:`QNet`, detached if it requires grad."""
     if not isinstance(qnets, QNet):
         raise TypeError(f"qnets must be an engine.QNet, got {type(qnets).__name__}")
+    if any(t.requires_grad for t in qnets.weights + qnets.biases):
+        qnets = qnets._map(torch.Tensor.detach)
     return qnets
+
+
+def check_backend(backend) -> str:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str ('auto', 'torch', 'cpu', 'triton' or 'cuda'), "
+                        f"got {type(backend).__name__}")
+    return backend
 
 
 def check_pair(qnets: QNet, vectors: torch.Tensor) -> None:
@@ -68,6 +86,8 @@ def _check_out(out, shape, device) -> None:
         return
     if not isinstance(out, torch.Tensor) or out.dtype != torch.float32:
         raise TypeError("out must be a float32 torch.Tensor")
+    if out.requires_grad:
+        raise ValueError("out must not require grad (scores are written into it in place)")
     if tuple(out.shape) != tuple(shape) or out.device != torch.device(device):
         raise ValueError(f"out must have shape {tuple(shape)} on {device}, got {tuple(out.shape)} on {out.device}")
 
@@ -87,6 +107,7 @@ def score(qnets: QNet, vectors, *, backend: str = "auto", out: torch.Tensor | No
         ``(Q, n)`` float32 scores (accumulated in float32 on every backend).
     """
     qnets = check_qnets(qnets)
+    backend = check_backend(backend)
     vectors = as_vectors(vectors)
     check_pair(qnets, vectors)
     shape = (qnets.num_queries, vectors.shape[0])
@@ -114,6 +135,7 @@ def score_gather(
         ``vectors[ids[q, j]]``.
     """
     qnets = check_qnets(qnets)
+    backend = check_backend(backend)
     # Only the gathered rows are checked for NaN/Inf: checking the whole corpus on every
     # call would cost more than the scoring in a graph search's inner loop.
     vectors = as_vectors(vectors, check_finite=False)

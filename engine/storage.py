@@ -18,20 +18,37 @@ the graph search's candidate codes (see engine/graph/codes.py) ``codes.u8.bin``,
 indexes (no codes) are read as they are, and a version-1 reader refuses a version-2 index
 by its version number.
 
-Writes are atomic: everything goes to a temporary sibling directory, is fsynced, and then
-replaces the target in one step (``renameat2(RENAME_EXCHANGE)`` where the kernel has it),
-so a crash leaves either the old index or the new one. No pickle anywhere.
+Saving never costs data:
+
+- the target must be absent, an empty directory, or an index of ours (a manifest of this
+  format and no file the manifest does not list); anything else raises
+  :class:`SaveTargetError`, and so does the current directory or one holding it;
+- a symlink to an index stays a symlink: the directory it points to is replaced;
+- everything goes to a temporary sibling directory, is fsynced, and then replaces the
+  target in one step (``renameat2(RENAME_EXCHANGE)`` where the kernel has it), so a crash
+  leaves either the old index or the new one;
+- a writer holds a lock on its temporary directory; the next save next to it removes what
+  writers that died left behind (``.NAME.tmp-*``, ``.NAME.old-*``).
+
+Reading trusts nothing: every manifest field is checked (:func:`read_manifest`) and every
+listed file must be a regular file (a FIFO or device is refused, never opened for a
+blocking read). No pickle anywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
+import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
+import stat
 import uuid
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +56,10 @@ import torch
 FORMAT = "hypencoder-engine-index"
 VERSION = 2  # written
 READABLE_VERSIONS = (1, 2)
+# The candidate codes' arrays (engine/graph/codes.py): attribute -> (file, dtype).
+CODE_FILES = {"codes": ("codes.u8.bin", "uint8"), "rotation": ("codes.rotation.f32.bin", "float32"),
+              "dims": ("codes.dims.i32.bin", "int32"), "bits": ("codes.bits.i32.bin", "int32"),
+              "levels": ("codes.levels.f32.bin", "float32"), "mean": ("codes.mean.f32.bin", "float32")}
 MANIFEST = "manifest.json"
 
 # name -> (numpy storage dtype, torch dtype); bfloat16 is stored as its raw 16 bits.
@@ -51,14 +72,24 @@ DTYPES = {
     "uint8": (np.dtype("u1"), torch.uint8),
 }
 TORCH_TO_NAME = {v[1]: k for k, v in DTYPES.items()}
+VECTOR_DTYPES = ("float32", "float16", "bfloat16")
+ID_KINDS = ("none", "int", "str")
 
 _CHUNK_BYTES = 64 << 20
+# A manifest lists a handful of files; anything this large is not one of ours.
+_MAX_MANIFEST_BYTES = 16 << 20
 
 
 class IndexFormatError(ValueError):
     """The directory is not a valid index of a supported format version."""
 
 
+class SaveTargetError(FileExistsError, ValueError):
+    """A save refused its target: it exists and is neither empty nor an index (a
+    ``FileExistsError`` and a ``ValueError``)."""
+
+
+# ---------------------------------------------------------------------------- writing arrays
 def _np_view(t: torch.Tensor) -> np.ndarray:
     t = t.detach().cpu().contiguous()
     if t.dtype == torch.bfloat16:
@@ -93,17 +124,6 @@ def write_bytes(path: str, data: bytes) -> dict:
     return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(_CHUNK_BYTES)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -112,6 +132,98 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+# ---------------------------------------------------------------------------- reading files
+def open_regular(path: str, what: str):
+    """Open ``path`` for binary reading only if it is a regular file (symlinks followed).
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO or a device put in
+    place of an index file is refused instead of blocking the reader.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise IndexFormatError(f"{what} is missing ({path})") from None
+    except IsADirectoryError:
+        raise IndexFormatError(f"{what} is a directory, not a file ({path})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+            raise IndexFormatError(f"{what} is {kind}, not a regular file ({path})")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def sha256_file(path: str, what: str = "file") -> str:
+    h = hashlib.sha256()
+    with open_regular(path, what) as f:
+        while True:
+            b = f.read(_CHUNK_BYTES)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- save targets
+def _looks_like_our_index(path: str) -> bool:
+    """A directory holding a manifest of this format and only the files it lists."""
+    try:
+        with open_regular(os.path.join(path, MANIFEST), MANIFEST) as f:
+            m = json.loads(f.read(_MAX_MANIFEST_BYTES + 1).decode("utf-8"))
+        files = m.get("files") if isinstance(m, dict) else None
+        if m.get("format") != FORMAT or not isinstance(files, dict):
+            return False
+        return set(os.listdir(path)) <= {MANIFEST, *files}
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return False
+
+
+def save_target(path) -> str:
+    """The directory a save of ``path`` writes: checked, with symlinks resolved.
+
+    Raises ``TypeError`` for a path that is not a str/PathLike, ``ValueError`` for an empty
+    one, and :class:`SaveTargetError` for a target that exists and is neither an empty
+    directory nor an index of ours, or that is (or holds) the current directory.
+    """
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"index path must be a str or os.PathLike, got {type(path).__name__}")
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        raise TypeError(f"index path must be a str or os.PathLike, got {type(p).__name__}")
+    if not p.strip():
+        raise ValueError("index path is empty: name the directory to write")
+    if "\0" in p:
+        raise ValueError(f"index path contains a NUL character: {p!r}")
+    # A symlink (even a dangling one) names the directory to write: the link stays.
+    real = os.path.realpath(p)
+    cwd = os.path.realpath(os.getcwd())
+    if real == cwd or cwd.startswith(real.rstrip(os.sep) + os.sep) or real == os.sep:
+        raise SaveTargetError(f"index path {p!r} is the current directory or contains it; "
+                              "name a directory of its own")
+    check_replaceable(real, shown=p)
+    return real
+
+
+def check_replaceable(target: str, shown: str | None = None) -> None:
+    """Refuse (:class:`SaveTargetError`) to replace anything but nothing, an empty directory
+    or an index of ours."""
+    shown = shown if shown is not None else target
+    if not os.path.lexists(target):
+        return
+    if not os.path.isdir(target) or os.path.islink(target):
+        raise SaveTargetError(f"{shown!r} exists and is not a directory: save refuses to replace it")
+    if os.listdir(target) and not _looks_like_our_index(target):
+        raise SaveTargetError(
+            f"{shown!r} is a non-empty directory that is not an index of this engine (or holds "
+            "files its manifest does not list): save never deletes other files; choose a new "
+            "or empty directory"
+        )
+
+
+# ---------------------------------------------------------------------------- atomic replace
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -128,48 +240,88 @@ def _exchange(a: str, b: str) -> bool:
     return rc == 0
 
 
-def _pid_alive(pid: int) -> bool:
+def _leftover_prefixes(name: str) -> tuple[str, str]:
+    return f".{name}.tmp-", f".{name}.old-"
+
+
+def _try_lock(path: str) -> int | None:
+    """An fd holding an exclusive lock on directory ``path``, or None if someone holds it."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    return fd
 
 
-def temp_dir_for(target: str) -> str:
-    """A fresh temporary sibling of ``target``; leftovers of writers that died are removed."""
-    parent, name = os.path.split(os.path.abspath(target))
-    prefix = f".{name}.tmp-"
-    if os.path.isdir(parent):
-        for entry in os.listdir(parent):
-            if entry.startswith(prefix):
-                pid = entry[len(prefix):].split("-")[0]
-                if pid.isdigit() and not _pid_alive(int(pid)):
-                    shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-    tmp = os.path.join(parent, f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
-    return tmp
+def remove_leftovers(target: str) -> None:
+    """Remove the temporary and replaced directories that writers of ``target`` left when
+    they died (a live writer holds a lock on its own, so it is left alone)."""
+    parent, name = os.path.split(target)
+    if not os.path.isdir(parent):
+        return
+    prefixes = _leftover_prefixes(name)
+    for entry in os.listdir(parent):
+        if not entry.startswith(prefixes):
+            continue
+        path = os.path.join(parent, entry)
+        if os.path.islink(path) or not os.path.isdir(path):
+            continue
+        fd = _try_lock(path)
+        if fd is None:
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def temp_dir(target: str) -> Iterator[str]:
+    """A fresh, locked temporary sibling of ``target`` (a path from :func:`save_target`),
+    removed on error; leftovers of dead writers are removed first."""
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    remove_leftovers(target)
+    tmp = os.path.join(parent, f"{_leftover_prefixes(name)[0]}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.mkdir(tmp)
+    fd = _try_lock(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def commit_dir(tmp: str, target: str, manifest: dict) -> None:
-    """Write the manifest last, fsync, then put ``tmp`` in place of ``target``."""
+    """Write the manifest last, fsync, then put ``tmp`` in place of ``target``.
+
+    ``target`` is checked again right before the swap: files that appeared there while the
+    index was being written are never deleted.
+    """
     path = os.path.join(tmp, MANIFEST)
     write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
     _fsync_dir(tmp)
-    target = os.path.abspath(target)
     parent = os.path.dirname(target)
+    check_replaceable(target)
     if os.path.lexists(target):
-        if not os.path.isdir(target):
-            raise FileExistsError(f"{target} exists and is not a directory")
         if _exchange(tmp, target):
             _fsync_dir(parent)
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old index
             return
         # No atomic exchange: move the old one aside first; a crash in between leaves it
         # under a `.old-` name next to the target, never half-written.
-        old = os.path.join(parent, f".{os.path.basename(target)}.old-{uuid.uuid4().hex[:8]}")
+        old = os.path.join(parent, f"{_leftover_prefixes(os.path.basename(target))[1]}"
+                                   f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.rename(target, old)
         os.rename(tmp, target)
         _fsync_dir(parent)
@@ -179,56 +331,127 @@ def commit_dir(tmp: str, target: str, manifest: dict) -> None:
         _fsync_dir(parent)
 
 
-def read_manifest(path: str) -> dict:
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no index directory at {path}")
-    mpath = os.path.join(path, MANIFEST)
-    if not os.path.exists(mpath):
-        raise IndexFormatError(f"{path} has no {MANIFEST}: not an index, or an unfinished write")
-    try:
-        with open(mpath, "rb") as f:
-            m = json.loads(f.read().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IndexFormatError(f"{mpath} is not valid JSON: {e}") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise IndexFormatError(f"{mpath} is not a {FORMAT} manifest")
-    if m.get("version") not in READABLE_VERSIONS or isinstance(m.get("version"), bool):
+# ---------------------------------------------------------------------------- manifests
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _file_entry(mpath: str, name, entry) -> None:
+    """Check one ``files`` entry's name and fields (not the file itself)."""
+    field = f"files[{name!r}]"
+    if not isinstance(name, str) or name in ("", ".", "..", MANIFEST) or "/" in name \
+            or "\\" in name or "\0" in name:
+        raise IndexFormatError(f"{mpath}: invalid file name {name!r} in manifest field 'files'")
+    if not isinstance(entry, dict):
+        raise IndexFormatError(f"{mpath}: manifest field {field} must be an object, got {type(entry).__name__}")
+    size, sha, dtype, shape = (entry.get(k) for k in ("size", "sha256", "dtype", "shape"))
+    if not _is_int(size) or size < 0:
+        raise IndexFormatError(f"{mpath}: manifest field {field}.size must be a non-negative integer, got {size!r}")
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise IndexFormatError(f"{mpath}: manifest field {field}.sha256 must be 64 hex digits, got {sha!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise IndexFormatError(f"{mpath}: manifest field {field}.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or not all(_is_int(x) and x >= 0 for x in shape):
         raise IndexFormatError(
-            f"unsupported index format version {m.get('version')!r} in {mpath}; "
+            f"{mpath}: manifest field {field}.shape must be a list of 1 to 4 non-negative integers, got {shape!r}")
+    expect = math.prod(shape) * DTYPES[dtype][0].itemsize
+    if expect != size:
+        raise IndexFormatError(f"{mpath}: manifest field {field}: shape {shape} of {dtype} needs {expect} bytes, "
+                               f"size says {size}")
+
+
+def _require(mpath: str, files: dict, name: str, dtype: str, shape: list | None, why: str) -> None:
+    entry = files.get(name)
+    if entry is None:
+        raise IndexFormatError(f"{mpath}: manifest field 'files' does not list {name} ({why})")
+    if entry["dtype"] != dtype or (shape is not None and entry["shape"] != shape):
+        raise IndexFormatError(f"{mpath}: manifest field files[{name!r}] says {entry['dtype']} {entry['shape']}, "
+                               f"expected {dtype} {shape if shape is not None else '[bytes]'} ({why})")
+
+
+def read_manifest(path: str) -> dict:
+    """Read and check ``path``'s manifest: every field's type and range, every file entry,
+    and the files that ``count``, ``dim``, ``dtype``, ``ids`` and ``graph`` require.
+
+    Raises ``FileNotFoundError`` when ``path`` is not a directory and
+    :class:`IndexFormatError` (naming the field) for anything else.
+    """
+    if not os.path.isdir(path):
+        hint = ""
+        parent, name = os.path.split(os.path.abspath(path))
+        if os.path.isdir(parent) and any(e.startswith(_leftover_prefixes(name)[1]) for e in os.listdir(parent)):
+            hint = f" (an interrupted save left the previous index under {parent}/.{name}.old-*)"
+        raise FileNotFoundError(f"no index directory at {path}{hint}")
+    mpath = os.path.join(path, MANIFEST)
+    if not os.path.lexists(mpath):
+        raise IndexFormatError(f"{path} has no {MANIFEST}: not an index, or an unfinished write")
+    with open_regular(mpath, MANIFEST) as f:
+        raw = f.read(_MAX_MANIFEST_BYTES + 1)
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise IndexFormatError(f"{mpath} is larger than {_MAX_MANIFEST_BYTES} bytes: not an index manifest")
+    try:
+        m = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise IndexFormatError(f"{mpath} is not valid JSON: {type(e).__name__}: {e}") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise IndexFormatError(f"{mpath}: manifest field 'format' is not {FORMAT!r}: not an index of this engine")
+    if m.get("version") not in READABLE_VERSIONS or not _is_int(m.get("version")):
+        raise IndexFormatError(
+            f"unsupported index format version {m.get('version')!r} in {mpath} (manifest field 'version'); "
             f"this engine reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
-    for key, typ in (("count", int), ("dim", int), ("dtype", str), ("ids", str), ("files", dict)):
-        if not isinstance(m.get(key), typ):
-            raise IndexFormatError(f"{mpath}: field {key!r} missing or not {typ.__name__}")
-    if m["count"] < 0 or m["dim"] <= 0:
-        raise IndexFormatError(f"{mpath}: invalid count/dim {m['count']}/{m['dim']}")
-    if m["dtype"] not in ("float32", "float16", "bfloat16"):
-        raise IndexFormatError(f"{mpath}: unsupported vector dtype {m['dtype']!r}")
-    if m["ids"] not in ("none", "int", "str"):
-        raise IndexFormatError(f"{mpath}: unknown ids kind {m['ids']!r}")
+    for key, ok, want in (
+        ("count", lambda x: _is_int(x) and x >= 0, "a non-negative integer"),
+        ("dim", lambda x: _is_int(x) and x >= 1, "a positive integer"),
+        ("dtype", lambda x: isinstance(x, str) and x in VECTOR_DTYPES, f"one of {VECTOR_DTYPES}"),
+        ("ids", lambda x: isinstance(x, str) and x in ID_KINDS, f"one of {ID_KINDS}"),
+        ("files", lambda x: isinstance(x, dict), "an object"),
+        ("graph", lambda x: x is None or isinstance(x, dict), "null or an object"),
+        ("codes", lambda x: x is None or isinstance(x, dict), "null or an object"),
+    ):
+        if not ok(m.get(key)):
+            raise IndexFormatError(f"{mpath}: manifest field {key!r} must be {want}, got {m.get(key)!r}")
+    files = m["files"]
+    for name, entry in files.items():
+        _file_entry(mpath, name, entry)
+    n, d = m["count"], m["dim"]
+    _require(mpath, files, "vectors.bin", m["dtype"], [n, d], f"count {n}, dim {d}, dtype {m['dtype']}")
+    if m["ids"] == "int":
+        _require(mpath, files, "ids.i64.bin", "int64", [n], "integer ids")
+    elif m["ids"] == "str":
+        _require(mpath, files, "ids.offsets.bin", "int64", [n + 1], "string ids")
+        _require(mpath, files, "ids.utf8.bin", "uint8", None, "string ids")
+        if len(files["ids.utf8.bin"]["shape"]) != 1:
+            raise IndexFormatError(f"{mpath}: manifest field files['ids.utf8.bin'].shape must be 1-D")
+    g = m["graph"] = m.get("graph")  # absent: no graph
+    if g is not None:
+        if not _is_int(g.get("degree")) or g["degree"] < 1:
+            raise IndexFormatError(f"{mpath}: manifest field 'graph.degree' must be a positive integer, "
+                                   f"got {g.get('degree')!r}")
+        if not isinstance(g.get("params", {}), dict):
+            raise IndexFormatError(f"{mpath}: manifest field 'graph.params' must be an object, got {g['params']!r}")
+        _require(mpath, files, "graph.i32.bin", "int32", [n, g["degree"]], "the graph")
+    c = m["codes"] = m.get("codes")  # absent (version 1): no codes
+    if c is not None:
+        if not isinstance(c.get("params", {}), dict):
+            raise IndexFormatError(f"{mpath}: manifest field 'codes.params' must be an object, got {c['params']!r}")
+        for name, dtype in CODE_FILES.values():
+            _require(mpath, files, name, dtype, None, "the candidate codes")
     return m
 
 
 def check_file(root: str, name: str, entry: dict, verify: bool) -> str:
-    """Check one listed file's presence, size and (if ``verify``) checksum."""
-    if os.path.basename(name) != name or name in ("", ".", ".."):
-        raise IndexFormatError(f"invalid file name {name!r} in manifest")
+    """Check one listed file (an entry :func:`read_manifest` accepted): a regular file of
+    the listed size and, if ``verify``, checksum."""
     path = os.path.join(root, name)
-    if not os.path.exists(path):
-        raise IndexFormatError(f"index file {name} is missing from {root}")
-    size = os.path.getsize(path)
-    if size != entry.get("size"):
+    with open_regular(path, f"index file {name}") as f:
+        size = os.fstat(f.fileno()).st_size
+    if size != entry["size"]:
         raise IndexFormatError(
-            f"index file {name} has {size} bytes, the manifest says {entry.get('size')} "
+            f"index file {name} has {size} bytes, the manifest says {entry['size']} "
             "(truncated or replaced)"
         )
-    if "dtype" in entry and "shape" in entry:
-        if entry["dtype"] not in DTYPES:
-            raise IndexFormatError(f"index file {name}: unknown dtype {entry['dtype']!r}")
-        expect = int(np.prod(entry["shape"])) * DTYPES[entry["dtype"]][0].itemsize
-        if expect != size:
-            raise IndexFormatError(f"index file {name}: shape {entry['shape']} needs {expect} bytes, has {size}")
-    if verify and sha256_file(path) != entry.get("sha256"):
+    if verify and sha256_file(path, f"index file {name}") != entry["sha256"]:
         raise IndexFormatError(f"index file {name} fails its SHA-256 check (corrupted or tampered)")
     return path
 
@@ -240,8 +463,9 @@ def map_array(path: str, entry: dict) -> torch.Tensor:
     """
     np_dtype, t_dtype = DTYPES[entry["dtype"]]
     shape = tuple(entry["shape"])
-    if int(np.prod(shape)) == 0:
+    if math.prod(shape) == 0:
         return torch.empty(shape, dtype=t_dtype)
-    a = np.memmap(path, dtype=np_dtype, mode="c", shape=shape)
+    with open_regular(path, f"index file {os.path.basename(path)}") as f:
+        a = np.memmap(f, dtype=np_dtype, mode="c", shape=shape)
     t = torch.from_numpy(a)
     return t.view(t_dtype) if t_dtype == torch.bfloat16 else t

@@ -26,6 +26,7 @@ import os
 import numpy as np
 import torch
 
+from .devices import as_device
 from .qnet import QNet
 from .qnet_config import QNetConfig
 
@@ -103,10 +104,7 @@ def vectors(n: int, dim: int, *, seed: int = 0, dtype=torch.float32, device=None
     """
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
-    try:
-        device = torch.device(device) if device is not None else torch.device("cpu")
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"not a device: {device!r}") from e
+    device = as_device(device) if device is not None else torch.device("cpu")
     out = torch.empty(n, dim, dtype=dtype, device=device)
     s = 0
     for c in vector_chunks(n, dim, seed=seed, dtype=dtype, device=device, **model_kwargs):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -17,6 +19,26 @@ def print_table(headers: list[str], rows: list[list], file=None) -> None:
               file=file)
         if j == 0:
             print("  ".join("-" * w for w in widths), file=file)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count, a size, a degree)."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0, "a non-negative integer")
+
+
+def _int_at_least(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
 
 
 def add_backend_arg(p) -> None:
@@ -37,7 +59,17 @@ def write_index(vectors, ids, output: str, graph_degree: int | None) -> None:
     from ..index import Index
 
     index = Index.from_vectors(vectors, ids)
-    if graph_degree:
+    if graph_degree is not None:
         index.build_graph(graph_degree)
     index.save(output)
     print(Index.load(output))
+
+
+def read_ids(path: str) -> list[str]:
+    """One external id per line (UTF-8, a byte-order mark skipped); an empty line is an error."""
+    with open(path, encoding="utf-8-sig") as f:
+        ids = f.read().splitlines()
+    for i, x in enumerate(ids, 1):
+        if not x.strip():
+            raise ValueError(f"{path}:{i}: empty id (one id per line, no blank lines)")
+    return ids

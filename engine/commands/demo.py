@@ -6,7 +6,7 @@ import os
 import tempfile
 import time
 
-from .common import add_backend_arg, print_table
+from .common import add_backend_arg, non_negative_int, positive_int, print_table
 
 DEFAULT_N = 50_000
 DEFAULT_DIM = 384
@@ -14,11 +14,11 @@ DEFAULT_DIM = 384
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="a synthetic end-to-end run with timings")
-    p.add_argument("--n", type=int, default=DEFAULT_N, help=f"documents (default {DEFAULT_N:,})")
-    p.add_argument("--dim", type=int, default=DEFAULT_DIM, help=f"vector width (default {DEFAULT_DIM})")
-    p.add_argument("--layers", type=int, default=2, help="hidden q-net layers (default 2)")
-    p.add_argument("--queries", type=int, default=4)
-    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--n", type=positive_int, default=DEFAULT_N, help=f"documents (default {DEFAULT_N:,})")
+    p.add_argument("--dim", type=positive_int, default=DEFAULT_DIM, help=f"vector width (default {DEFAULT_DIM})")
+    p.add_argument("--layers", type=non_negative_int, default=2, help="hidden q-net layers (default 2)")
+    p.add_argument("--queries", type=positive_int, default=4)
+    p.add_argument("-k", type=positive_int, default=5)
     p.add_argument("--dir", help="where to write the index (default: a temporary directory)")
     add_backend_arg(p)
     p.set_defaults(run=run)

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from .common import add_backend_arg, print_table
+from .common import add_backend_arg, positive_int, print_table
 from .text_model import add_model_args, encode_queries, load_model
 
 
@@ -19,11 +19,12 @@ def add_parser(sub) -> None:
     p.add_argument("--qnets", help="pre-computed q-nets of the queries, in file order (instead of --model)")
     p.add_argument("--run", dest="run_file", default="run.trec",
                    help="TREC run file to write (default run.trec; graph search writes NAME.graph.EXT)")
-    p.add_argument("-k", type=int, default=1000, help="results per query (default 1000, for Recall@1000)")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("-k", type=positive_int, default=1000, help="results per query (default 1000, for Recall@1000)")
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="evaluate only the first N queries (metrics over those queries)")
-    p.add_argument("--chunk", type=int, default=100, help="queries encoded and searched at a time (default 100)")
-    p.add_argument("--graph", type=int, nargs="?", const=32, default=None, metavar="R",
+    p.add_argument("--chunk", type=positive_int, default=100,
+                   help="queries encoded and searched at a time (default 100)")
+    p.add_argument("--graph", type=positive_int, nargs="?", const=32, default=None, metavar="R",
                    help="also run graph search; builds an R-neighbour graph (default 32) if the index has none")
     p.add_argument("--json", help="also write the results as JSON to this file")
     add_backend_arg(p)
@@ -88,8 +89,6 @@ def run(args) -> int:
         _ir_measures()  # fail before any encoding or search when the metrics cannot be computed
     except ImportError as e:
         raise RuntimeError(str(e)) from e
-    if args.chunk < 1:
-        raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
     query_ids, texts = read_jsonl(args.queries, limit=args.limit)
     qrels = read_qrels(args.qrels)
     index = Index.load(args.index)

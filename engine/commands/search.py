@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_backend_arg, print_table
+from .common import add_backend_arg, positive_int, print_table
 from .text_model import add_text_search_args, document_texts, text_qnets
 
 
@@ -10,9 +10,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("search", help="search an index")
     p.add_argument("--index", required=True, help="index directory")
     p.add_argument("--qnets", help="q-nets safetensors file (weight.i / bias.i)")
-    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--mode", choices=("exact", "graph"), default="exact")
-    p.add_argument("--queries", type=int, default=None, help="use only the first N q-nets")
+    p.add_argument("--queries", type=positive_int, default=None, help="use only the first N q-nets")
     add_backend_arg(p)
     add_text_search_args(p)
     p.set_defaults(run=run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import DTYPES
+from .common import DTYPES, positive_int
 
 
 def add_model_args(p, *, required: bool = False) -> None:
@@ -13,8 +13,8 @@ def add_model_args(p, *, required: bool = False) -> None:
     g.add_argument("--device", default=None, help="where the model runs (default: cuda if available, else cpu)")
     g.add_argument("--model-dtype", choices=sorted(DTYPES), default=None,
                    help="model precision (default: float16 on CUDA, float32 on CPU)")
-    g.add_argument("--query-max-length", type=int, default=32, help="query truncation in tokens (default 32)")
-    g.add_argument("--query-batch-size", type=int, default=50, help="queries per encoder batch (default 50)")
+    g.add_argument("--query-max-length", type=positive_int, default=32, help="query truncation in tokens (default 32)")
+    g.add_argument("--query-batch-size", type=positive_int, default=50, help="queries per encoder batch (default 50)")
 
 
 def load_model(args):
@@ -37,7 +37,8 @@ def add_text_search_args(p) -> None:
     """``search``'s text path: query strings through --model, document texts from --corpus."""
     p.add_argument("text", nargs="*", help="query texts (with --model)")
     p.add_argument("--corpus", help="JSONL corpus the index was encoded from, to print document texts")
-    p.add_argument("--text-width", type=int, default=100, help="characters of document text shown (default 100)")
+    p.add_argument("--text-width", type=positive_int, default=100,
+                   help="characters of document text shown (default 100)")
     add_model_args(p)
 
 

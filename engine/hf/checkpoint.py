@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..qnet_config import QNetConfig
+from ..qnet_config import QNetConfig, check_activation, check_flag
 
 QUERY_PREFIX = "query_encoder."
 PASSAGE_PREFIX = "passage_encoder."
 TRANSFORMER = "transformer."
 
 # converter_kwargs name -> QNetConfig field. Anything else in converter_kwargs (other than
-# vector_dimensions) is refused rather than ignored: a flag we do not know could change the
-# q-net's math, and a silently wrong q-net ranks badly without any error.
+# vector_dimensions and the training-only options below) is refused rather than ignored: a
+# flag we do not know could change the q-net's math, and a silently wrong q-net ranks badly
+# without any error.
 _CONVERTER_FLAGS = {
     "activation_type": "activation",
     "do_layer_norm": "layer_norm",
@@ -28,20 +29,41 @@ _CONVERTER_FLAGS = {
     "do_residual_on_last": "residual_on_last",
     "layer_norm_before_residual": "layer_norm_before_residual",
 }
+# Dropout is applied in training only: inference ignores it (once its values are checked).
+_TRAINING_ONLY = ("do_dropout", "dropout_prob")
 _POOLING_TYPES = ("cls", "mean")
 
 
 def qnet_config_from_converter(converter_kwargs: dict) -> QNetConfig:
-    """Map the checkpoint's ``converter_kwargs`` onto :class:`QNetConfig`."""
+    """Map the checkpoint's ``converter_kwargs`` onto :class:`QNetConfig`, as the reference
+    converter reads them: flags must be JSON booleans, ``do_residual_on_last: null`` means
+    "as ``do_residual``", and ``do_dropout``/``dropout_prob`` (training only) are ignored."""
     if not isinstance(converter_kwargs, dict):
         raise TypeError(f"converter_kwargs must be a dict, got {type(converter_kwargs).__name__}")
-    unknown = sorted(set(converter_kwargs) - set(_CONVERTER_FLAGS) - {"vector_dimensions"})
+    known = set(_CONVERTER_FLAGS) | set(_TRAINING_ONLY) | {"vector_dimensions"}
+    unknown = sorted(map(str, set(converter_kwargs) - known))
     if unknown:
         raise ValueError(
             f"unsupported converter_kwargs {unknown}; the engine knows "
-            f"{sorted(_CONVERTER_FLAGS)} and vector_dimensions"
+            f"{sorted(known)}"
         )
-    kwargs = {_CONVERTER_FLAGS[k]: v for k, v in converter_kwargs.items() if k in _CONVERTER_FLAGS}
+    kw = dict(converter_kwargs)
+    if "do_dropout" in kw:
+        check_flag(kw["do_dropout"], "converter_kwargs.do_dropout")
+    p = kw.get("dropout_prob", 0.0)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"converter_kwargs.dropout_prob must be a number in [0, 1], got {p!r}")
+    if "do_residual_on_last" in kw and kw["do_residual_on_last"] is None:
+        kw["do_residual_on_last"] = kw.get("do_residual", QNetConfig.residual)
+    kwargs = {}
+    for key, field_name in _CONVERTER_FLAGS.items():
+        if key not in kw:
+            continue
+        name = f"converter_kwargs.{key}"
+        kwargs[field_name] = check_activation(kw[key], name) if key == "activation_type" else check_flag(kw[key], name)
+    if kwargs.get("residual_on_last") and not kwargs.get("residual", QNetConfig.residual):
+        raise ValueError("converter_kwargs.do_residual_on_last is true but do_residual is false "
+                         "(the reference converter refuses this)")
     return QNetConfig(**kwargs)
 
 
@@ -58,6 +80,8 @@ class CheckpointConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "CheckpointConfig":
+        if not isinstance(cfg, dict):
+            raise TypeError(f"a checkpoint config must be a dict, got {type(cfg).__name__}")
         q = cfg.get("query_encoder_kwargs")
         if not isinstance(q, dict):
             raise ValueError("config.json has no 'query_encoder_kwargs': not a Hypencoder checkpoint")
@@ -79,18 +103,21 @@ class CheckpointConfig:
                 "the engine implements the hyper-head q-net only"
             )
         p = cfg.get("passage_encoder_kwargs") or {}
+        if not isinstance(p, dict):
+            raise TypeError(f"config.json: passage_encoder_kwargs must be an object, got {p!r}")
         pooling = p.get("pooling_type", "cls")
-        if pooling not in _POOLING_TYPES:
+        if not isinstance(pooling, str) or pooling not in _POOLING_TYPES:
             raise ValueError(f"passage pooling_type must be one of {_POOLING_TYPES}, got {pooling!r}")
-        shared = cfg.get("shared_encoder", False)
-        if not isinstance(shared, bool):
-            raise TypeError(f"shared_encoder must be a bool, got {shared!r}")
+        shared = check_flag(cfg.get("shared_encoder", False), "shared_encoder")
+        out_dim = q.get("base_encoder_output_dim")
+        if out_dim is not None and (isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1):
+            raise ValueError(f"query_encoder_kwargs.base_encoder_output_dim must be a positive int, got {out_dim!r}")
         return cls(
             vector_dimensions=tuple(dims),
             qnet_config=qnet_config_from_converter(conv),
             pooling_type=pooling,
             shared_encoder=shared,
-            base_encoder_output_dim=q.get("base_encoder_output_dim"),
+            base_encoder_output_dim=out_dim,
             raw=cfg,
         )
 
@@ -102,11 +129,11 @@ class CheckpointConfig:
 def read_json(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {os.path.basename(path)} at {path}")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         try:
             d = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path} must hold a JSON object")
     return d
@@ -128,13 +155,23 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     """All tensors of ``model.safetensors`` (or an older ``pytorch_model.bin``), on CPU."""
     st = os.path.join(path, "model.safetensors")
     if os.path.isfile(st):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(st, device="cpu")
+        try:
+            return load_file(st, device="cpu")
+        except SafetensorError as e:
+            raise ValueError(f"{st} is not a readable safetensors file: {e}") from None
     pt = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(pt):
         # weights_only: a checkpoint is data, never code to execute.
-        return torch.load(pt, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(pt, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+            raise ValueError(f"{pt} is not a readable weights file: {type(e).__name__}: {e}") from None
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise ValueError(f"{pt} does not hold a dict of tensors")
+        return sd
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
 
 

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from ..devices import as_device
 from ..qnet import QNet
 from ._deps import require_transformers
 from .checkpoint import (
@@ -32,8 +33,16 @@ _DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+# A tokenizer needs its vocabulary: tokenizer.json holds it, else one of these files does
+# (WordPiece, BPE, SentencePiece). A tokenizer_config.json alone loads as a tokenizer that
+# knows only its special tokens.
+_VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                "tokenizer.model")
 # Inputs a BERT-style encoder accepts; tokenizers may return more (e.g. special-token masks).
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Batches are padded on the right whatever the tokenizer's own setting: the real tokens then
+# keep the positions they have alone, so a text's encoding does not depend on its batch.
+_PADDING_SIDE = "right"
 # Documents are tokenized this many at a time, then sorted by length inside the chunk so
 # that batches carry little padding, without holding a whole corpus's tokens in memory.
 _DOC_CHUNK = 8192
@@ -69,36 +78,60 @@ def _check_positive(value, name: str) -> int:
     return value
 
 
-def _check_shapes(module, state_dict: dict, what: str) -> None:
-    """Refuse tensors whose shapes differ from the module's (load_state_dict would raise a
-    RuntimeError listing them all; a ValueError naming the first few is clearer)."""
-    own = module.state_dict()
+def _check_fits(build, state_dict: dict, what: str) -> None:
+    """Build a module on the meta device (allocating nothing) and compare its tensors'
+    names and shapes with the checkpoint's: a configuration that does not describe these
+    weights is a ValueError before any memory is allocated (a wrong ``vector_dimensions``
+    could otherwise allocate gigabytes first)."""
+    with torch.device("meta"):
+        own = build().state_dict()
     bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
            for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
     if bad:
         raise ValueError(f"checkpoint tensors do not fit the {what} (checkpoint vs expected): {bad[:4]}")
-
-
-def _build_transformer(transformers, base_config: dict, state_dict: dict, where: str):
-    """The base transformer from a configuration dict, filled with ``state_dict``."""
-    cfg = dict(base_config)
-    model_type = cfg.pop("model_type", None)
-    if not model_type:
-        raise ValueError(f"the {where} base configuration has no 'model_type'")
-    config = transformers.AutoConfig.for_model(model_type, **cfg)
-    model = transformers.AutoModel.from_config(config)
-    _check_shapes(model, state_dict, f"{where} transformer ({model_type})")
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
     # The pooler is unused (documents are pooled by the engine) and some checkpoints omit it;
     # position_ids is a buffer older transformers versions saved.
-    missing = [k for k in missing if not k.startswith("pooler.")]
-    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
+    missing = [k for k in own if k not in state_dict and not k.startswith("pooler.")]
+    unexpected = [k for k in state_dict if k not in own and not k.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(
-            f"the checkpoint's {where} transformer weights do not match its base configuration "
-            f"({model_type}): missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+        raise ValueError(f"the checkpoint's tensors do not match the {what}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+
+
+def _transformer_config(transformers, base_config: dict, where: str):
+    """The base transformer's configuration object from a configuration dict."""
+    cfg = dict(base_config)
+    model_type = cfg.pop("model_type", None)
+    if not isinstance(model_type, str) or not model_type:
+        raise ValueError(f"the {where} base configuration has no 'model_type'")
+    try:
+        return transformers.AutoConfig.for_model(model_type, **cfg)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"the {where} base configuration cannot be read: {e}") from None
+
+
+def _build_transformer(transformers, config, state_dict: dict, where: str):
+    """The base transformer, checked against ``state_dict`` first, then filled with it."""
+    _check_fits(lambda: transformers.AutoModel.from_config(config), state_dict,
+                f"{where} transformer ({config.model_type})")
+    model = transformers.AutoModel.from_config(config)
+    model.load_state_dict(state_dict, strict=False)  # names and shapes checked above
     return model.eval()
+
+
+def _position_limit(transformer) -> int | None:
+    """Tokens the transformer can embed: ``max_position_embeddings`` less the offset of
+    models (RoBERTa and kin) whose position ids start after the padding index."""
+    n = getattr(transformer.config, "max_position_embeddings", None)
+    if not isinstance(n, int) or n < 1:
+        return None
+    pos = getattr(getattr(transformer, "embeddings", None), "position_embeddings", None)
+    pad = getattr(pos, "padding_idx", None)
+    return n - (pad + 1) if isinstance(pad, int) and pad >= 0 else n
+
+
+def _vocab_rows(transformer) -> int:
+    return int(transformer.get_input_embeddings().num_embeddings)
 
 
 def _resolve_base_config(base_config, path: str, which: str) -> dict:
@@ -118,10 +151,30 @@ def _resolve_base_config(base_config, path: str, which: str) -> dict:
     )
 
 
-def _load_tokenizer(transformers, path: str):
+def _load_tokenizer(transformers, path: str, vocab_rows: int):
+    """The checkpoint's tokenizer (from ``path`` or ``path/base``), with its vocabulary, and
+    fitting the model's embedding of ``vocab_rows`` tokens."""
     for d in (path, os.path.join(path, "base")):
-        if any(os.path.isfile(os.path.join(d, f)) for f in _TOKENIZER_FILES):
-            return transformers.AutoTokenizer.from_pretrained(d, local_files_only=True)
+        present = [f for f in _TOKENIZER_FILES + _VOCAB_FILES if os.path.isfile(os.path.join(d, f))]
+        if not present:
+            continue
+        if not any(f in _VOCAB_FILES for f in present):
+            raise FileNotFoundError(
+                f"the tokenizer in {d} has no vocabulary (none of {', '.join(_VOCAB_FILES)}; found "
+                f"{', '.join(present)}): copy the base model's vocabulary files next to it"
+            )
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(d, local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"the tokenizer files in {d} cannot be loaded: {type(e).__name__}: {e}") from None
+        size = len(tok)
+        if size > vocab_rows:
+            raise ValueError(f"the tokenizer in {d} has {size} tokens but the model embeds only {vocab_rows}: "
+                             "it is not this model's tokenizer")
+        if size < vocab_rows // 2:
+            raise ValueError(f"the tokenizer in {d} knows {size} tokens, far fewer than the model's "
+                             f"{vocab_rows}: its vocabulary is missing or not this model's")
+        return tok
     raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {path} or {path}/base")
 
 
@@ -161,45 +214,42 @@ class HypencoderModel:
         path = check_checkpoint_dir(path)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
+        device = as_device(device)
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
         dtype = _as_dtype(dtype)
 
+        # Everything is checked (configurations against tensor shapes, the tokenizer against
+        # the embedding) before the networks are allocated.
         ckpt = CheckpointConfig.from_dir(path)
+        dims = list(ckpt.vector_dimensions)
         q_sd, head_sd, p_sd = split_state_dict(load_state_dict(path), ckpt.shared_encoder)
-
-        query_tf = _build_transformer(transformers, _resolve_base_config(base_config, path, "query"), q_sd, "query")
-        hidden = int(query_tf.config.hidden_size)
+        q_cfg = _transformer_config(transformers, _resolve_base_config(base_config, path, "query"), "query")
+        hidden = int(q_cfg.hidden_size)
         if ckpt.base_encoder_output_dim not in (None, hidden):
             raise ValueError(
                 f"base_encoder_output_dim is {ckpt.base_encoder_output_dim} but the base transformer's "
                 f"hidden_size is {hidden}"
             )
-        head = HyperHead(hidden, ckpt.vector_dimensions, ckpt.qnet_config)
-        _check_shapes(head, head_sd, f"hyper-head of vector_dimensions {list(ckpt.vector_dimensions)}")
-        result = head.load_state_dict(head_sd, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"hyper-head tensors do not match vector_dimensions {list(ckpt.vector_dimensions)}: "
-                f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-            )
-        passage_tf = None
+        _check_fits(lambda: HyperHead(hidden, dims, ckpt.qnet_config), head_sd,
+                    f"hyper-head of vector_dimensions {dims}")
+        p_cfg = None
         if not ckpt.shared_encoder:
-            passage_tf = _build_transformer(
-                transformers, _resolve_base_config(passage_base_config, path, "passage"), p_sd, "passage"
-            )
-            if int(passage_tf.config.hidden_size) != ckpt.vector_dimensions[0]:
+            p_cfg = _transformer_config(transformers, _resolve_base_config(passage_base_config, path, "passage"),
+                                        "passage")
+            if int(p_cfg.hidden_size) != dims[0]:
                 raise ValueError(
-                    f"the passage transformer gives {passage_tf.config.hidden_size}-d vectors but the "
-                    f"q-nets read {ckpt.vector_dimensions[0]}-d ones"
+                    f"the passage transformer gives {p_cfg.hidden_size}-d vectors but the "
+                    f"q-nets read {dims[0]}-d ones"
                 )
-        elif hidden != ckpt.vector_dimensions[0]:
-            raise ValueError(
-                f"the shared transformer gives {hidden}-d vectors but the q-nets read "
-                f"{ckpt.vector_dimensions[0]}-d ones"
-            )
-        tokenizer = _load_tokenizer(transformers, path)
+        elif hidden != dims[0]:
+            raise ValueError(f"the shared transformer gives {hidden}-d vectors but the q-nets read {dims[0]}-d ones")
+        query_tf = _build_transformer(transformers, q_cfg, q_sd, "query")
+        passage_tf = None if p_cfg is None else _build_transformer(transformers, p_cfg, p_sd, "passage")
+        vocab = min(_vocab_rows(query_tf), _vocab_rows(passage_tf or query_tf))
+        tokenizer = _load_tokenizer(transformers, path, vocab)
+        head = HyperHead(hidden, dims, ckpt.qnet_config)
+        head.load_state_dict(head_sd)
         return cls(query_tf, head, tokenizer, ckpt, passage_tf, device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ properties
@@ -213,14 +263,25 @@ class HypencoderModel:
         return self.config.vector_dimensions[0]
 
     def _max_length(self, max_length, transformer) -> int:
+        """``max_length`` checked against the positions the transformer can embed (None:
+        that limit, or the tokenizer's if smaller)."""
+        positions = _position_limit(transformer)
         if max_length is None:
-            limits = [getattr(transformer.config, "max_position_embeddings", None),
-                      getattr(self.tokenizer, "model_max_length", None)]
+            limits = [positions, getattr(self.tokenizer, "model_max_length", None)]
             limits = [x for x in limits if isinstance(x, int) and 0 < x < 10**6]
             return min(limits) if limits else 512
-        return _check_positive(max_length, "max_length")
+        max_length = _check_positive(max_length, "max_length")
+        if positions is not None and max_length > positions:
+            raise ValueError(f"max_length {max_length} exceeds the {positions} token positions the model embeds")
+        return max_length
 
     def _forward(self, transformer, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = batch["input_ids"]
+        rows = _vocab_rows(transformer)
+        bad = ids[(ids < 0) | (ids >= rows)]
+        if bad.numel():
+            raise ValueError(f"the tokenizer produced token id {int(bad[0])} outside the model's vocabulary "
+                             f"of {rows} tokens")
         inputs = {k: batch[k].to(self.device) for k in _MODEL_INPUTS if k in batch}
         states = transformer(**inputs).last_hidden_state
         return states, inputs["attention_mask"]
@@ -242,11 +303,12 @@ class HypencoderModel:
         batch_size = _check_positive(batch_size, "batch_size")
         max_length = self._max_length(max_length, self.query_transformer)
         out_dtype = _as_dtype(dtype)
+        device = as_device(device)
         parts = []
         for start in tqdm(range(0, len(texts), batch_size), desc="queries", unit="batch",
                           disable=not show_progress):
             batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                                   max_length=max_length, return_tensors="pt")
+                                   max_length=max_length, return_tensors="pt", padding_side=_PADDING_SIDE)
             states, mask = self._forward(self.query_transformer, batch)
             parts.append(self.hyper_head(states, mask).to(device=device, dtype=out_dtype))
         return parts[0] if len(parts) == 1 else QNet.cat(parts)
@@ -265,6 +327,7 @@ class HypencoderModel:
         batch_size = _check_positive(batch_size, "batch_size")
         max_length = self._max_length(max_length, self.passage_transformer)
         out_dtype = _as_dtype(dtype)
+        device = as_device(device)
         out = torch.empty(len(texts), self.dim, dtype=out_dtype, device=device)
         with tqdm(total=len(texts), desc="documents", unit="doc", disable=not show_progress) as bar:
             for chunk in range(0, len(texts), _DOC_CHUNK):
@@ -273,7 +336,8 @@ class HypencoderModel:
                 order = sorted(range(len(enc["input_ids"])), key=lambda i: -len(enc["input_ids"][i]))
                 for start in range(0, len(order), batch_size):
                     rows = order[start:start + batch_size]
-                    batch = self.tokenizer.pad({k: [enc[k][i] for i in rows] for k in keys}, return_tensors="pt")
+                    batch = self.tokenizer.pad({k: [enc[k][i] for i in rows] for k in keys}, return_tensors="pt",
+                                               padding_side=_PADDING_SIDE)
                     states, mask = self._forward(self.passage_transformer, batch)
                     vecs = pool(states, mask, self.config.pooling_type)
                     idx = torch.tensor(rows, device=device) + chunk

@@ -10,12 +10,15 @@ POOLING_TYPES = ("cls", "mean")
 def pool(states: torch.Tensor, attention_mask: torch.Tensor, pooling_type: str) -> torch.Tensor:
     """``states`` (n, T, D), ``attention_mask`` (n, T) -> (n, D).
 
-    ``mean`` averages over the unmasked tokens only. (The reference sums over every
-    position, padding included, before dividing by the unmasked count; the two agree for
-    unpadded inputs, and only this one is independent of how documents are batched.)
+    ``cls`` takes each document's first unmasked token (position 0 with right padding, the
+    first real token with a left-padding tokenizer). ``mean`` averages over the unmasked
+    tokens only. (The reference sums over every position, padding included, before
+    dividing by the unmasked count; the two agree for unpadded inputs, and only this one
+    is independent of how documents are batched.)
     """
     if pooling_type == "cls":
-        return states[:, 0]
+        first = attention_mask.ne(0).int().argmax(dim=1)  # the first maximum: the first real token
+        return states[torch.arange(states.shape[0], device=states.device), first]
     if pooling_type == "mean":
         m = attention_mask.to(states.dtype).unsqueeze(-1)
         # Sum in float32: a long document's sum can overflow float16.

@@ -7,11 +7,13 @@ through. Backends with a fused scan (``exact_topk``) run the whole loop natively
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .. import backends
 
 DEFAULT_BLOCK = 16384
+MAX_BLOCK = 1 << 16  # the largest block every backend streams (the CPU kernels cap theirs here)
 
 
 def _merge_torch(run_s, run_i, blk_s, base):
@@ -47,6 +49,18 @@ def _cpu_merge_available() -> bool:
     return True
 
 
+def check_block_size(block_size, n: int) -> int | None:
+    """``block_size`` (None or an int in ``1..MAX_BLOCK``), capped at ``n``: a block never
+    holds more rows than the corpus, so an absurd size costs no memory."""
+    if block_size is None:
+        return None
+    if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
+        raise TypeError(f"block_size must be an int, got {type(block_size).__name__} {block_size!r}")
+    if not 1 <= block_size <= MAX_BLOCK:
+        raise ValueError(f"block_size must be in 1..{MAX_BLOCK}, got {block_size}")
+    return int(min(block_size, max(n, 1)))
+
+
 def exact_search(qnets, vectors: torch.Tensor, k: int, *, backend: str = "auto",
                  block_size: int | None = None):
     """Top-``k`` documents of ``vectors`` (n, d) for every q-net, best first.
@@ -58,10 +72,9 @@ def exact_search(qnets, vectors: torch.Tensor, k: int, *, backend: str = "auto",
     """
     device = qnets.device
     Q, n = qnets.num_queries, vectors.shape[0]
+    block_size = check_block_size(block_size, n)
     be = backends.get_backend(backend, device)
-    block = int(block_size or DEFAULT_BLOCK)
-    if block <= 0:
-        raise ValueError(f"block_size must be positive, got {block_size}")
+    block = block_size or min(DEFAULT_BLOCK, max(n, 1))
     if hasattr(be, "exact_topk") and vectors.device == device:
         return be.exact_topk(qnets.weights, qnets.biases, qnets.config, vectors, k, block_size)
 
