@@ -94,18 +94,18 @@ bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g
   std::atomic<bool> ok{true};
   const Split sp = split_threads(Q, threads);
   struct State {
-    Visited vis;
+    Visited* vis;
     LinearizeScratch ls;
     std::vector<float> w, at;
     std::vector<Scored> lin, lin2;
     std::vector<int64_t> ids;
   };
   auto init = [&] {
-    return State{Visited(v.n), {}, std::vector<float>(static_cast<size_t>(d)), std::vector<float>(static_cast<size_t>(d)),
+    return State{&Visited::local(v.n), {}, std::vector<float>(static_cast<size_t>(d)), std::vector<float>(static_cast<size_t>(d)),
                  {}, {}, {}};
   };
   for_queries(Q, sp.outer, init, [&](State& S, int64_t q) {
-      Visited& vis = S.vis;
+      Visited& vis = *S.vis;
       LinearizeScratch& ls = S.ls;
       std::vector<float>&w = S.w, &at = S.at;
       std::vector<Scored>&lin = S.lin, &lin2 = S.lin2;

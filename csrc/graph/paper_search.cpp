@@ -13,15 +13,15 @@ bool paper_search(const QNetView& qn, const VectorsView& v, const GraphView& g, 
   std::atomic<bool> ok{true};
   const Split sp = split_threads(Q, threads);
   struct State {
-    Visited vis;
+    Visited* vis;
     std::vector<int64_t> cand, next;
     std::vector<float> sc;
     std::vector<Scored> items, heap;
   };
   for_queries(
-      Q, sp.outer, [&] { return State{Visited(v.n), {}, {}, {}, {}, {}}; },
+      Q, sp.outer, [&] { return State{&Visited::local(v.n), {}, {}, {}, {}, {}}; },
       [&](State& S, int64_t q) {
-      Visited& vis = S.vis;
+      Visited& vis = *S.vis;
       std::vector<int64_t>&cand = S.cand, &next = S.next;
       std::vector<float>& sc = S.sc;
       std::vector<Scored>&items = S.items, &heap = S.heap;
