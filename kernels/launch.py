@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from .qnet_pack import norm_mode
+from ..backends.qnet_pack import norm_mode
 
 
 def interpreting() -> bool:

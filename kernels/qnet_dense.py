@@ -14,12 +14,12 @@ import triton.language as tl
 
 from . import launch
 from .qnet_tile import qnet_tile
-from .topk_keys import MAX_IDS, PAD_KEY
+from ..backends.topk_keys import MAX_IDS, PAD_KEY
 
 
 @triton.jit
 def _score_keys(score, ids, valid):
-    """int64 keys of kernels.topk_keys: order-preserving score bits high, ~id low."""
+    """int64 keys of engine.backends.topk_keys: order-preserving score bits high, ~id low."""
     bits = (score + 0.0).to(tl.int32, bitcast=True)  # + 0.0 folds -0.0 onto +0.0
     key32 = tl.where(bits < 0, ~bits, bits | (-2147483648))
     hi = (key32.to(tl.int64) & 0xFFFFFFFF) - 2147483648
@@ -85,7 +85,7 @@ def score_dense(packed, config, vectors, out):
 
 def dense_topk_candidates(packed, config, vectors, k: int, base: int = 0) -> torch.Tensor:
     """(Q, nblocks * min(k, BN)) int64 keys: each tile's best ``min(k, BN)`` documents
-    (ids offset by ``base``), unsorted across tiles; merge with kernels.topk_keys."""
+    (ids offset by ``base``), unsorted across tiles; merge with engine.backends.topk_keys."""
     n = vectors.shape[0]
     if base + n > MAX_IDS:
         raise ValueError(f"the fused top-k packs ids into 32 bits; {base + n} documents is too many")

@@ -23,7 +23,7 @@ if not ok:
     pytest.skip(f"triton backend unavailable: {why}", allow_module_level=True)
 
 from engine.backends import triton as tb  # noqa: E402
-from kernels import topk_keys  # noqa: E402
+from engine.backends import topk_keys  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")

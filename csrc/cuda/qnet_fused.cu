@@ -54,7 +54,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 // across banks; still a multiple of 8 elements, as WMMA requires.
 __host__ __device__ constexpr int tile_ld(int max_width_pad) { return max_width_pad + 8; }
 
-// Same keys as kernels/topk_keys.py: order-preserving score bits high, ~id low.
+// Same keys as engine/backends/topk_keys.py: order-preserving score bits high, ~id low.
 __device__ __forceinline__ int64_t score_key(float s, int64_t id) {
   int32_t bits = __float_as_int(s + 0.0f);  // + 0.0f folds -0.0 onto +0.0
   uint32_t key32 = bits < 0 ? ~static_cast<uint32_t>(bits) : (static_cast<uint32_t>(bits) | 0x80000000u);

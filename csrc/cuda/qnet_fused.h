@@ -3,7 +3,7 @@
 //
 // The interface is plain C++ (no CUDA or torch types) so that the binding compiles with
 // the host compiler and the .cu file with nvcc alone (that is what CI compile-checks).
-// Weights come packed by kernels/qnet_pack.py with pad = 16: every layer is zero-padded
+// Weights come packed by engine/backends/qnet_pack.py with pad = 16: every layer is zero-padded
 // to multiples of 16 in both dimensions, so the kernels load whole 16 x 16 fragments.
 #pragma once
 

@@ -1,9 +1,11 @@
 """CUDA C++ backend: the tensor-core kernels of ``csrc/cuda``, compiled at first use.
 
-``torch.utils.cpp_extension.load`` builds ``csrc/cuda/{bindings.cpp,qnet_fused.cu}`` for
-the local GPU the first time a kernel is needed and caches the build (in
-``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), so importing the
-package never needs nvcc. ``setup.py`` leaves these sources out of the CPU extension.
+``torch.utils.cpp_extension.load`` builds ``bindings.cpp`` and ``qnet_fused.cu`` (the
+repository's ``csrc/cuda``, installed as the package data ``engine.cuda_src`` and found
+through ``importlib.resources``) for the local GPU the first time a kernel is needed and
+caches the build (in ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``),
+so importing the package never needs nvcc. ``setup.py`` leaves these sources out of the
+CPU extension.
 
 The kernels take float16 or bfloat16 q-nets (tensor cores). A float32 q-net is scored
 by the Triton backend when it can run, else by the PyTorch reference: the fp32 path of
@@ -12,6 +14,7 @@ tensor cores (tf32) would not give the float32 results a float32 caller asks for
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import pathlib
 import threading
@@ -20,13 +23,17 @@ import torch
 
 from ..qnet_config import QNetConfig
 
-_SRC = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "cuda"
 _SOURCES = ("bindings.cpp", "qnet_fused.cu")
 _MIN_CC = (8, 0)  # bf16 WMMA
 
 _ext = None
 _build_error: str | None = None
 _lock = threading.Lock()
+
+
+def source_dir() -> pathlib.Path:
+    """The folder of the CUDA sources (the package data ``engine.cuda_src``)."""
+    return pathlib.Path(str(importlib.resources.files("engine.cuda_src")))
 
 
 def _nvcc() -> str | None:
@@ -46,9 +53,10 @@ def is_available() -> tuple[bool, str]:
         return False, "this torch build has no CUDA support"
     if not torch.cuda.is_available():
         return False, "no CUDA device"
-    missing = [s for s in _SOURCES if not (_SRC / s).exists()]
+    src = source_dir()
+    missing = [s for s in _SOURCES if not (src / s).is_file()]
     if missing:
-        return False, f"CUDA sources missing under {_SRC}: {missing}"
+        return False, f"CUDA sources missing under {src}: {missing}"
     if _ext is None and _nvcc() is None:
         return False, "nvcc not found (set CUDA_HOME) to build the CUDA kernels"
     cc = torch.cuda.get_device_capability()
@@ -72,11 +80,12 @@ def extension():
                 raise RuntimeError(_build_error)
             from torch.utils.cpp_extension import load
 
+            src = source_dir()
             try:
                 _ext = load(
                     name="hypencoder_cuda_qnet",
-                    sources=[str(_SRC / s) for s in _SOURCES],
-                    extra_include_paths=[str(_SRC)],
+                    sources=[str(src / s) for s in _SOURCES],
+                    extra_include_paths=[str(src)],
                     extra_cflags=["-O3"],
                     extra_cuda_cflags=["-O3", "-lineinfo"],
                     verbose=os.environ.get("HYPENCODER_VERBOSE_BUILD") == "1",
@@ -97,7 +106,7 @@ def _fp32_fallback():
 
 
 def _prepare(weights, biases, config: QNetConfig, vectors):
-    from kernels.launch_cuda import prepare
+    from .cuda_launch import prepare
 
     return prepare(extension(), weights, biases, config, vectors)
 
@@ -105,7 +114,7 @@ def _prepare(weights, biases, config: QNetConfig, vectors):
 def score_dense(weights, biases, config, vectors, out=None):
     if weights[0].dtype == torch.float32:
         return _fp32_fallback().score_dense(weights, biases, config, vectors, out)
-    from kernels.launch_cuda import run_dense
+    from .cuda_launch import run_dense
 
     return run_dense(_prepare(weights, biases, config, vectors), vectors, out)
 
@@ -113,7 +122,7 @@ def score_dense(weights, biases, config, vectors, out=None):
 def score_gather(weights, biases, config, vectors, ids, out=None):
     if weights[0].dtype == torch.float32:
         return _fp32_fallback().score_gather(weights, biases, config, vectors, ids, out)
-    from kernels.launch_cuda import run_gather
+    from .cuda_launch import run_gather
 
     return run_gather(_prepare(weights, biases, config, vectors), vectors, ids, out)
 
@@ -126,14 +135,14 @@ def exact_topk(weights, biases, config, vectors, k, block_size=None):
         if hasattr(fb, "exact_topk"):
             return fb.exact_topk(weights, biases, config, vectors, k, block_size)
         return _stream_topk(fb, weights, biases, config, vectors, k, block_size)
-    from kernels.launch_cuda import run_topk
+    from .cuda_launch import run_topk
 
     return run_topk(_prepare(weights, biases, config, vectors), vectors, k, block_size)
 
 
 def _stream_topk(be, weights, biases, config, vectors, k, block_size):
     """Exact top-k through ``be.score_dense`` block by block (the fp32 fallback)."""
-    from kernels import topk_keys
+    from . import topk_keys
 
     block = int(block_size or (1 << 16))
     running = None

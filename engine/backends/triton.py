@@ -39,13 +39,13 @@ def supports(device: torch.device) -> bool:
 
 
 def _pack(weights, biases, config: QNetConfig):
-    from kernels.qnet_pack import packed
+    from .qnet_pack import packed
 
     return packed(weights, biases, config, pad=1)
 
 
 def score_dense(weights, biases, config, vectors, out=None):
-    from kernels.qnet_dense import score_dense as kernel
+    from ..kernels.qnet_dense import score_dense as kernel
 
     Q, n = weights[0].shape[0], vectors.shape[0]
     if out is None:
@@ -56,7 +56,7 @@ def score_dense(weights, biases, config, vectors, out=None):
 
 
 def score_gather(weights, biases, config, vectors, ids, out=None):
-    from kernels.qnet_gather import score_gather as kernel
+    from ..kernels.qnet_gather import score_gather as kernel
 
     if out is None:
         out = torch.empty(ids.shape, dtype=torch.float32, device=vectors.device)
@@ -73,8 +73,8 @@ DEFAULT_TOPK_CHUNK = 1 << 21
 def exact_topk(weights, biases, config, vectors, k, block_size=None):
     """Fused scan with per-tile top-k; returns ``(scores (Q, k) f32, ids (Q, k) int64)``
     best first, ties to the lower index, (-inf, -1) padding when k > n."""
-    from kernels import topk_keys
-    from kernels.qnet_dense import dense_topk_candidates
+    from . import topk_keys
+    from ..kernels.qnet_dense import dense_topk_candidates
 
     if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
         raise ValueError(f"k must be a positive int, got {k!r}")

@@ -1,4 +1,4 @@
-"""Torch-side launcher of the CUDA C++ kernels (csrc/cuda): packs the q-nets with 16-wide
+"""Torch-side launcher of the CUDA C++ kernels (engine.cuda_src): packs the q-nets with 16-wide
 padding, picks the tile height that fits the device's shared memory, and calls the
 compiled extension on torch's current stream. Needs torch only (no Triton)."""
 
