@@ -1,11 +1,14 @@
-"""The measured automatic backend choice on CUDA devices, with fake backends and a fake
-clock (the real timing needs a GPU; tests/test_cuda_backend.py covers it there)."""
+"""The backend protocol and the measured automatic choice on CUDA devices, with fake
+backends and a fake clock (the real timing needs a GPU; the CUDA kernel tests cover it
+there)."""
 
 import types
 
 import torch
 
 from engine import backends
+from engine.backends import auto
+from engine.backends.protocol import Backend, ExactTopK
 from engine.qnet_config import QNetConfig
 
 
@@ -16,18 +19,15 @@ def fake(name, seconds, calls, fail=False):
             raise RuntimeError("broken build")
         return seconds
 
-    return types.SimpleNamespace(__name__=f"fake.{name}", score_dense=score_dense,
-                                 exact_topk=score_dense)
+    return types.SimpleNamespace(name=name, score_dense=score_dense, exact_topk=score_dense)
 
 
 def test_measures_once_per_shape_and_keeps_the_fastest(monkeypatch):
     calls = []
-    mods = {"cuda": fake("cuda", 2.0, calls), "triton": fake("triton", 1.0, calls),
-            "torch": fake("torch", 5.0, calls, fail=True)}
-    monkeypatch.setattr(backends, "_load", lambda n: mods[n])
-    monkeypatch.setattr(backends, "_time_call", lambda fn: fn())  # "seconds" = return value
-    monkeypatch.setattr(backends, "_AUTO_CHOICES", {})
-    proxy = backends._MeasuredAuto(("cuda", "triton", "torch"))
+    monkeypatch.setattr(auto, "_CHOICES", {})
+    proxy = auto.MeasuredAuto((fake("cuda", 2.0, calls), fake("triton", 1.0, calls),
+                               fake("torch", 5.0, calls, fail=True)),
+                              timer=lambda fn: fn())  # "seconds" = the fake's return value
     w = [torch.zeros(2, 8, 8), torch.zeros(2, 8, 1)]
     v = torch.zeros(100, 8)
     assert proxy.score_dense(w, [torch.zeros(2, 8)], QNetConfig(), v) == 1.0
@@ -39,5 +39,22 @@ def test_measures_once_per_shape_and_keeps_the_fastest(monkeypatch):
     assert best == "triton" and set(times) == {"cuda", "triton"}  # the broken one left out
 
 
-def test_auto_on_cpu_is_a_plain_module():
-    assert not isinstance(backends.get_backend("auto", "cpu"), backends._MeasuredAuto)
+def test_auto_on_cpu_is_the_first_runnable_backend():
+    be = backends.get_backend("auto", "cpu")
+    assert not isinstance(be, auto.MeasuredAuto)
+    assert be.name == backends.resolve_name("auto", "cpu") in backends.AUTO_ORDER["cpu"]
+
+
+def test_every_backend_implements_the_protocol():
+    for name in backends.BACKENDS:
+        ok, why = backends.availability(name)
+        if not ok and "failed to load" in why:  # an optional dependency missing
+            continue
+        be = backends._load(name)
+        assert isinstance(be, Backend) and be.name == name
+        assert isinstance(be.availability(), tuple)
+        # The fused scans are declared by the backends that have one.
+        assert isinstance(be, ExactTopK) == (name in ("cpu", "triton", "cuda"))
+    measured = auto.MeasuredAuto(())
+    assert isinstance(measured, Backend) and isinstance(measured, ExactTopK)
+    assert measured.name == "auto" and measured.availability() == (True, "ok")
