@@ -9,8 +9,6 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from ..backends.qnet_pack import norm_mode
-
 
 def interpreting() -> bool:
     """True under ``TRITON_INTERPRET=1`` (kernels then run on CPU tensors)."""
@@ -65,10 +63,13 @@ def scratch(programs: int, bn: int, width: int, dtype: torch.dtype, device: torc
 
 
 def qnet_flags(packed, config) -> dict:
-    """The compile-time flags of a q-net launch (activation, norm, precision)."""
+    """The compile-time flags of a q-net launch: the activation and whether any layer
+    normalises (from ``QNetConfig.kernel_flags``; each layer's own operations travel in
+    the packed ``meta`` table) and the precision (from the weights' dtype)."""
+    flags = config.kernel_flags()
     return dict(
-        ACT_RELU=config.activation == "relu",
-        NORM_MODE=norm_mode(config),
+        ACT_RELU=flags["relu"],
+        LAYER_NORM=flags["layer_norm"],
         IEEE=packed.w.dtype == torch.float32,
         UPCAST=interpreting(),
     )
@@ -77,7 +78,8 @@ def qnet_flags(packed, config) -> dict:
 @dataclass
 class Plan:
     """One launch over ``rows`` scored rows per query: unit-stride vectors, tile size,
-    tiles per query, persistent program count and the scratch tiles."""
+    tiles per query, persistent program count, the scratch tiles, the layer norm's
+    ``eps`` and the compile-time flags (:func:`qnet_flags`)."""
 
     vectors: torch.Tensor
     bn: int
@@ -86,9 +88,11 @@ class Plan:
     width: int
     xs: torch.Tensor
     ys: torch.Tensor
+    eps: float
+    flags: dict
 
 
-def plan(packed, vectors: torch.Tensor, rows: int) -> Plan:
+def plan(packed, config, vectors: torch.Tensor, rows: int) -> Plan:
     vectors = vectors if vectors.stride(1) == 1 else vectors.contiguous()
     dev = vectors.device
     bn = block_n(dev)
@@ -96,4 +100,5 @@ def plan(packed, vectors: torch.Tensor, rows: int) -> Plan:
     programs = num_programs(packed.w.shape[0] * nblocks, dev)
     width = max(packed.max_width, vectors.shape[1])
     xs, ys = scratch(programs, bn, width, packed.w.dtype, dev)
-    return Plan(vectors, bn, nblocks, programs, width, xs, ys)
+    return Plan(vectors, bn, nblocks, programs, width, xs, ys, config.kernel_flags()["eps"],
+                qnet_flags(packed, config))

@@ -36,7 +36,7 @@ def _dense_kernel(
     out_ptr, stride_oq, stride_on,
     Q, nblocks,
     BN: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
-    ACT_RELU: tl.constexpr, NORM_MODE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    ACT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     TOPK: tl.constexpr, KBLK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -52,7 +52,7 @@ def _dense_kernel(
         s = qnet_tile(rows, ok, vec_ptr, stride_v, d,
                       w_ptr + q.to(tl.int64) * stride_wq, b_ptr + q.to(tl.int64) * stride_bq,
                       meta_ptr, L, xs, ys, ld_s, eps,
-                      BN, BK, BH, ACT_RELU, NORM_MODE, IEEE, UPCAST)
+                      BN, BK, BH, ACT_RELU, LAYER_NORM, IEEE, UPCAST)
         if TOPK:
             # Sort the tile's keys, best first, and keep the first KBLK: k candidates per
             # tile leave the kernel instead of BN scores.
@@ -65,15 +65,15 @@ def _dense_kernel(
 
 def _launch(packed, config, vectors, out, base, topk_k):
     n = vectors.shape[0]
-    pl = launch.plan(packed, vectors, n)
+    pl = launch.plan(packed, config, vectors, n)
     kblk = min(topk_k, pl.bn) if topk_k else 1
     _dense_kernel[(pl.programs,)](
         pl.vectors, pl.vectors.stride(0), n, pl.vectors.shape[1], base,
         packed.w, packed.w.stride(0), packed.b, packed.b.stride(0), packed.meta, packed.num_layers,
-        pl.xs, pl.ys, pl.width, float(config.eps),
+        pl.xs, pl.ys, pl.width, pl.eps,
         out, out.stride(0), out.stride(1),
         packed.w.shape[0], pl.nblocks,
-        BN=pl.bn, TOPK=bool(topk_k), KBLK=kblk, **launch.qnet_flags(packed, config),
+        BN=pl.bn, TOPK=bool(topk_k), KBLK=kblk, **pl.flags,
     )
     return out
 

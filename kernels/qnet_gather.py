@@ -21,7 +21,7 @@ def _gather_kernel(
     out_ptr, stride_oq, stride_om,
     Q, nblocks,
     BN: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
-    ACT_RELU: tl.constexpr, NORM_MODE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    ACT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -37,21 +37,21 @@ def _gather_kernel(
         s = qnet_tile(rows, ok, vec_ptr, stride_v, d,
                       w_ptr + q.to(tl.int64) * stride_wq, b_ptr + q.to(tl.int64) * stride_bq,
                       meta_ptr, L, xs, ys, ld_s, eps,
-                      BN, BK, BH, ACT_RELU, NORM_MODE, IEEE, UPCAST)
+                      BN, BK, BH, ACT_RELU, LAYER_NORM, IEEE, UPCAST)
         tl.store(out_ptr + q.to(tl.int64) * stride_oq + j * stride_om, s, mask=ok)
 
 
 def score_gather(packed, config, vectors, ids, out):
     """Fill ``out`` (Q, m) float32: ``out[q, j]`` scores row ``ids[q, j]``."""
     m = ids.shape[1]
-    pl = launch.plan(packed, vectors, m)
+    pl = launch.plan(packed, config, vectors, m)
     _gather_kernel[(pl.programs,)](
         pl.vectors, pl.vectors.stride(0), pl.vectors.shape[1],
         ids, ids.stride(0), ids.stride(1), m,
         packed.w, packed.w.stride(0), packed.b, packed.b.stride(0), packed.meta, packed.num_layers,
-        pl.xs, pl.ys, pl.width, float(config.eps),
+        pl.xs, pl.ys, pl.width, pl.eps,
         out, out.stride(0), out.stride(1),
         packed.w.shape[0], pl.nblocks,
-        BN=pl.bn, **launch.qnet_flags(packed, config),
+        BN=pl.bn, **pl.flags,
     )
     return out
