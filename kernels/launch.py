@@ -15,17 +15,31 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def autotune_configs() -> list:
-    """Block shapes the autotuner tries on a GPU (each costs a compile, so a handful);
-    one small shape when interpreting, where every extra config would be another slow
-    interpreted run, and one when ``HYPENCODER_TRITON_AUTOTUNE=0`` (tests on a GPU)."""
+# Block shapes of the fused small-tile kernels (dense and gather) shipped for GPUs, the
+# one to use without autotuning first. Every one is compiled ahead of time for sm_80 and
+# sm_90 in CI (engine.kernels.aot).
+TILE_CONFIGS = tuple(
+    triton.Config({"BK": bk, "BH": bh}, num_warps=w, num_stages=s)
+    for bk, bh, w, s in ((64, 64, 4, 2), (64, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 2),
+                         (64, 256, 8, 2), (128, 64, 8, 3))
+)
+TILE_INTERPRETER_CONFIG = triton.Config({"BK": 16, "BH": 16}, num_warps=1, num_stages=1)
+
+
+def autotune_configs(shipped=TILE_CONFIGS, interpreter=TILE_INTERPRETER_CONFIG) -> list:
+    """The configurations the autotuner tries: ``shipped`` on a GPU (each costs a compile),
+    the first ``N`` of them with ``HYPENCODER_TRITON_AUTOTUNE=N`` (0 or 1: the first one
+    alone, no autotuning); ``[interpreter]`` when interpreting, where every extra config
+    would be another slow interpreted run. Read when a kernel module is imported."""
     if interpreting():
-        return [triton.Config({"BK": 16, "BH": 16}, num_warps=1, num_stages=1)]
-    if os.environ.get("HYPENCODER_TRITON_AUTOTUNE", "1") == "0":
-        return [triton.Config({"BK": 64, "BH": 64}, num_warps=4, num_stages=2)]
-    shapes = ((64, 64, 4, 2), (64, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 2),
-              (64, 256, 8, 2), (128, 64, 8, 3))
-    return [triton.Config({"BK": bk, "BH": bh}, num_warps=w, num_stages=s) for bk, bh, w, s in shapes]
+        return [interpreter]
+    limit = os.environ.get("HYPENCODER_TRITON_AUTOTUNE", "").strip()
+    if limit:
+        return list(shipped[: max(1, int(limit))])
+    return list(shipped)
+
+
+GPU_BLOCK_N = 64
 
 
 def block_n(device: torch.device) -> int:
@@ -33,7 +47,7 @@ def block_n(device: torch.device) -> int:
     ``min(k, BN)`` candidates per tile, so its output shape depends on it."""
     if interpreting():
         return 16
-    return int(os.environ.get("HYPENCODER_TRITON_BN", "64"))
+    return int(os.environ.get("HYPENCODER_TRITON_BN", str(GPU_BLOCK_N)))
 
 
 def num_programs(tiles: int, device: torch.device) -> int:
