@@ -8,8 +8,9 @@ so importing the package never needs nvcc. ``setup.py`` leaves these sources out
 CPU extension.
 
 The kernels take float16 or bfloat16 q-nets (tensor cores). A float32 q-net is scored
-by the Triton backend when it can run, else by the PyTorch reference: the fp32 path of
-tensor cores (tf32) would not give the float32 results a float32 caller asks for.
+by the Triton backend when it can run (and has not failed: then once a warning), else by
+the PyTorch reference: the fp32 path of tensor cores (tf32) would not give the float32
+results a float32 caller asks for.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import importlib.resources
 import os
 import pathlib
 import threading
+import warnings
 
 import torch
 
@@ -96,13 +98,46 @@ def extension():
     return _ext
 
 
-def _fp32_fallback():
+# Set once the Triton kernels have failed on a float32 q-net (a compile error, a missing
+# compiler): float32 q-nets then go to the reference for the rest of the process.
+_triton_fp32_error: str | None = None
+
+
+def _fp32_backends(device) -> list:
+    """Who scores float32 q-nets, in order: Triton when it can run (exact float32 through
+    IEEE dots), then the PyTorch reference, which always can."""
     from . import get_backend
 
-    try:
-        return get_backend("triton", torch.device("cuda"))
-    except RuntimeError:  # Triton missing or interpreting: the reference is always there
-        return get_backend("torch", torch.device("cuda"))
+    out = []
+    if _triton_fp32_error is None:
+        try:
+            out.append(get_backend("triton", device))
+        except RuntimeError:  # Triton missing, or interpreting
+            pass
+    return out + [get_backend("torch", device)]
+
+
+def _fp32_call(method: str, vectors, *args):
+    """``backend.method(*args)`` on the first float32 backend that runs it. A failure of
+    the Triton kernels other than bad input (a ValueError or TypeError, passed on) is
+    reported once as a warning and sends float32 q-nets to the reference from then on."""
+    global _triton_fp32_error
+    for be in _fp32_backends(vectors.device):
+        fn = getattr(be, method, None)
+        if fn is None:  # the reference has no fused top-k: stream its dense scores
+            return _stream_topk(be, *args)
+        if be.name != "triton":
+            return fn(*args)
+        try:
+            return fn(*args)
+        except (ValueError, TypeError):
+            raise
+        except Exception as e:  # noqa: BLE001 - any compile or launch failure
+            _triton_fp32_error = f"{type(e).__name__}: {e}"
+            warnings.warn("the CUDA backend scores float32 q-nets with the Triton kernels, which failed "
+                          f"({_triton_fp32_error.splitlines()[0][:300]}); using the PyTorch reference instead",
+                          RuntimeWarning, stacklevel=3)
+    raise AssertionError("the reference backend always runs")
 
 
 def _prepare(weights, biases, config: QNetConfig, vectors):
@@ -113,7 +148,7 @@ def _prepare(weights, biases, config: QNetConfig, vectors):
 
 def score_dense(weights, biases, config, vectors, out=None):
     if weights[0].dtype == torch.float32:
-        return _fp32_fallback().score_dense(weights, biases, config, vectors, out)
+        return _fp32_call("score_dense", vectors, weights, biases, config, vectors, out)
     from .cuda_launch import run_dense
 
     return run_dense(_prepare(weights, biases, config, vectors), vectors, out)
@@ -121,7 +156,7 @@ def score_dense(weights, biases, config, vectors, out=None):
 
 def score_gather(weights, biases, config, vectors, ids, out=None):
     if weights[0].dtype == torch.float32:
-        return _fp32_fallback().score_gather(weights, biases, config, vectors, ids, out)
+        return _fp32_call("score_gather", vectors, weights, biases, config, vectors, ids, out)
     from .cuda_launch import run_gather
 
     return run_gather(_prepare(weights, biases, config, vectors), vectors, ids, out)
@@ -131,10 +166,7 @@ def exact_topk(weights, biases, config, vectors, k, block_size=None):
     if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
         raise ValueError(f"k must be a positive int, got {k!r}")
     if weights[0].dtype == torch.float32:
-        fb = _fp32_fallback()
-        if hasattr(fb, "exact_topk"):
-            return fb.exact_topk(weights, biases, config, vectors, k, block_size)
-        return _stream_topk(fb, weights, biases, config, vectors, k, block_size)
+        return _fp32_call("exact_topk", vectors, weights, biases, config, vectors, k, block_size)
     from .cuda_launch import run_topk
 
     return run_topk(_prepare(weights, biases, config, vectors), vectors, k, block_size)

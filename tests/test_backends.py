@@ -1,4 +1,5 @@
-"""The backend protocol and the measured automatic choice on CUDA devices, with fake
+"""The backend protocol, the measured automatic choice on CUDA devices and the CUDA
+backend's float32 fallback, with fake
 backends and a fake clock (the real timing needs a GPU; the CUDA kernel tests cover it
 there)."""
 
@@ -58,3 +59,47 @@ def test_every_backend_implements_the_protocol():
     measured = auto.MeasuredAuto(())
     assert isinstance(measured, Backend) and isinstance(measured, ExactTopK)
     assert measured.name == "auto" and measured.availability() == (True, "ok")
+
+
+def test_cuda_float32_fallback_survives_failing_triton_kernels(monkeypatch):
+    """Float32 q-nets on the CUDA backend go to Triton; a Triton failure of any kind (a
+    compile error is not a RuntimeError) is reported once and the reference takes over.
+    Run on CPU tensors with a fake failing Triton backend."""
+    import warnings
+
+    import pytest
+
+    from engine.backends import cuda, torch_ref
+
+    calls = []
+
+    class Broken:
+        name = "triton"
+
+        def score_dense(self, *args):
+            calls.append("dense")
+            raise NameError("Cannot access global variable X from within @jit'ed function")
+
+        def exact_topk(self, weights, biases, config, vectors, k, block_size=None):
+            raise ValueError("k is too large")  # bad input: passed on, not a kernel failure
+
+    real = backends.get_backend
+    monkeypatch.setattr(backends, "get_backend", lambda n, d: Broken() if n == "triton" else real(n, d))
+    monkeypatch.setattr(cuda, "_triton_fp32_error", None)
+    g = torch.Generator().manual_seed(0)
+    w = [torch.randn(2, 8, 8, generator=g), torch.randn(2, 8, 1, generator=g)]
+    b = [torch.randn(2, 8, generator=g)]
+    v = torch.randn(30, 8, generator=g)
+    ref = torch_ref.score_dense(w, b, QNetConfig(), v)
+    with pytest.raises(ValueError, match="too large"):
+        cuda.exact_topk(w, b, QNetConfig(), v, 5)
+    with pytest.warns(RuntimeWarning, match="Triton kernels, which failed"):
+        got = cuda.score_dense(w, b, QNetConfig(), v)
+    assert torch.allclose(got, ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported once
+        assert torch.allclose(cuda.score_dense(w, b, QNetConfig(), v), ref)
+        s, i = cuda.exact_topk(w, b, QNetConfig(), v, 5)  # the reference, streamed
+    assert calls == ["dense"]
+    rs, ri = torch.sort(ref, dim=1, descending=True, stable=True)
+    assert torch.equal(i, ri[:, :5]) and torch.allclose(s, rs[:, :5])
