@@ -1,7 +1,6 @@
 """The backend protocol, the measured automatic choice on CUDA devices and the CUDA
-backend's float32 fallback, with fake
-backends and a fake clock (the real timing needs a GPU; the CUDA kernel tests cover it
-there)."""
+backend's float32 fallback, with fake backends and a fake clock (the real timing needs a
+GPU; the CUDA kernel tests cover it there)."""
 
 import types
 
