@@ -35,7 +35,7 @@ import traceback
 from dataclasses import dataclass, field
 
 # Kernel modules whose variants CI compiles.
-SHIPPED_MODULES = ("engine.kernels.qnet_dense", "engine.kernels.qnet_gather")
+SHIPPED_MODULES = ("engine.kernels.qnet_dense", "engine.kernels.qnet_gather", "engine.kernels.qnet_layers")
 ARCHS = (80, 90)
 # Opt-in shared memory per block: A100 (sm_80) and H100/H200 (sm_90).
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -56,6 +56,9 @@ class Variant:
     configs: list
     label: str = ""
     extra: dict = field(default_factory=dict)
+    # PTX instructions the compiled code must contain, per architecture (e.g. wgmma on
+    # sm_90): a design choice checked, not hoped for.
+    expect_ptx: dict = field(default_factory=dict)
 
 
 def example_inputs(dtype, config=None, dims=(64, 64, 64, 1), n: int = 256, pad: int = 1):
@@ -129,6 +132,8 @@ def compile_variant(variant: Variant, config, arch: int):
     fn = _jit_fn(variant.kernel)
     values = dict(variant.args)
     values.update(config.kwargs)
+    if getattr(config, "pre_hook", None) is not None:  # as the autotuner does before a launch
+        config.pre_hook(values)
     missing = [a for a in fn.arg_names if a not in values]
     if missing:
         raise TypeError(f"variant {variant.label!r} gives no value for {missing}")
@@ -184,14 +189,18 @@ def _job(source: str, vi: int, ci: int, arch: int):
     config = v.configs[ci]
     name = f"{source.rsplit('/', 1)[-1]}:{getattr(_jit_fn(v.kernel), '__name__', '?')}[{v.label}]"
     try:
-        shared = int(compile_variant(v, config, arch).metadata.shared)
+        compiled = compile_variant(v, config, arch)
     except Exception as e:  # the compiler's message is the point of the check
         detail = "".join(traceback.format_exception_only(type(e), e)).strip()
         return name, _config_text(config), arch, time.perf_counter() - t0, 0, detail
+    shared = int(compiled.metadata.shared)
     limit = SMEM_LIMIT.get(arch)
     err = None
     if limit is not None and shared > limit:
         err = f"needs {shared} bytes of shared memory; sm_{arch} allows {limit}"
+    missing = [i for i in v.expect_ptx.get(arch, ()) if i not in compiled.asm.get("ptx", "")]
+    if missing:
+        err = f"the PTX lacks {missing}"
     return name, _config_text(config), arch, time.perf_counter() - t0, shared, err
 
 
