@@ -353,6 +353,26 @@ def _gemm_grid(rows, dout, q):
     return lambda meta: (triton.cdiv(rows, meta["BM"]) * triton.cdiv(dout, meta["BN"]), q)
 
 
+def layer_gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, relu: bool = True,
+               statistics: bool = True, residual_first: bool = False):
+    """One hidden layer's GEMM and epilogue alone, as the scan runs it: ``x`` (C, din)
+    documents shared by the ``Q`` q-nets of ``w`` (Q, din, dout) and ``b`` (Q, dout), all of
+    one dtype. Returns ``(P (Q, C, dout), stats (Q, C, groups, 2) float32)``: ``P =
+    act(x W + b)`` (``+ x`` with ``residual_first``) in that dtype, and per group of
+    ``STATS_GROUP`` columns its mean and sum of squared deviations (zeros when
+    ``statistics`` is off). For tests and for timing the GEMM against cuBLAS."""
+    Q, din, dout = (int(s) for s in w.shape)
+    rows = int(x.shape[0])
+    p = torch.empty(Q, rows, dout, dtype=w.dtype, device=w.device)
+    st = torch.zeros(Q, rows, triton.cdiv(dout, _stats_group()), 2, device=w.device)
+    ops = (statistics, residual_first, False) if not residual_first else (False, True, statistics)
+    flags = {"relu": relu}
+    args = _gemm_args(x, True, w, b, p, st, rows, flags, ops, use_tma(x.device))
+    gemm = _layer_gemm_fp32 if w.dtype == torch.float32 else _layer_gemm
+    gemm[_gemm_grid(rows, dout, Q)](**args)
+    return p, st
+
+
 def score_dense(weights, biases, config, vectors, out):
     """Fill ``out`` (Q, n) float32 with every q-net's score of every row of ``vectors``
     (shapes and dtypes as :mod:`engine.backends.protocol` gives them), layer by layer."""

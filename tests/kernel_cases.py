@@ -35,7 +35,16 @@ LAYOUTS = ("plain", "out", "strided")
 # (L, d, n): ragged widths and partial tiles; the last two are too slow to interpret.
 SHAPES = ((1, 16, 1), (2, 40, 37), (3, 48, 70), (0, 24, 33), (6, 768, 300), (2, 384, 4099))
 LAYOUT_SHAPE = (2, 40, 37)
+TOPK_KS = (1, 5, 16, 20)  # below, at and above the 16-row interpreted tile
+FLAG_DTYPES = (torch.float32, torch.bfloat16)
 INTERPRETED_MAX_WIDTH = 64
+# HYPENCODER_KERNEL_GRID=quick: the same kinds of case with fewer compilations, for the
+# time-boxed check on a GPU (bench/gpu_check.sh), where each new specialisation compiles.
+if os.environ.get("HYPENCODER_KERNEL_GRID", "full") == "quick":
+    DTYPES = (torch.float32, torch.bfloat16)
+    SHAPES = ((2, 40, 37), (6, 768, 300))
+    TOPK_KS = (5, 20)
+    FLAG_DTYPES = (torch.bfloat16,)
 
 
 @dataclass(frozen=True)

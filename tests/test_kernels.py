@@ -10,7 +10,9 @@ from engine.backends import get_backend, torch_ref
 from engine.qnet_config import QNetConfig
 from kernel_cases import (
     DTYPES,
+    FLAG_DTYPES,
     LAYOUTS,
+    TOPK_KS,
     activate,
     assert_close,
     backend_params,
@@ -56,7 +58,7 @@ def test_gather_matches_reference(kb, dtype, id_dtype, layout, monkeypatch):
 
 
 @pytest.mark.parametrize("kb", backend_params(lambda kb: kb.gather and not kb.grid_only))
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [dt for dt in DTYPES if dt != torch.float32])
 def test_gather_wide_deep(kb, dtype, monkeypatch):
     skip_if_too_slow(kb, 768)
     dev = activate(kb, monkeypatch)
@@ -68,7 +70,7 @@ def test_gather_wide_deep(kb, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("kb", backend_params())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", FLAG_DTYPES)
 @pytest.mark.parametrize("config,dims", [
     (QNetConfig(residual_on_last=True), [32, 32, 32, 1]),
     (QNetConfig(layer_norm=False), [32, 32, 32, 1]),
@@ -89,8 +91,8 @@ def test_converter_flags_and_widths(kb, dtype, config, dims, monkeypatch):
 
 
 @pytest.mark.parametrize("kb", backend_params(lambda kb: kb.fused_topk and not kb.grid_only))
-@pytest.mark.parametrize("k", [1, 5, 16, 20])  # below, at and above the 16-row interpreted tile
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", TOPK_KS)
+@pytest.mark.parametrize("dtype", FLAG_DTYPES)
 def test_exact_topk_matches_reference(kb, k, dtype, monkeypatch):
     dev = activate(kb, monkeypatch)
     be = get_backend(kb.name, dev)

@@ -111,3 +111,29 @@ def test_topk_keys_roundtrip():
 def test_auto_never_picks_triton_on_cpu():
     # The interpreter is for tests: automatic choice on CPU tensors stays on CPU backends.
     assert get_backend("auto", torch.device("cpu")).name != "triton"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("residual_first", [False, True])
+def test_layer_gemm_epilogue_and_statistics(dtype, residual_first):
+    """One layer of the GEMM path: the fused epilogue's output, and each column group's
+    mean and sum of squared deviations, against torch."""
+    g = torch.Generator().manual_seed(4)
+    din, dout = (40, 40) if residual_first else (40, 56)  # 56: a partial last group
+    x = torch.randn(50, din, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(2, din, dout, generator=g) / din**0.5).to(DEVICE, dtype)
+    b = torch.randn(2, dout, generator=g).to(DEVICE, dtype)
+    p, st = qnet_layers.layer_gemm(x, w, b, residual_first=residual_first)
+    y = torch.relu(x.float() @ w.float() + b.float()[:, None, :])
+    if residual_first:
+        y = y + x.float()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert p.shape == (2, 50, dout) and p.dtype == dtype
+    assert torch.allclose(p.float().cpu(), y.cpu(), atol=tol * 4, rtol=tol)
+    sw = qnet_layers._stats_group()
+    for gi, c0 in enumerate(range(0, dout, sw)):
+        part = y[:, :, c0 : c0 + sw].cpu()
+        mean = part.mean(-1)
+        m2 = ((part - mean[..., None]) ** 2).sum(-1)
+        assert torch.allclose(st[:, :, gi, 0].cpu(), mean, atol=tol * 4, rtol=tol)
+        assert torch.allclose(st[:, :, gi, 1].cpu(), m2, atol=tol * 40, rtol=tol * 4)
