@@ -16,9 +16,13 @@ import sys
 from setuptools import find_packages, setup
 
 try:
-    from pybind11.setup_helpers import Pybind11Extension, build_ext
+    from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 except ImportError:  # pragma: no cover - pybind11 is a build requirement
     sys.exit("pybind11 is needed to build the engine: pip install pybind11")
+
+# Compile the C++ files in parallel (every core; NPY_NUM_BUILD_JOBS=N to choose), in a
+# plain `pip install .` too, which passes no -j.
+ParallelCompile("NPY_NUM_BUILD_JOBS").install()
 
 sources = sorted(
     p for p in glob.glob("csrc/**/*.cpp", recursive=True) if not p.startswith(os.path.join("csrc", "cuda"))

@@ -58,41 +58,36 @@ BASELINE = "bf16 cuBLAS per layer"
 
 
 # ------------------------------------------------------------------------- baseline
-def per_layer_bf16(weights, biases, config, vectors, out, chunk=1 << 16):
-    """The baseline: one ``torch.matmul`` per layer in the q-nets' dtype (cuBLAS on a GPU),
-    the epilogue in torch, chunks of ``chunk`` documents; fills ``out`` (Q, n) float32."""
+def per_layer(x, weights, biases, config):
+    """The baseline's q-nets on ``x`` ((C, d) shared by the queries, or (Q, C, d)): one
+    ``torch.matmul`` per layer in the q-nets' dtype (cuBLAS on a GPU), the epilogue in
+    torch; returns (Q, C) float32 scores."""
     L = len(biases)
+    for i in range(L):
+        ln_before, res, ln_after = config.layer_ops(i, L)
+        y = torch.matmul(x, weights[i]) + biases[i][:, None, :]
+        if config.activation == "relu":
+            y = torch.relu(y)
+        if ln_before:
+            y = F.layer_norm(y, y.shape[-1:], eps=config.eps)
+        if res:
+            y = y + x
+        if ln_after:
+            y = F.layer_norm(y, y.shape[-1:], eps=config.eps)
+        x = y
+    return torch.matmul(x, weights[L]).squeeze(-1).float()
+
+
+def per_layer_bf16(weights, biases, config, vectors, out, chunk=1 << 16):
+    """The dense baseline, chunks of ``chunk`` documents; fills ``out`` (Q, n) float32."""
     for s in range(0, vectors.shape[0], chunk):
-        x = vectors[s : s + chunk]
-        for i in range(L):
-            ln_before, res, ln_after = config.layer_ops(i, L)
-            y = torch.matmul(x, weights[i]) + biases[i][:, None, :]
-            if config.activation == "relu":
-                y = torch.relu(y)
-            if ln_before:
-                y = F.layer_norm(y, y.shape[-1:], eps=config.eps)
-            if res:
-                y = y + x
-            if ln_after:
-                y = F.layer_norm(y, y.shape[-1:], eps=config.eps)
-            x = y
-        out[:, s : s + chunk] = torch.matmul(x, weights[L]).squeeze(-1).float()
+        out[:, s : s + chunk] = per_layer(vectors[s : s + chunk], weights, biases, config)
     return out
 
 
 def per_layer_gather(weights, biases, config, vectors, ids, out):
     Q, m = ids.shape
-    x = vectors[ids.reshape(-1)].view(Q, m, -1)
-    L = len(biases)
-    for i in range(L):
-        ln_before, res, ln_after = config.layer_ops(i, L)
-        y = torch.baddbmm(biases[i][:, None, :], x, weights[i])
-        y = torch.relu(y) if config.activation == "relu" else y
-        y = F.layer_norm(y, y.shape[-1:], eps=config.eps) if ln_before else y
-        y = y + x if res else y
-        x = F.layer_norm(y, y.shape[-1:], eps=config.eps) if ln_after else y
-    out.copy_(torch.bmm(x, weights[L]).squeeze(-1))
-    return out
+    return out.copy_(per_layer(vectors[ids.reshape(-1)].view(Q, m, -1), weights, biases, config))
 
 
 def per_layer_topk(qn, vecs, k, block=1 << 22):
