@@ -11,7 +11,8 @@ residual). The yardstick is the device's **measured bf16 GEMM peak** (torch.matm
   3. exact top-1000 over 8.8M x 768 documents with a 6-layer q-net, one query;
   4. dense scoring TFLOP/s at 8.8M (Q = 1) and 1M (Q = 4) documents: each backend
      against the bf16 per-layer baseline and against the GEMM peak, with its error
-     against the float32 reference on the first 4,096 documents;
+     against the float32 reference on the first 4,096 documents (the Triton layer path
+     with and without its CUDA graph replay: the difference is the launch overhead);
   5. gather scoring (m = 4,096 and 65,536 candidates per query, Q = 8);
   6. the Triton layer GEMM alone against cuBLAS on the layer shape.
 
@@ -50,6 +51,7 @@ DTYPE = torch.bfloat16
 # (label, registry name, environment): the engine paths measured.
 PATHS = (
     ("triton layers", "triton", {"HYPENCODER_TRITON_DENSE": "layers"}),
+    ("triton layers, no graph", "triton", {"HYPENCODER_TRITON_DENSE": "layers", "HYPENCODER_TRITON_GRAPHS": "0"}),
     ("triton tile", "triton", {"HYPENCODER_TRITON_DENSE": "tile"}),
     ("cuda (WMMA)", "cuda", {}),
     ("torch fp32 reference", "torch", {}),
@@ -340,7 +342,7 @@ def main(argv=None):
         rep.row([m, Q, BASELINE, f"{t_base * 1e3:.2f}", f"{Q * m / t_base / 1e6:.1f}", "1.00x",
                  f"{rel_err(out, ref):.1e}"], m=m, Q=Q, backend=BASELINE, seconds=t_base)
         for label, (be, env) in mods.items():
-            if label == "triton layers":  # gathers run the tile kernel whatever the dense path
+            if label.startswith("triton layers"):  # gathers run the tile kernel whatever the dense path
                 continue
             if clock.spent():
                 skipped([m, Q, label], headers, m=m, Q=Q, backend=label)

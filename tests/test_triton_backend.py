@@ -14,7 +14,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
-from engine.backends import availability, get_backend, topk_keys
+from engine.backends import availability, get_backend, topk_keys, torch_ref
 from kernel_cases import INTERPRET, make_qnet, make_vectors, ref_topk
 
 ok, why = availability("triton")
@@ -137,3 +137,59 @@ def test_layer_gemm_epilogue_and_statistics(dtype, residual_first):
         m2 = ((part - mean[..., None]) ** 2).sum(-1)
         assert torch.allclose(st[:, :, gi, 0].cpu(), mean, atol=tol * 4, rtol=tol)
         assert torch.allclose(st[:, :, gi, 1].cpu(), m2, atol=tol * 40, rtol=tol * 4)
+
+
+VECS = make_vectors(70, 16, torch.float32, DEVICE)
+
+
+def _layers_reference_case(seed):
+    q = make_qnet(2, [16, 16, 16, 1], torch.float32, DEVICE, seed=seed)
+    return q, torch_ref.score_dense(q.weights, q.biases, q.config, VECS)
+
+
+def test_layers_graph_replay_copies_weights(monkeypatch):
+    """The capture-and-replay logic of the layer scan with a stand-in for the CUDA graph
+    (replay runs the captured scan again): the first call on a corpus captures, later
+    calls with q-nets of the same shapes replay with their own weights."""
+    import collections
+
+    monkeypatch.setattr(qnet_layers, "GRAPH_MIN_ROWS", 1)
+    monkeypatch.setattr(qnet_layers, "graphs_enabled", lambda device: True)
+    monkeypatch.setattr(qnet_layers, "_GRAPHS", collections.OrderedDict())
+    captured = []
+    monkeypatch.setattr(qnet_layers, "_capture", lambda fn: captured.append(fn) or fn)
+    for seed in (1, 2, 3):
+        q, ref = _layers_reference_case(seed)
+        out = torch.full((2, 70), float("nan"), device=DEVICE)
+        qnet_layers.score_dense(q.weights, q.biases, q.config, VECS, out)
+        assert torch.allclose(out.cpu(), ref.cpu(), atol=1e-5), seed
+    assert len(captured) == 1  # one capture, two replays
+    other = VECS.clone()
+    qnet_layers.score_dense(q.weights, q.biases, q.config, other, torch.empty(2, 70, device=DEVICE))
+    assert len(captured) == 2  # another corpus: another graph
+
+
+def test_layers_graph_failure_falls_back_once(monkeypatch):
+    import collections
+
+    monkeypatch.setattr(qnet_layers, "GRAPH_MIN_ROWS", 1)
+    monkeypatch.setattr(qnet_layers, "_graph_error", None)
+    monkeypatch.setattr(qnet_layers, "graphs_enabled", lambda device: qnet_layers._graph_error is None)
+    monkeypatch.setattr(qnet_layers, "_GRAPHS", collections.OrderedDict())
+
+    def broken(fn):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(qnet_layers, "_capture", broken)
+    q, ref = _layers_reference_case(4)
+    out = torch.empty(2, 70, device=DEVICE)
+    with pytest.warns(RuntimeWarning, match="CUDA graph failed"):
+        qnet_layers.score_dense(q.weights, q.biases, q.config, VECS, out)
+    assert torch.allclose(out.cpu(), ref.cpu(), atol=1e-5)
+    assert "stream is capturing" in qnet_layers._graph_error
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second attempt, no second warning
+        qnet_layers.score_dense(q.weights, q.biases, q.config, VECS, out)
+    assert torch.allclose(out.cpu(), ref.cpu(), atol=1e-5)
