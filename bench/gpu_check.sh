@@ -85,7 +85,7 @@ else
   caps=(170 100) total=345
 fi
 
-{ nvidia-smi 2>&1 || echo "nvidia-smi: not available"; } | head -20 >> "$LOG"
+if command -v nvidia-smi > /dev/null; then nvidia-smi 2>&1 | head -20 >> "$LOG"; else echo "nvidia-smi: not available" >> "$LOG"; fi
 "$PY" - >> "$LOG" 2>&1 <<'PY'
 import sys, torch
 print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
