@@ -1,6 +1,8 @@
 #include "qnet_args.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 
@@ -12,6 +14,35 @@ DType float_dtype(const py::array& a, const char* name) {
   if (array_is(a, Kind::BF16)) return DType::BF16;
   throw py::type_error(std::string(name) + ": expected float32, float16 or bfloat16 (as uint16) array, got dtype " +
                        std::string(py::str(a.dtype())));
+}
+
+QNetFlags parse_flags(const py::dict& flags) {
+  static const char* const keys[] = {"relu", "layer_norm", "residual", "residual_on_last",
+                                     "layer_norm_before_residual", "eps"};
+  for (const auto& item : flags) {
+    const std::string key = py::str(item.first);
+    if (std::find(std::begin(keys), std::end(keys), key) == std::end(keys))
+      throw std::invalid_argument("q-net flags: unknown key '" + key + "'");
+  }
+  auto get = [&](const char* key) -> py::object {
+    if (!flags.contains(key)) throw std::invalid_argument(std::string("q-net flags: missing '") + key + "'");
+    return flags[key];
+  };
+  auto flag = [&](const char* key) {
+    py::object v = get(key);
+    if (!py::isinstance<py::bool_>(v)) throw py::type_error(std::string("q-net flags: '") + key + "' must be a bool");
+    return v.cast<bool>();
+  };
+  QNetFlags f;
+  f.relu = flag("relu");
+  f.layer_norm = flag("layer_norm");
+  f.residual = flag("residual");
+  f.residual_on_last = flag("residual_on_last");
+  f.layer_norm_before_residual = flag("layer_norm_before_residual");
+  py::object eps = get("eps");
+  if (!py::isinstance<py::float_>(eps)) throw py::type_error("q-net flags: 'eps' must be a float");
+  f.eps = eps.cast<double>();
+  return f;
 }
 
 void parse_qnet(QNetArgs& a, const py::list& weights, const py::list& biases, const QNetFlags& flags) {

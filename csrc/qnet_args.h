@@ -35,9 +35,15 @@ struct QNetArgs {
   QNetView view;
 };
 
+// The flags from QNetConfig.kernel_flags() (a dict; every key required, bools strict).
+QNetFlags parse_flags(const py::dict& flags);
+
 // weights: L + 1 arrays (Q, in, out), the last (Q, h_L, 1); biases: L arrays (Q, out); all
 // one dtype. Throws ValueError / TypeError naming the offending array.
 void parse_qnet(QNetArgs& a, const py::list& weights, const py::list& biases, const QNetFlags& flags);
+inline void parse_qnet(QNetArgs& a, const py::list& weights, const py::list& biases, const py::dict& flags) {
+  parse_qnet(a, weights, biases, parse_flags(flags));
+}
 
 // Document vectors (n, d) in float32, float16 or bfloat16.
 VectorsView parse_vectors(const py::array& vec, int64_t d);

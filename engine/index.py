@@ -4,34 +4,18 @@ memory, with exact and graph search."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from . import storage
+from . import backends, storage
 from .qnet import QNet
+from .results import SearchResult, SearchStats
 from .scoring import as_vectors, check_pair, check_qnets
 from .search.exact import exact_search
 
 SEARCH_MODES = ("exact", "graph")
-
-
-@dataclass
-class SearchResult:
-    """Top-k of a batch of queries.
-
-    scores: ``(Q, k)`` float32, best first. ids: ``(Q, k)`` int64 row indices into the
-    index (use :meth:`Index.external_ids` for the stored ids). Slots that no document
-    filled (``k`` larger than the corpus, or than what a graph search reached) hold score
-    ``-inf`` and id ``-1``. ``stats`` holds what the search reports (mode, backend, time,
-    documents scored, ...).
-    """
-
-    scores: torch.Tensor
-    ids: torch.Tensor
-    stats: dict = field(default_factory=dict)
 
 
 def _normalise_ids(ids, n: int):
@@ -90,6 +74,7 @@ class Index:
         self._ids = ids
         self.graph: torch.Tensor | None = None
         self.graph_params: dict = {}
+        self.codes = None  # engine.graph.codes.LinearCodes: the default graph search's candidates
         self.path: str | None = None
         if graph is not None:
             self.set_graph(graph, graph_params or {})
@@ -123,13 +108,16 @@ class Index:
 
     def __repr__(self) -> str:
         g = f", graph degree {self.graph.shape[1]}" if self.graph is not None else ""
-        return f"Index(n={len(self)}, dim={self.dim}, dtype={self.dtype}, ids={self.ids_kind}{g})"
+        c = f", codes {self.codes.params.get('bytes_per_vector')} B" if self.codes is not None else ""
+        return f"Index(n={len(self)}, dim={self.dim}, dtype={self.dtype}, ids={self.ids_kind}{g}{c})"
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Index":
         """A copy with the vectors on ``device`` / in ``dtype`` (graph and ids kept)."""
         out = Index(self.vectors.to(device=device, dtype=dtype), self._ids, _checked=True)
         if self.graph is not None:
             out.set_graph(self.graph, self.graph_params)
+        if self.codes is not None and dtype in (None, self.dtype):
+            out.codes = self.codes  # codes of other values would be wrong: rebuild them
         return out
 
     def set_graph(self, neighbors: torch.Tensor, params: dict) -> None:
@@ -147,14 +135,45 @@ class Index:
         self.graph = neighbors.to(torch.int32)
         self.graph_params = dict(params)
 
-    def build_graph(self, degree: int = 32, **kwargs) -> "Index":
-        """Build the ``degree`` nearest other documents of every document by L2 (see
-        :func:`engine.graph.build.build_knn_graph`); returns self."""
+    def build_graph(self, degree: int = 32, *, codes: bool = True, code_bytes: int = 64,
+                    progress: bool = False, **kwargs) -> "Index":
+        """Build what graph search needs: the ``degree`` nearest other documents of every
+        document by L2 (see :func:`engine.graph.build.build_knn_graph`, which takes the
+        other keyword options) and, with ``codes``, the compressed candidate codes of
+        ``code_bytes`` bytes per document (:meth:`build_codes`); returns self."""
         from .graph.build import build_knn_graph
 
-        neighbors, params = build_knn_graph(self.vectors, degree, **kwargs)
+        if codes:
+            self.build_codes(code_bytes, progress=progress)
+        neighbors, params = build_knn_graph(self.vectors, degree, progress=progress, **kwargs)
         self.set_graph(neighbors, params)
         return self
+
+    def build_codes(self, bytes_per_vector: int = 64, **kwargs) -> "Index":
+        """Build the compressed codes the default graph search draws its candidates from
+        (:func:`engine.graph.codes.build_codes`: ``bytes_per_vector`` per document); returns
+        self."""
+        from .graph.codes import build_codes
+
+        self.codes = build_codes(self.vectors, bytes_per_vector=bytes_per_vector, **kwargs)
+        return self
+
+    def _unchanged_vectors_file(self):
+        """``(path, manifest entry)`` of the file the vectors were mapped from, when they
+        are still exactly its contents (same tensor, no in-place change, same file), so a
+        save can link it instead of copying it; else None."""
+        src = self.__dict__.get("_vectors_file")
+        if src is None:
+            return None
+        fpath, entry, tensor, version, ident = src
+        try:
+            st = os.stat(fpath)
+        except OSError:
+            return None
+        if tensor is not self.vectors or tensor._version != version or \
+                (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != ident:
+            return None
+        return fpath, entry
 
     # ------------------------------------------------------------------ ids
     def external_ids(self, ids: torch.Tensor) -> list:
@@ -217,17 +236,22 @@ class Index:
             if graph_options:
                 raise TypeError(f"unexpected options for exact search: {sorted(graph_options)}")
             scores, ids = exact_search(qnets, self.vectors, int(k), backend=backend, block_size=block_size)
-            stats = {"mode": "exact", "documents_scored": len(self) * qnets.num_queries}
+            be = backends.get_backend(backend, qnets.device)
+            impl = "fused" if hasattr(be, "exact_topk") and self.vectors.device == qnets.device else "stream"
+            stats = SearchStats("exact", backends.backend_name(be), impl,
+                                documents_scored=len(self) * qnets.num_queries)
         else:
             if self.graph is None:
                 raise ValueError("graph search needs a graph: call index.build_graph() first")
+            if block_size is not None:
+                raise TypeError("block_size applies to exact search only")
             from .graph.search import graph_search
 
-            scores, ids, stats = graph_search(self, qnets, int(k), backend=backend, **graph_options)
-            stats = {"mode": "graph", **stats}
+            scores, ids, st = graph_search(self, qnets, int(k), backend=backend, **graph_options)
+            stats = SearchStats("graph", **st)
         if qnets.device.type == "cuda":
             torch.cuda.synchronize(qnets.device)
-        stats["seconds"] = time.perf_counter() - t0
+        stats.seconds = time.perf_counter() - t0
         return SearchResult(scores, ids, stats)
 
     # ------------------------------------------------------------------ persistence
@@ -240,7 +264,8 @@ class Index:
         step = max(1, (64 << 20) // max(1, d * self.vectors.element_size()))
         chunks = (self.vectors[s : s + step] for s in range(0, n, step))
         write_index_files(path, chunks, n, d, storage.TORCH_TO_NAME[self.dtype],
-                          ids=self._ids, graph=self.graph, graph_params=self.graph_params)
+                          ids=self._ids, graph=self.graph, graph_params=self.graph_params, codes=self.codes,
+                          vectors_link=self._unchanged_vectors_file())
         self.path = path
 
     @classmethod
@@ -282,6 +307,10 @@ class Index:
                 raise storage.IndexFormatError(f"{path}: string id offsets are inconsistent")
             ids = _StringIds(offsets, blob)
         index = cls(vectors, ids, _checked=True)
+        if mmap:
+            st = os.stat(os.path.join(path, "vectors.bin"))
+            index._vectors_file = (os.path.join(path, "vectors.bin"), dict(files["vectors.bin"]), vectors,
+                                   vectors._version, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
         if m.get("graph"):
             g = m["graph"]
             neighbors = get("graph.i32.bin", "int32", [n, int(g["degree"])])
@@ -289,17 +318,52 @@ class Index:
             index.graph_params = dict(g.get("params", {}))
             if verify:
                 index.set_graph(neighbors, index.graph_params)
+        if m.get("codes"):
+            from .graph.codes import LinearCodes
+
+            c = m["codes"]
+            if not isinstance(c, dict) or not isinstance(c.get("params", {}), dict):
+                raise storage.IndexFormatError(f"manifest of {path}: 'codes' must be an object")
+            arrays = {}
+            for attr, fname, dt in _CODE_FILES:
+                entry = files.get(fname)
+                if entry is None:
+                    raise storage.IndexFormatError(f"manifest of {path} does not list {fname}")
+                arrays[attr] = get(fname, dt, None)
+            codes = LinearCodes(**arrays, n=n, params=dict(c.get("params", {})))
+            try:
+                codes.check(n, d)
+            except ValueError as e:
+                raise storage.IndexFormatError(f"{path}: {e}") from None
+            index.codes = codes
         index.path = path
         return index
 
 
+_CODE_FILES = (("codes", "codes.u8.bin", "uint8"), ("rotation", "codes.rotation.f32.bin", "float32"),
+               ("dims", "codes.dims.i32.bin", "int32"), ("bits", "codes.bits.i32.bin", "int32"),
+               ("levels", "codes.levels.f32.bin", "float32"), ("mean", "codes.mean.f32.bin", "float32"))
+
+
 def write_index_files(path: str, vector_chunks, n: int, d: int, dtype_name: str, *, ids=None,
-                      graph: torch.Tensor | None = None, graph_params: dict | None = None) -> None:
-    """Write an index directory atomically from an iterator of vector row chunks."""
+                      graph: torch.Tensor | None = None, graph_params: dict | None = None,
+                      codes=None, vectors_link=None) -> None:
+    """Write an index directory atomically from an iterator of vector row chunks.
+
+    ``vectors_link``: ``(path, manifest entry)`` of an existing vectors file with exactly
+    these rows, hard-linked instead of written (same file system; else written)."""
     tmp = storage.temp_dir_for(path)
     try:
         files = {}
-        info = storage.write_array(os.path.join(tmp, "vectors.bin"), vector_chunks)
+        info = None
+        if vectors_link is not None:
+            try:
+                os.link(vectors_link[0], os.path.join(tmp, "vectors.bin"))
+                info = {k: vectors_link[1][k] for k in ("size", "sha256")}
+            except OSError:  # another file system: write the rows
+                info = None
+        if info is None:
+            info = storage.write_array(os.path.join(tmp, "vectors.bin"), vector_chunks)
         expect = n * d * storage.DTYPES[dtype_name][0].itemsize
         if info["size"] != expect:
             raise ValueError(f"vector chunks gave {info['size']} bytes, expected {expect}")
@@ -321,6 +385,13 @@ def write_index_files(path: str, vector_chunks, n: int, d: int, dtype_name: str,
             info = storage.write_array(os.path.join(tmp, "graph.i32.bin"), graph)
             files["graph.i32.bin"] = {"dtype": "int32", "shape": list(graph.shape), **info}
             graph_entry = {"degree": int(graph.shape[1]), "params": dict(graph_params or {})}
+        codes_entry = None
+        if codes is not None:
+            for attr, fname, dt in _CODE_FILES:
+                t = getattr(codes, attr).contiguous()
+                info = storage.write_array(os.path.join(tmp, fname), t)
+                files[fname] = {"dtype": dt, "shape": list(t.shape), **info}
+            codes_entry = {"params": dict(codes.params)}
         manifest = {
             "format": storage.FORMAT,
             "version": storage.VERSION,
@@ -329,6 +400,7 @@ def write_index_files(path: str, vector_chunks, n: int, d: int, dtype_name: str,
             "dtype": dtype_name,
             "ids": kind,
             "graph": graph_entry,
+            "codes": codes_entry,
             "files": files,
         }
         storage.commit_dir(tmp, path, manifest)

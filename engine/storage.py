@@ -1,16 +1,22 @@
-"""On-disk index format v1: a directory with ``manifest.json`` and raw little-endian arrays.
+"""On-disk index format v2: a directory with ``manifest.json`` and raw little-endian arrays.
 
 ``manifest.json``::
 
-    {"format": "hypencoder-engine-index", "version": 1,
+    {"format": "hypencoder-engine-index", "version": 2,
      "count": n, "dim": d, "dtype": "float32" | "float16" | "bfloat16",
      "ids": "none" | "int" | "str",
      "graph": null | {"degree": R, "params": {...}},
+     "codes": null | {"params": {...}},
      "files": {"vectors.bin": {"dtype": ..., "shape": [n, d], "size": bytes, "sha256": hex},
                ...}}
 
 Files: ``vectors.bin`` (n, d); ``ids.i64.bin`` (n,) int64 for integer ids; ``ids.offsets.bin``
-(n + 1,) int64 and ``ids.utf8.bin`` (bytes) for string ids; ``graph.i32.bin`` (n, R) int32.
+(n + 1,) int64 and ``ids.utf8.bin`` (bytes) for string ids; ``graph.i32.bin`` (n, R) int32;
+the graph search's candidate codes (see engine/graph/codes.py) ``codes.u8.bin``,
+``codes.rotation.f32.bin``, ``codes.dims.i32.bin``, ``codes.bits.i32.bin``,
+``codes.levels.f32.bin`` and ``codes.mean.f32.bin``. Version 2 added the codes; version 1
+indexes (no codes) are read as they are, and a version-1 reader refuses a version-2 index
+by its version number.
 
 Writes are atomic: everything goes to a temporary sibling directory, is fsynced, and then
 replaces the target in one step (``renameat2(RENAME_EXCHANGE)`` where the kernel has it),
@@ -31,7 +37,8 @@ import numpy as np
 import torch
 
 FORMAT = "hypencoder-engine-index"
-VERSION = 1
+VERSION = 2  # written
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 
 # name -> (numpy storage dtype, torch dtype); bfloat16 is stored as its raw 16 bits.
@@ -185,10 +192,10 @@ def read_manifest(path: str) -> dict:
         raise IndexFormatError(f"{mpath} is not valid JSON: {e}") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise IndexFormatError(f"{mpath} is not a {FORMAT} manifest")
-    if m.get("version") != VERSION:
+    if m.get("version") not in READABLE_VERSIONS or isinstance(m.get("version"), bool):
         raise IndexFormatError(
             f"unsupported index format version {m.get('version')!r} in {mpath}; "
-            f"this engine reads version {VERSION}"
+            f"this engine reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     for key, typ in (("count", int), ("dim", int), ("dtype", str), ("ids", str), ("files", dict)):
         if not isinstance(m.get(key), typ):

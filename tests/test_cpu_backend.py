@@ -264,7 +264,12 @@ def test_rejects_bad_weights(raw):
     with pytest.raises(ValueError, match=r"biases\[0\]"):
         _C.cpu_score_dense(**bad, vectors=vec, out=out, num_threads=1)
     with pytest.raises(ValueError, match="eps"):
-        _C.cpu_score_dense(**dict(args, eps=0.0), vectors=vec, out=out, num_threads=1)
+        _C.cpu_score_dense(**dict(args, flags=dict(args["flags"], eps=0.0)), vectors=vec, out=out, num_threads=1)
+    for bad_flags, err in ((dict(args["flags"], relu=1), TypeError), (dict(args["flags"], eps=1), TypeError),
+                           ({k: v for k, v in args["flags"].items() if k != "relu"}, ValueError),
+                           (dict(args["flags"], dropout=True), ValueError)):
+        with pytest.raises(err, match="flags"):
+            _C.cpu_score_dense(**dict(args, flags=bad_flags), vectors=vec, out=out, num_threads=1)
 
 
 def test_rejects_bad_ids(raw):
@@ -364,7 +369,7 @@ def test_packed_argument_is_validated():
         cpu._qnet_args(*(lambda o: (o.weights, o.biases, o.config))(make_qnet(3, 32, 2, torch.float32))),  # Q
         cpu._qnet_args(*(lambda o: (o.weights, o.biases, o.config))(make_qnet(2, 32, 1, torch.float32))),  # L
         cpu._qnet_args(*(lambda o: (o.weights, o.biases, o.config))(make_qnet(2, 32, 2, torch.bfloat16))),  # dtype
-        dict(args, layer_norm=False),  # flags
+        dict(args, flags=dict(args["flags"], layer_norm=False)),  # flags
     ]
     for a in bad:
         o = np.zeros((a["weights"][0].shape[0], 10), np.float32)

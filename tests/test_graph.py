@@ -3,9 +3,6 @@ implementation of the paper's algorithm, edge cases, determinism, input checks."
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -14,11 +11,9 @@ import engine
 from engine.graph import native
 from engine.graph.build import build_knn_graph
 from engine.graph.common import entry_points
+from tests.reference.paper import paper_search_python
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
-from paper_baseline import paper_search_python  # noqa: E402
-
-IMPLS = ["torch"] + (["native"] if native.available() else [])
+IMPLS = ["torch"] + (["native"] if native.availability()[0] else [])
 
 
 def brute_knn(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -172,15 +167,19 @@ def test_build_rejects_bad_input():
         build_knn_graph(x, 2, method="exact", nprobe=3)
 
 
-def test_graph_persists_with_params(tmp_path, small):
+def test_graph_and_codes_persist(tmp_path, small):
     idx, q = small
     idx.save(tmp_path / "i")
-    back = engine.Index.load(tmp_path / "i")
+    back = engine.Index.load(tmp_path / "i", verify=True)
     assert torch.equal(back.graph, idx.graph)
     assert back.graph_params == idx.graph_params
-    a = idx.search(q, 10, mode="graph", preset="paper", num_entry_points=50)
-    b = back.search(q, 10, mode="graph", preset="paper", num_entry_points=50)
-    assert torch.equal(a.ids, b.ids)
+    for name in engine.graph.LinearCodes.ARRAYS:
+        assert torch.equal(getattr(back.codes, name), getattr(idx.codes, name)), name
+    assert back.codes.params == idx.codes.params
+    for preset, opts in (("paper", {"num_entry_points": 50}), ("default", {"ef": 16})):
+        a = idx.search(q, 10, mode="graph", preset=preset, **opts)
+        b = back.search(q, 10, mode="graph", preset=preset, **opts)
+        assert torch.equal(a.ids, b.ids) and torch.equal(a.scores, b.scores)
 
 
 # ---------------------------------------------------------------- paper preset
@@ -196,13 +195,14 @@ def test_paper_preset_matches_python_reference(small, impl, k, nc, early):
         assert r.ids[i, : len(ids)].tolist() == ids
         torch.testing.assert_close(r.scores[i, : len(ids)], torch.tensor(scores), rtol=1e-5, atol=1e-5)
         assert (r.ids[i, len(ids):] == -1).all()
-    assert r.stats["documents_scored_per_query"] == [s["documents_scored"] for s in st]
+    assert r.stats.per_query.documents_scored == [s["documents_scored"] for s in st]
+    assert r.stats.impl == impl and r.stats.preset == "paper" and r.stats.candidates is None
 
 
 def test_paper_reference_same_with_lazy_adjacency(small):
     """The baseline's lazy neighbour lists (for graphs too large to list whole) change
     nothing."""
-    from paper_baseline import LazyAdjacency
+    from tests.reference.paper import LazyAdjacency
 
     idx, q = small
     args = (q, idx.vectors)
@@ -223,85 +223,112 @@ def test_paper_entry_points_fixed_by_seed(small):
 
 # ---------------------------------------------------------------- default
 @pytest.mark.parametrize("impl", IMPLS)
-def test_default_finds_exact_top10(small, impl):
+@pytest.mark.parametrize("candidates", ["codes", "scan"])
+def test_default_finds_exact_top10(small, impl, candidates):
     idx, q = small
     ex = idx.search(q, 10)
-    r = idx.search(q, 10, mode="graph", impl=impl, ef=32, passes=1)
+    r = idx.search(q, 10, mode="graph", impl=impl, candidates=candidates, ef=32, passes=1)
     assert recall(r.ids, ex.ids) >= 0.95
     # Scores returned are the q-net's own scores of the returned documents.
     ref = engine.score_gather(q, idx.vectors, r.ids)
     torch.testing.assert_close(r.scores, ref, rtol=1e-4, atol=1e-4)
-    assert r.stats["documents_scored"] < q.num_queries * len(idx) / 2
+    st = r.stats
+    assert st.documents_scored < q.num_queries * len(idx) / 2
+    assert st.impl == impl and st.backend == "cpu" and st.candidates == candidates and st.mode == "graph"
+    assert st.documents_scored == sum(st.per_query.documents_scored)
+    n, Q = len(idx), q.num_queries
+    if candidates == "scan":
+        assert st.linear_rows == n * Q and st.coded_rows == 0
+    else:
+        assert st.coded_rows == n * Q and 0 < st.linear_rows <= n * Q
 
 
 def test_default_knob_trades_work_for_recall(small):
     idx, q = small
-    lo = idx.search(q, 10, mode="graph", impl="torch", ef=8, num_samples=16)
-    hi = idx.search(q, 10, mode="graph", impl="torch", ef=64, num_samples=16)
-    assert hi.stats["documents_scored"] > lo.stats["documents_scored"]
+    lo = idx.search(q, 10, mode="graph", ef=8)
+    hi = idx.search(q, 10, mode="graph", ef=64)
+    assert hi.stats.documents_scored > lo.stats.documents_scored
 
 
-@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
 @pytest.mark.parametrize("preset", ["default", "paper"])
-def test_native_matches_torch(small, preset):
+@pytest.mark.parametrize("candidates", ["codes", "scan"])
+def test_native_matches_torch(small, preset, candidates):
     idx, q = small
-    opts = {"num_entry_points": 60} if preset == "paper" else {"ef": 24, "passes": 2}
+    opts = {"num_entry_points": 60} if preset == "paper" else {"ef": 24, "passes": 2, "candidates": candidates}
     a = idx.search(q, 10, mode="graph", preset=preset, impl="torch", **opts)
     b = idx.search(q, 10, mode="graph", preset=preset, impl="native", **opts)
     assert recall(a.ids, b.ids) >= 0.98  # float rounding of the two scorers may swap near-ties
     torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-4)
+    for f in ("linear_rows", "coded_rows", "fallbacks"):
+        assert getattr(a.stats, f) == getattr(b.stats, f), f
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_shortlist_of_whole_corpus_reranks_every_row(small, impl):
+    idx, q = small
+    n, Q = len(idx), q.num_queries
+    r = idx.search(q, 10, mode="graph", impl=impl, candidates="scan", ef=16, passes=2, shortlist=1.0)
+    assert r.stats.linear_rows == 2 * n * Q  # one scan, then every row again by the new direction
+    one = idx.search(q, 10, mode="graph", impl=impl, candidates="scan", ef=16, passes=1)
+    assert one.stats.linear_rows == n * Q
+    # The second pass only adds documents: never worse at the top.
+    assert (r.scores[:, 0] >= one.scores[:, 0]).all()
+
+
+# ---------------------------------------------------------------- interface operations
 @pytest.mark.parametrize("block", [None, 1000, 777, 64])
 @pytest.mark.parametrize("m", [1, 40, 5000, 6000])
-def test_linear_scan_is_the_exact_top_m(block, m):
+def test_torch_linear_topk_is_the_exact_top_m(block, m):
     """Any block size gives the top m of all scores, ordered by (score desc, id asc),
     duplicate rows (equal scores) included; m beyond n gives all n."""
-    from engine.graph.beam import linear_scan
     from engine.graph.common import sort_by_key
+    from engine.graph.torch_impl import linear_topk
 
     x = engine.synthetic.vectors(5000, 24, seed=3)
     x[4000:4100] = x[10:110]  # equal scores, ordered by id
     w = torch.randn(3, 24, generator=torch.Generator().manual_seed(1))
     _, ref = sort_by_key(w @ x.T, torch.arange(5000).expand(3, -1))
-    got = linear_scan(x, w, m, block=block)
+    got = linear_topk(x, w, m, block=block)
     assert torch.equal(got, ref[:, : min(m, 5000)])
 
 
-@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
+def _np(x):
+    return (x.view(torch.uint16) if x.dtype == torch.bfloat16 else x).contiguous().numpy()
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("simd", [True, False])
-def test_native_linear_topk_matches_torch_scan(dtype, simd):
+def test_native_linear_and_rows_topk(dtype):
     from engine import _C
-    from engine.graph.beam import linear_scan
+    from engine.graph.torch_impl import linear_topk
 
-    x = engine.synthetic.vectors(5000, 36, seed=8, dtype=dtype)  # 36: a tail after 4 x 8 lanes
+    x = engine.synthetic.vectors(5000, 36, seed=8, dtype=dtype)  # 36: a tail after the SIMD lanes
     w = torch.randn(3, 36, generator=torch.Generator().manual_seed(0))
-    xs = x.view(torch.uint16) if dtype == torch.bfloat16 else x
-    s, i = _C.graph_linear_topk(xs.numpy(), w.numpy(), 40, 2, simd)
-    ref = w.double() @ x.double().T
-    rs, _ = torch.topk(ref, 40, dim=1)
+    s, i = _C.graph_linear_topk(_np(x), w.numpy(), 40, 2)
+    rs, _ = torch.topk(w.double() @ x.double().T, 40, dim=1)
     torch.testing.assert_close(torch.from_numpy(s).double(), rs, rtol=1e-5, atol=1e-5)
-    assert recall(torch.from_numpy(i), linear_scan(x.float(), w, 40)) >= 0.99
-    # Threads change nothing.
-    s1, i1 = _C.graph_linear_topk(xs.numpy(), w.numpy(), 40, 1, simd)
+    assert recall(torch.from_numpy(i), linear_topk(x.float(), w, 40)) >= 0.99
+    s1, i1 = _C.graph_linear_topk(_np(x), w.numpy(), 40, 1)  # threads change nothing
     assert np.array_equal(i, i1) and np.array_equal(s, s1)
-    # Ties by lower id: a duplicated corpus keeps the first copy of each pair first.
-    x2 = torch.cat([x, x]).contiguous()
-    x2s = x2.view(torch.uint16) if dtype == torch.bfloat16 else x2
-    _, i2 = _C.graph_linear_topk(x2s.numpy(), w.numpy(), 10, 2, simd)
+    x2 = torch.cat([x, x])  # ties by lower id: the first copy of each pair first
+    _, i2 = _C.graph_linear_topk(_np(x2), w.numpy(), 10, 2)
     assert (i2[:, 0::2] < 5000).all() and (i2[:, 1::2] == i2[:, 0::2] + 5000).all()
-    # m beyond n: the whole corpus.
-    s3, _ = _C.graph_linear_topk(xs[:7].contiguous().numpy(), w.numpy(), 40, 2, simd)
-    assert s3.shape == (3, 7)
+    assert _C.graph_linear_topk(_np(x[:7]), w.numpy(), 40, 2)[0].shape == (3, 7)
+    # rows_topk over the whole corpus in any order: the same bits as the scan.
+    g = torch.Generator().manual_seed(2)
+    perm = torch.stack([torch.randperm(5000, generator=g) for _ in range(3)]).numpy()
+    s_rows, i_rows = _C.graph_rows_topk(_np(x), perm, w.numpy(), 40, 2)
+    assert np.array_equal(i_rows, i) and np.array_equal(s_rows, s)
 
 
-@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
-def test_native_linear_topk_rejects_bad_input():
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
+def test_native_interface_rejects_bad_input():
     from engine import _C
 
     x = np.zeros((10, 4), np.float32)
     w = np.zeros((2, 4), np.float32)
+    ids = np.array([[0, 1, 2], [3, 4, 5]], np.int64)
     with pytest.raises(ValueError):
         _C.graph_linear_topk(x, np.zeros((2, 5), np.float32), 3, 1)
     with pytest.raises(ValueError):
@@ -314,106 +341,232 @@ def test_native_linear_topk_rejects_bad_input():
         _C.graph_linear_topk(x, w.astype(np.float64), 3, 1)
     with pytest.raises(ValueError):
         _C.graph_linear_topk(x, np.full((2, 4), np.nan, np.float32), 3, 1)
-    with pytest.raises(ValueError):
-        _C.graph_linear_topk(np.zeros((10, 4), np.float32)[:, ::2].copy().T, w, 3, 1)
-
-
-@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("simd", [True, False])
-def test_native_rows_topk_matches_linear_topk(dtype, simd):
-    from engine import _C
-
-    x = engine.synthetic.vectors(3000, 36, seed=8, dtype=dtype)  # 36: a tail after 4 x 8 lanes
-    xs = (x.view(torch.uint16) if dtype == torch.bfloat16 else x).numpy()
-    w = torch.randn(3, 36, generator=torch.Generator().manual_seed(1)).numpy()
-    s_full, i_full = _C.graph_linear_topk(xs, w, 50, 2, simd)
-    # The whole corpus as the shortlist, in a different order per query: the same bits.
-    g = torch.Generator().manual_seed(2)
-    perm = torch.stack([torch.randperm(3000, generator=g) for _ in range(3)]).numpy()
-    s_rows, i_rows = _C.graph_rows_topk(xs, perm, w, 50, 2, simd)
-    assert np.array_equal(i_rows, i_full) and np.array_equal(s_rows, s_full)
-    # A subset: its exact top (float64 reference), and one thread gives the same.
-    sub = perm[:, :700].copy()
-    s_sub, i_sub = _C.graph_rows_topk(xs, sub, w, 20, 2, simd)
-    ref = torch.einsum("qsd,qd->qs", x.double()[torch.from_numpy(sub)], torch.from_numpy(w).double())
-    rs, rp = torch.sort(ref, dim=1, descending=True)
-    torch.testing.assert_close(torch.from_numpy(s_sub).double(), rs[:, :20], rtol=1e-5, atol=1e-5)
-    assert recall(torch.from_numpy(i_sub), torch.gather(torch.from_numpy(sub), 1, rp[:, :20])) >= 0.99
-    s1, i1 = _C.graph_rows_topk(xs, sub, w, 20, 1, simd)
-    assert np.array_equal(i1, i_sub) and np.array_equal(s1, s_sub)
-    # m beyond S: all S rows.
-    assert _C.graph_rows_topk(xs, sub[:, :7].copy(), w, 40, 2, simd)[1].shape == (3, 7)
-
-
-@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
-def test_native_rows_topk_rejects_bad_input():
-    from engine import _C
-
-    x = np.zeros((10, 4), np.float32)
-    w = np.zeros((2, 4), np.float32)
-    ids = np.array([[0, 1, 2], [3, 4, 5]], np.int64)
-    assert _C.graph_rows_topk(x, ids, w, 2, 1)[1].shape == (2, 2)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="out of range"):
         _C.graph_rows_topk(x, np.array([[0, 1, 10], [3, 4, 5]], np.int64), w, 2, 1)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="out of range"):
         _C.graph_rows_topk(x, np.array([[0, 1, -1], [3, 4, 5]], np.int64), w, 2, 1)
     with pytest.raises(ValueError, match="twice"):
         _C.graph_rows_topk(x, np.array([[0, 1, 2], [3, 4, 3]], np.int64), w, 2, 1)
-    with pytest.raises(ValueError):  # one row of ids per query
+    with pytest.raises(ValueError):
         _C.graph_rows_topk(x, ids[:1].copy(), w, 2, 1)
     with pytest.raises(TypeError):
         _C.graph_rows_topk(x, ids.astype(np.int32), w, 2, 1)
-    with pytest.raises(ValueError):
-        _C.graph_rows_topk(x, ids, w, 0, 1)
-    with pytest.raises(ValueError):
-        _C.graph_rows_topk(x, ids, np.full((2, 4), np.inf, np.float32), 2, 1)
 
 
-def test_rows_topk_torch_matches_linear_scan():
-    from engine.graph.beam import linear_scan, rows_topk_torch
+# ---------------------------------------------------------------- codes
+@pytest.fixture(scope="module")
+def coded():
+    x = engine.synthetic.vectors(3000, 48, seed=11, dtype=torch.bfloat16)
+    codes = engine.graph.build_codes(x, bytes_per_vector=16)
+    w = torch.randn(4, 48, generator=torch.Generator().manual_seed(5))
+    return x, codes, w
 
-    # Small-integer data: every dot product is exact in float32, so the two agree exactly,
-    # ties (many, with values this coarse) included.
-    g = torch.Generator().manual_seed(3)
-    x = torch.randint(-4, 5, (2000, 24), generator=g).float()
-    w = torch.randint(-4, 5, (5, 24), generator=g).float()
-    full = linear_scan(x, w, 60, block=512)
-    perm = torch.stack([torch.randperm(2000, generator=g) for _ in range(5)])
-    assert torch.equal(rows_topk_torch(x, perm, w, 60, budget=24 * 2000 * 2), full)
-    sub = perm[:, :300]
-    ref_s = (x[sub] * w[:, None, :]).sum(-1)
-    order = sorted(range(300), key=lambda j: (-ref_s[0, j].item(), sub[0, j].item()))[:25]
-    assert rows_topk_torch(x, sub, w, 25)[0].tolist() == sub[0, order].tolist()
+
+def test_codes_build_respects_the_budget(coded):
+    x, codes, _ = coded
+    codes.check(3000, 48)
+    bits = codes.bits.sum().item()
+    assert bits <= 16 * 8 and codes.nsub == 32  # 128 bits in 32 sub-codes of 4
+    assert codes.codes.shape == (3000 // 32 + 1, 16, 32) and codes.codes.dtype == torch.uint8
+    # Widest codes on the leading (largest-variance) coordinates.
+    per_coord = torch.zeros(codes.rotation.shape[1], dtype=torch.int64)
+    for d_, b_ in zip(codes.dims.flatten().tolist(), codes.bits.flatten().tolist()):
+        if d_ >= 0:
+            per_coord[d_] = b_
+    assert per_coord[0] >= per_coord[-1] and per_coord[0] == 4
+
+
+def test_codes_estimate_tracks_the_inner_product(coded):
+    """The table sums rank documents like (x - mean) . w: a strong correlation, and the
+    exact top-10 lies inside the top 10% of the estimates."""
+    x, codes, w = coded
+    sums = codes.sums(codes.lut(w)).float()
+    exact = (x.float() - codes.mean) @ w.T
+    for q in range(4):
+        c = torch.corrcoef(torch.stack([sums[q], exact[:, q]]))[0, 1]
+        assert c > 0.9, c
+        top = torch.topk(exact[:, q], 10).indices
+        thr = torch.topk(sums[q], 300).values[-1]
+        assert (sums[q][top] >= thr).float().mean() >= 0.9
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
+def test_native_codes_scan_equals_torch_twin(coded):
+    from engine import _C
+
+    x, codes, w = coded
+    for q in range(4):
+        lut = _C.graph_codes_lut(codes.native(), 3000, w[q].numpy())
+        assert np.abs(lut.astype(int) - codes.lut(w[q : q + 1])[0].numpy().astype(int)).max() <= 1
+        sums = _C.graph_codes_sums(codes.codes.numpy(), lut, 3000)[:3000]
+        ref = codes.sums(torch.from_numpy(lut)[None])[0]
+        assert np.array_equal(sums.astype(np.int64), ref.numpy().astype(np.int64))
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
+@pytest.mark.parametrize("isa", ["auto", "portable"])
+def test_codes_scan_same_on_every_isa(coded, isa):
+    from engine import _C
+    from engine.backends import cpu
+
+    x, codes, w = coded
+    lut = _C.graph_codes_lut(codes.native(), 3000, w[0].numpy())
+    ref = codes.sums(torch.from_numpy(lut)[None])[0].numpy()
+    try:
+        cpu.set_isa(isa)
+        got = _C.graph_codes_sums(codes.codes.numpy(), lut, 3000)[:3000]
+    finally:
+        cpu.set_isa("auto")
+    assert np.array_equal(got.astype(np.int64), ref.astype(np.int64))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_shortlist_of_whole_corpus_equals_full_rescan(small, impl):
-    idx, q = small
-    opts = dict(mode="graph", impl=impl, ef=16, passes=2)
-    full = idx.search(q, 10, shortlist=0, **opts)
-    whole = idx.search(q, 10, shortlist=1.0, **opts)  # S = n
-    assert torch.equal(whole.ids, full.ids) and torch.equal(whole.scores, full.scores)
-    assert whole.stats["documents_scored"] == full.stats["documents_scored"]
-    n, Q = len(idx), q.num_queries
-    assert full.stats["linear_scored"] == 2 * n * Q
-    # The default shortlist: S = max(0.02 n, 8 * ef_lin) = 512 of 600 rows for pass 2.
-    short = idx.search(q, 10, **opts)
-    assert short.stats["linear_scored"] == (n + 512) * Q
-    assert recall(short.ids, full.ids) >= 0.95
+def test_codes_topk_exact_when_every_row_is_reranked(coded, impl):
+    """With rerank = n the codes stage is brute-force inner-product search."""
+    from engine.graph.common import sort_by_key
+    from engine.graph.torch_impl import codes_topk
+
+    x, codes, w = coded
+    _, ref = sort_by_key(w @ x.float().T, torch.arange(3000).expand(4, -1))
+    if impl == "native":
+        from engine import _C
+
+        _, got = _C.graph_codes_topk(codes.native(), _np(x), w.numpy(), 3000, 25, 2)
+        got = torch.from_numpy(got)
+    else:
+        got = codes_topk(codes, x, w, 3000, 25)
+    assert recall(got, ref[:, :25]) >= 0.99  # float32 sums in two orders may swap near-ties
 
 
-@pytest.mark.skipif(not native.available(), reason="C++ graph search not built")
-def test_shortlist_native_matches_torch(small):
-    idx, q = small
-    # ef 8: ef_lin = 32, S = max(0.1 * 600, 8 * 32) = 256 of 600 rows: a real shortlist.
-    opts = dict(mode="graph", ef=8, passes=2, shortlist=0.1)
-    a = idx.search(q, 10, impl="torch", **opts)
-    b = idx.search(q, 10, impl="native", **opts)
-    assert recall(a.ids, b.ids) >= 0.98  # float rounding of the two scorers may swap near-ties
-    torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-4)
-    assert a.stats["linear_scored"] == b.stats["linear_scored"] == (600 + 256) * q.num_queries
-    assert a.stats["linear_scored"] == b.stats["linear_scored"] == (600 + 256) * q.num_queries
+def test_codes_check_rejects_damaged_arrays(coded):
+    x, codes, _ = coded
+    import dataclasses
+
+    with pytest.raises(ValueError, match="documents"):
+        codes.check(2999, 48)
+    bad = dataclasses.replace(codes, bits=codes.bits.clone())
+    bad.bits[0, 0] = 7
+    with pytest.raises(ValueError, match="range"):
+        bad.check(3000, 48)
+    bad = dataclasses.replace(codes, levels=codes.levels.clone())
+    bad.levels[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        bad.check(3000, 48)
+    with pytest.raises(ValueError, match="bytes_per_vector"):
+        engine.graph.build_codes(x, bytes_per_vector=3)
+    with pytest.raises(TypeError):
+        engine.graph.build_codes(x, bytes_per_vector=2.0)
+
+
+def test_damaged_codes_file_is_an_index_format_error(tmp_path, small):
+    import json
+
+    idx, _ = small
+    idx.save(tmp_path / "i")
+    m = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    m["files"]["codes.dims.i32.bin"]["shape"] = [3, 4]
+    (tmp_path / "i" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(engine.storage.IndexFormatError):
+        engine.Index.load(tmp_path / "i")
+
+
+# ---------------------------------------------------------------- linearisation
+def _autograd_grad(q, at, relaxed=False):
+    from engine.backends import torch_ref
+
+    x = at.float().expand(q.num_queries, q.dim).reshape(q.num_queries, 1, q.dim).clone().requires_grad_(True)
+    with torch.enable_grad():
+        s = torch_ref.apply_qnet([w.float() for w in q.weights], [b.float() for b in q.biases], q.config, x)
+        (g,) = torch.autograd.grad(s.sum(), x)
+    return g.reshape(q.num_queries, q.dim)
+
+
+CONFIGS = [
+    {},
+    {"residual_on_last": True},
+    {"layer_norm_before_residual": False},
+    {"residual": False},
+    {"layer_norm": False},
+    {"activation": "identity"},
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_closed_form_gradient_equals_autograd(cfg, dtype):
+    from engine import _C
+    from engine.graph.linearize import linearize
+    from engine.native_args import qnet_args
+
+    q = engine.synthetic.qnets(3, [24, 24, 24, 24, 1], seed=3, config=engine.QNetConfig(**cfg), dtype=dtype)
+    at = torch.randn(24, generator=torch.Generator().manual_seed(1))
+    ref = _autograd_grad(q.float() if dtype == torch.float16 else q, at)
+    w, ok = linearize(q, at)
+    assert ok.all()
+    torch.testing.assert_close(w, ref, rtol=2e-4, atol=2e-4)
+    if len(IMPLS) > 1:
+        a = qnet_args(q.weights, q.biases, q.config)
+        g, okn = _C.graph_linearize(a["weights"], a["biases"], a["flags"], at.expand(3, 24).contiguous().numpy(),
+                                    False)
+        assert okn.all()
+        torch.testing.assert_close(torch.from_numpy(g), ref, rtol=2e-4, atol=2e-4)
+
+
+def test_relaxed_gradient_where_every_relu_is_off():
+    """A q-net whose first layer is inactive at the point has zero gradient there; the
+    relaxed gradient points along what the layer reads."""
+    from engine.graph.linearize import linearize
+
+    d = 8
+    u = torch.zeros(d)
+    u[0] = 1.0
+    w0 = torch.zeros(1, d, d)
+    w0[0, :, 0] = u  # unit 0 reads x . u
+    b0 = torch.full((1, d), -5.0)  # off unless x . u > 5
+    w1 = torch.zeros(1, d, 1)
+    w1[0, 0, 0] = 1.0
+    q = engine.QNet([w0, w1], [b0], engine.QNetConfig(layer_norm=False, residual=False))
+    w, ok = linearize(q, torch.zeros(d))
+    assert not ok.any() and (w == 0).all()
+    w, ok = linearize(q, torch.zeros(d), relaxed=True)
+    assert ok.all() and w[0, 0] > 0 and (w[0, 1:] == 0).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("candidates", ["codes", "scan"])
+def test_degenerate_gradient_still_finds_the_exact_top(impl, candidates):
+    """One distant document and a q-net that only sees it: zero gradient at the corpus
+    mean; the search must still return the exact top-k (the distant document first)."""
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    x = torch.randn(2000, d, generator=g) * 0.3
+    x[1234] = 0
+    x[1234, 0] = 20.0  # far along the first axis
+    idx = engine.Index.from_vectors(x).build_graph(8, code_bytes=4)
+    w0 = torch.zeros(1, d, d)
+    w0[0, 0, 0] = 1.0
+    b0 = torch.full((1, d), -10.0)
+    w1 = torch.zeros(1, d, 1)
+    w1[0, 0, 0] = 1.0
+    q = engine.QNet([w0, w1], [b0], engine.QNetConfig(layer_norm=False, residual=False))
+    ex = idx.search(q, 5)
+    r = idx.search(q, 5, mode="graph", impl=impl, candidates=candidates, ef=8)
+    assert r.ids[0, 0].item() == 1234 and ex.ids[0, 0].item() == 1234
+    assert torch.equal(r.scores, ex.scores)  # the rest tie at 0 (which of them is immaterial)
+    assert r.stats.fallbacks == 1
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_no_direction_at_all_starts_from_samples(impl):
+    """A q-net that is constant everywhere (zero output weights): no direction even
+    relaxed; the search falls back to its sampled documents and returns k results."""
+    x = engine.synthetic.vectors(500, 8, seed=1)
+    idx = engine.Index.from_vectors(x).build_graph(6, code_bytes=4)
+    q = engine.synthetic.qnets(2, [8, 8, 1], seed=1)
+    q = engine.QNet([q.weights[0], torch.zeros_like(q.weights[1])], list(q.biases), q.config)
+    r = idx.search(q, 10, mode="graph", impl=impl, num_samples=20)
+    assert (r.ids >= 0).all() and (r.scores == 0).all()
+    assert r.stats.fallbacks == 2 and r.stats.linear_rows == 0
 
 
 # ---------------------------------------------------------------- edge cases
@@ -425,8 +578,7 @@ def test_k_larger_than_reached_is_padded(impl, preset):
     # A graph of isolated documents: the search reaches only its starting documents.
     idx.set_graph(torch.full((40, 4), -1, dtype=torch.int32), {"seed": 0})
     q = engine.synthetic.qnets(3, [8, 8, 1], seed=1)
-    opts = ({"num_entry_points": 5} if preset == "paper"
-            else {"num_samples": 5, "ef": 4, "linear_search": "graph"})
+    opts = {"num_entry_points": 5} if preset == "paper" else {"ef": 2, "lin_factor": 2.5, "candidates": "scan", "passes": 1}
     r = idx.search(q, 30, mode="graph", preset=preset, impl=impl, **opts)
     assert r.ids.shape == (3, 30) and r.scores.shape == (3, 30)
     found = (r.ids >= 0).sum(1)
@@ -438,50 +590,87 @@ def test_k_larger_than_reached_is_padded(impl, preset):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_whole_corpus_reached_equals_exact(impl):
     x = engine.synthetic.vectors(80, 8, seed=9)
-    idx = engine.Index.from_vectors(x).build_graph(79)  # complete graph
+    idx = engine.Index.from_vectors(x).build_graph(79, code_bytes=4)  # complete graph
     q = engine.synthetic.qnets(4, [8, 8, 1], seed=2)
     ex = idx.search(q, 100)
     r = idx.search(q, 100, mode="graph", preset="paper", impl=impl, num_entry_points=1)
     assert torch.equal(r.ids, ex.ids)
-    r = idx.search(q, 100, mode="graph", impl=impl, ef=100, num_samples=1)
+    r = idx.search(q, 100, mode="graph", impl=impl, ef=100)
     assert torch.equal(r.ids, ex.ids)
 
 
-def test_duplicate_documents_search(small):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_empty_index_and_zero_queries(impl):
+    q = engine.synthetic.qnets(3, [8, 8, 1], seed=1)
+    empty = engine.Index.from_vectors(torch.zeros(0, 8)).build_graph(4, code_bytes=4)
+    for preset in ("default", "paper"):
+        r = empty.search(q, 5, mode="graph", preset=preset, impl=impl)
+        ex = empty.search(q, 5)
+        assert torch.equal(r.ids, ex.ids) and torch.equal(r.scores, ex.scores)
+        assert r.ids.shape == (3, 5) and (r.ids == -1).all()
+    x = engine.synthetic.vectors(50, 8, seed=1)
+    idx = engine.Index.from_vectors(x).build_graph(4, code_bytes=4)
+    none = q[:0]
+    for preset in ("default", "paper"):
+        r = idx.search(none, 5, mode="graph", preset=preset, impl=impl)
+        assert r.ids.shape == (0, 5) and r.scores.shape == (0, 5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_k_beyond_corpus_and_knob_below_k(impl):
+    x = engine.synthetic.vectors(30, 8, seed=2)
+    idx = engine.Index.from_vectors(x).build_graph(29, code_bytes=4)
+    q = engine.synthetic.qnets(2, [8, 8, 1], seed=3)
+    ex = idx.search(q, 40)
+    r = idx.search(q, 40, mode="graph", impl=impl, ef=3)  # ef below k: the list holds k
+    assert torch.equal(r.ids, ex.ids) and (r.ids[:, 30:] == -1).all()
+    assert torch.isneginf(r.scores[:, 30:]).all()
+
+
+def test_duplicate_documents_search():
     base = engine.synthetic.vectors(200, 16, seed=3)
     x = torch.cat([base, base])  # every document twice: equal scores, ties by lower id
-    idx = engine.Index.from_vectors(x).build_graph(8)
+    idx = engine.Index.from_vectors(x).build_graph(8, code_bytes=8)
     q = engine.synthetic.qnets(3, [16, 16, 1], seed=4, corpus_seed=3)
     ex = idx.search(q, 20)
     for impl in IMPLS:
-        for preset, opts in (("paper", {"num_entry_points": 400}), ("default", {"ef": 400, "num_samples": 400})):
+        for preset, opts in (("paper", {"num_entry_points": 400}), ("default", {"ef": 400})):
             r = idx.search(q, 20, mode="graph", preset=preset, impl=impl, **opts)
             assert torch.equal(r.ids, ex.ids), (impl, preset)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_same_results_every_run(small, impl):
+def test_same_results_every_run_batch_and_thread_count(small, impl):
     idx, q = small
     runs = [idx.search(q, 10, mode="graph", impl=impl, ef=16) for _ in range(3)]
-    runs += [idx.search(q, 10, mode="graph", preset="paper", impl=impl, num_entry_points=50) for _ in range(2)]
     assert torch.equal(runs[0].ids, runs[1].ids) and torch.equal(runs[1].ids, runs[2].ids)
-    assert torch.equal(runs[3].ids, runs[4].ids)
-    # One query alone gives what it gets in a batch.
-    one = engine.QNet([w[2:3] for w in q.weights], [b[2:3] for b in q.biases], q.config)
-    assert torch.equal(idx.search(one, 10, mode="graph", impl=impl, ef=16).ids[0], runs[0].ids[2])
+    p = [idx.search(q, 10, mode="graph", preset="paper", impl=impl, num_entry_points=50) for _ in range(2)]
+    assert torch.equal(p[0].ids, p[1].ids)
+    # One query alone gives what it gets in a batch, and so does one thread.
+    assert torch.equal(idx.search(q[2], 10, mode="graph", impl=impl, ef=16).ids[0], runs[0].ids[2])
+    nt = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = idx.search(q, 10, mode="graph", impl=impl, ef=16)
+    finally:
+        torch.set_num_threads(nt)
+    assert torch.equal(one.ids, runs[0].ids) and torch.equal(one.scores, runs[0].scores)
 
 
-def test_stats_reported(small):
+# ---------------------------------------------------------------- choice and input checks
+def test_backend_and_impl_are_chosen_together(small):
     idx, q = small
+    r = idx.search(q, 10, mode="graph", backend="torch")
+    assert r.stats.impl == "torch" and r.stats.backend == "torch"
     r = idx.search(q, 10, mode="graph")
-    for key in ("documents_scored", "linear_scored", "steps", "seconds", "preset", "impl"):
-        assert key in r.stats
-    assert r.stats["documents_scored"] == sum(r.stats["documents_scored_per_query"])
-    r = idx.search(q, 10, mode="graph", preset="paper", num_entry_points=30, max_iter=1)
-    assert r.stats["documents_scored"] == 30 * q.num_queries and r.stats["steps"] == 1
+    assert r.stats.impl == IMPLS[-1] and r.stats.backend == "cpu"
+    r = idx.search(q, 10, mode="graph", impl="torch", backend="cpu")
+    assert r.stats.impl == "torch" and r.stats.backend == "cpu"
+    if len(IMPLS) > 1:
+        with pytest.raises(ValueError, match="conflicts"):
+            idx.search(q, 10, mode="graph", impl="native", backend="torch")
 
 
-# ---------------------------------------------------------------- input checks
 def test_search_rejects_bad_options(small):
     idx, q = small
     with pytest.raises(ValueError, match="preset"):
@@ -502,9 +691,40 @@ def test_search_rejects_bad_options(small):
         idx.search(q, 10, mode="graph", shortlist=-0.1)
     with pytest.raises(ValueError, match="shortlist"):
         idx.search(q, 10, mode="graph", shortlist=1.5)
+    with pytest.raises(ValueError, match="candidates"):
+        idx.search(q, 10, mode="graph", candidates="ivf")
+    with pytest.raises(ValueError, match="lin_factor"):
+        idx.search(q, 10, mode="graph", lin_factor=float("inf"))
+    with pytest.raises(TypeError, match="params"):
+        idx.search(q, 10, mode="graph", preset="paper", params=engine.graph.DefaultSearchParams())
+    with pytest.raises(TypeError, match="block_size"):
+        idx.search(q, 10, mode="graph", block_size=64)
     bare = engine.Index.from_vectors(idx.vectors)
     with pytest.raises(ValueError, match="build_graph"):
         bare.search(q, 10, mode="graph")
+    no_codes = engine.Index.from_vectors(idx.vectors).build_graph(4, codes=False)
+    with pytest.raises(ValueError, match="codes"):
+        no_codes.search(q, 10, mode="graph", candidates="codes")
+    assert no_codes.search(q, 10, mode="graph").stats.candidates == "scan"
+
+
+def test_typed_params_object(small):
+    idx, q = small
+    p = engine.graph.DefaultSearchParams(ef=20, passes=1)
+    a = idx.search(q, 10, mode="graph", params=p)
+    b = idx.search(q, 10, mode="graph", ef=20, passes=1)
+    assert torch.equal(a.ids, b.ids) and a.stats.params == p
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_out_of_range_neighbour_is_a_value_error(impl):
+    x = engine.synthetic.vectors(40, 8, seed=9)
+    idx = engine.Index.from_vectors(x).build_graph(4, code_bytes=4)
+    idx.graph = idx.graph.clone()
+    idx.graph[3, 1] = 1000  # damaged after the checks of set_graph
+    q = engine.synthetic.qnets(2, [8, 8, 1], seed=1)
+    with pytest.raises(ValueError, match="neighbour"):
+        idx.search(q, 5, mode="graph", impl=impl, ef=40)
 
 
 def test_device_graph_cached_until_the_graph_changes():

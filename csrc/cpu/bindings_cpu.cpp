@@ -40,15 +40,11 @@ int64_t block_arg(int64_t block) {
   return block;
 }
 
-#define HYP_QNET_ARGS                                                                        \
-  py::list weights, py::list biases, bool relu, bool layer_norm, bool residual, bool residual_on_last, \
-      bool layer_norm_before_residual, double eps
-#define HYP_QNET_PASS weights, biases, QNetFlags{relu, layer_norm, residual, residual_on_last, layer_norm_before_residual, eps}
 
-void py_score_dense(HYP_QNET_ARGS, py::array vectors, py::array out, int num_threads, int64_t block,
+void py_score_dense(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array out, int num_threads, int64_t block,
                     py::object packed) {
   QNetArgs a;
-  parse_qnet(a, HYP_QNET_PASS);
+  parse_qnet(a, weights, biases, flags);
   const VectorsView v = parse_vectors(vectors, a.dims[0]);
   check_kind(out, "out", Kind::F32);
   check_shape(out, "out", {a.view.num_queries, v.n});
@@ -62,10 +58,10 @@ void py_score_dense(HYP_QNET_ARGS, py::array vectors, py::array out, int num_thr
   score_dense(a.view, v, o, nt, block, pk);
 }
 
-void py_score_gather(HYP_QNET_ARGS, py::array vectors, py::array ids, py::array out, int num_threads,
+void py_score_gather(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array ids, py::array out, int num_threads,
                      int64_t block, py::object packed) {
   QNetArgs a;
-  parse_qnet(a, HYP_QNET_PASS);
+  parse_qnet(a, weights, biases, flags);
   const VectorsView v = parse_vectors(vectors, a.dims[0]);
   check_kind(ids, "ids", Kind::I64);
   check_shape(ids, "ids", {a.view.num_queries, -1});
@@ -88,10 +84,10 @@ void py_score_gather(HYP_QNET_ARGS, py::array vectors, py::array ids, py::array 
   score_gather(a.view, v, id, m, o, nt, block, pk);
 }
 
-py::tuple py_exact_topk(HYP_QNET_ARGS, py::array vectors, int64_t k, int num_threads, int64_t block,
+py::tuple py_exact_topk(py::list weights, py::list biases, py::dict flags, py::array vectors, int64_t k, int num_threads, int64_t block,
                         py::object packed) {
   QNetArgs a;
-  parse_qnet(a, HYP_QNET_PASS);
+  parse_qnet(a, weights, biases, flags);
   const VectorsView v = parse_vectors(vectors, a.dims[0]);
   if (k < 1) throw std::invalid_argument("k must be at least 1, got " + std::to_string(k));
   const int nt = threads_arg(num_threads);
@@ -109,9 +105,9 @@ py::tuple py_exact_topk(HYP_QNET_ARGS, py::array vectors, int64_t k, int num_thr
   return py::make_tuple(scores, ids);
 }
 
-std::unique_ptr<PackedQNets> py_pack_qnets(HYP_QNET_ARGS, int num_threads) {
+std::unique_ptr<PackedQNets> py_pack_qnets(py::list weights, py::list biases, py::dict flags, int num_threads) {
   QNetArgs a;
-  parse_qnet(a, HYP_QNET_PASS);
+  parse_qnet(a, weights, biases, flags);
   const int nt = threads_arg(num_threads);
   py::gil_scoped_release release;
   return std::unique_ptr<PackedQNets>(new PackedQNets(a.view, nt));
@@ -125,9 +121,9 @@ double py_fma_peak(int num_threads, double seconds) {
 }
 
 // Single-query gather through the C++ contract (score_gather_query), for tests.
-void py_score_gather_query(HYP_QNET_ARGS, int64_t q, py::array vectors, py::array ids, py::array out) {
+void py_score_gather_query(py::list weights, py::list biases, py::dict flags, int64_t q, py::array vectors, py::array ids, py::array out) {
   QNetArgs a;
-  parse_qnet(a, HYP_QNET_PASS);
+  parse_qnet(a, weights, biases, flags);
   const VectorsView v = parse_vectors(vectors, a.dims[0]);
   if (q < 0 || q >= a.view.num_queries)
     throw std::invalid_argument("q out of range: " + std::to_string(q));
@@ -161,34 +157,24 @@ void register_cpu_kernels(py::module_& m) {
     if (wdtype == "bfloat16") return std::string(kernel_name(DType::BF16));
     throw std::invalid_argument("wdtype must be float32, float16 or bfloat16");
   });
-  m.def("cpu_score_dense", &py_score_dense, py::arg("weights"), py::arg("biases"), py::arg("relu"),
-        py::arg("layer_norm"), py::arg("residual"), py::arg("residual_on_last"),
-        py::arg("layer_norm_before_residual"), py::arg("eps"), py::arg("vectors"), py::arg("out"),
+  m.def("cpu_score_dense", &py_score_dense, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("vectors"), py::arg("out"),
         py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
         "Fused q-net scores of every (query, document) pair into out (Q, n) float32.");
-  m.def("cpu_score_gather", &py_score_gather, py::arg("weights"), py::arg("biases"), py::arg("relu"),
-        py::arg("layer_norm"), py::arg("residual"), py::arg("residual_on_last"),
-        py::arg("layer_norm_before_residual"), py::arg("eps"), py::arg("vectors"), py::arg("ids"),
+  m.def("cpu_score_gather", &py_score_gather, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("vectors"), py::arg("ids"),
         py::arg("out"), py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
         "Fused q-net scores of the documents ids (Q, m) int64 into out (Q, m) float32.");
-  m.def("cpu_exact_topk", &py_exact_topk, py::arg("weights"), py::arg("biases"), py::arg("relu"),
-        py::arg("layer_norm"), py::arg("residual"), py::arg("residual_on_last"),
-        py::arg("layer_norm_before_residual"), py::arg("eps"), py::arg("vectors"), py::arg("k"),
+  m.def("cpu_exact_topk", &py_exact_topk, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("vectors"), py::arg("k"),
         py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
         "Exact top-k over all documents: (scores (Q, k) float32, ids (Q, k) int64), best first.");
   py::class_<PackedQNets>(m, "CpuPackedQNets",
                           "Every query of a q-net batch packed for the active ISA's kernel (opaque).")
       .def_property_readonly("num_queries", &PackedQNets::num_queries)
       .def_property_readonly("nbytes", &PackedQNets::bytes);
-  m.def("cpu_pack_qnets", &py_pack_qnets, py::arg("weights"), py::arg("biases"), py::arg("relu"),
-        py::arg("layer_norm"), py::arg("residual"), py::arg("residual_on_last"),
-        py::arg("layer_norm_before_residual"), py::arg("eps"), py::arg("num_threads"),
+  m.def("cpu_pack_qnets", &py_pack_qnets, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("num_threads"),
         "Packs the q-nets' weights once, for the packed= argument of cpu_score_* / cpu_exact_topk.");
   m.def("cpu_fma_peak_gflops", &py_fma_peak, py::arg("num_threads"), py::arg("seconds") = 1.0,
         "fp32 FMA peak of this machine in GFLOP/s: a register-only FMA loop on num_threads threads.");
-  m.def("cpu_score_gather_query", &py_score_gather_query, py::arg("weights"), py::arg("biases"),
-        py::arg("relu"), py::arg("layer_norm"), py::arg("residual"), py::arg("residual_on_last"),
-        py::arg("layer_norm_before_residual"), py::arg("eps"), py::arg("q"), py::arg("vectors"),
+  m.def("cpu_score_gather_query", &py_score_gather_query, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("q"), py::arg("vectors"),
         py::arg("ids"), py::arg("out"),
         "Single-threaded gather for query q through the C++ contract (ids (m,), out (m,)).");
 }

@@ -16,6 +16,7 @@
 
 // GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_* as "maybe uninitialized").
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")

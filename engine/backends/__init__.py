@@ -25,7 +25,7 @@ from .auto import MeasuredAuto, auto_choices
 from .protocol import Backend, ExactTopK, ModuleBackend
 
 __all__ = ["BACKENDS", "AUTO_ORDER", "Backend", "ExactTopK", "auto_choices", "availability",
-           "available_backends", "get_backend", "resolve_name"]
+           "available_backends", "backend_name", "get_backend", "resolve_name"]
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 _MODULES = {
@@ -100,6 +100,11 @@ def get_backend(name: str, device: torch.device) -> Backend:
     if not be.supports(device):
         raise RuntimeError(f"backend {name!r} cannot run on {device.type} tensors")
     return be
+
+
+def backend_name(be: Backend) -> str:
+    """The name of a resolved backend ("cpu", "torch", ..., "auto" for the measured choice)."""
+    return be.name
 
 
 def resolve_name(name: str, device) -> str:

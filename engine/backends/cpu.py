@@ -31,6 +31,8 @@ import threading
 import numpy as np
 import torch
 
+from ..native_args import qnet_args, to_numpy
+
 try:
     from .. import _C
 
@@ -82,32 +84,8 @@ def set_isa(name: str) -> None:
     _C.cpu_set_isa(name)
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a CPU tensor (bfloat16 as uint16), contiguous."""
-    if not t.is_contiguous():
-        t = t.contiguous()
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.uint16)
-    return t.numpy()
-
-
-def _qnet_args(weights, biases, config) -> dict:
-    # float16 weights become float32 once per call: the kernels compute in float32, and
-    # this costs one pass over the weights, small next to scoring any block of documents.
-    def conv(t):
-        return t.float() if t.dtype == torch.float16 else t
-
-    return dict(
-        weights=[_np(conv(w)) for w in weights],
-        biases=[_np(conv(b)) for b in biases],
-        relu=config.activation == "relu",
-        layer_norm=bool(config.layer_norm),
-        residual=bool(config.residual),
-        residual_on_last=bool(config.residual_on_last),
-        layer_norm_before_residual=bool(config.layer_norm_before_residual),
-        eps=float(config.eps),
-    )
-
+_np = to_numpy
+_qnet_args = qnet_args
 
 _PACK_LOCK = threading.Lock()
 _PACK_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
@@ -155,8 +133,7 @@ def _prepare(weights, biases, config, nt: int):
     """(keyword arguments of the q-net for _C, its cached packing or None). On a cache hit
     the arguments come from the cache too (numpy views made when it was packed, valid while
     the tensors are unchanged), which saves ~15 us of conversion per call."""
-    flags = (config.activation == "relu", bool(config.layer_norm), bool(config.residual),
-             bool(config.residual_on_last), bool(config.layer_norm_before_residual), float(config.eps))
+    flags = tuple(config.kernel_flags().items())
     # Packed fp32 panels take about as many bytes as the weights in fp32; a q-net batch
     # that would not fit is left to the call, which packs in bounded groups of queries.
     if _pack_cache_limit <= 0 or sum(w.numel() for w in weights) * 4 > _pack_cache_limit:

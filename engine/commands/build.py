@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ids", help="text file with one external id per line")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="stored dtype (default: as given; bfloat16 for synthetic)")
-    p.add_argument("--graph", type=int, metavar="R", help="also build an R-neighbour graph")
+    p.add_argument("--graph", type=int, metavar="R",
+                   help="also build what graph search needs: an R-neighbour graph and the candidate codes")
     p.set_defaults(run=run)
 
 
@@ -28,10 +29,15 @@ def run(args) -> int:
     from ..index import Index
 
     if args.synthetic is not None:
-        if args.ids or args.graph:
-            raise ValueError("--ids and --graph need --vectors; synthetic indexes are written streaming")
+        if args.ids:
+            raise ValueError("--ids needs --vectors (synthetic documents are numbered)")
         synthetic.write_index(args.output, args.synthetic, args.dim, seed=args.seed,
                               dtype=DTYPES[args.dtype or "bfloat16"], progress=True)
+        if args.graph:
+            # The vectors stay where they were streamed (memory-mapped; the save links them).
+            index = Index.load(args.output)
+            index.build_graph(args.graph, progress=True)
+            index.save(args.output)
     else:
         arr = np.load(args.vectors, mmap_mode="c")  # copy-on-write: a writable view, read lazily
         vectors = torch.from_numpy(np.ascontiguousarray(arr))

@@ -49,8 +49,8 @@ def run(args) -> int:
     timings = [
         ["write index", f"{t_build * 1e3:.1f}"],
         ["open index (mmap)", f"{t_load * 1e3:.1f}"],
-        [f"exact search, {args.queries} queries", f"{result.stats['seconds'] * 1e3:.1f}"],
-        ["exact search, per query", f"{result.stats['seconds'] * 1e3 / args.queries:.1f}"],
+        [f"exact search, {args.queries} queries", f"{result.stats.seconds * 1e3:.1f}"],
+        ["exact search, per query", f"{result.stats.seconds * 1e3 / args.queries:.1f}"],
     ]
     try:
         from ..graph import build as _graph_build  # noqa: F401
@@ -61,7 +61,7 @@ def run(args) -> int:
         hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(gres.ids, result.ids))
         timings += [
             ["build graph (R=16, clustered k-NN)", f"{t_graph * 1e3:.1f}"],
-            [f"graph search, {args.queries} queries", f"{gres.stats['seconds'] * 1e3:.1f}"],
+            [f"graph search, {args.queries} queries", f"{gres.stats.seconds * 1e3:.1f}"],
             [f"graph recall@{args.k} vs exact", f"{hits / result.ids.numel():.3f}"],
         ]
     except ImportError:

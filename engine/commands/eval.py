@@ -55,7 +55,7 @@ def evaluate_index(index, qnet_chunks, query_ids, qrels, k: int, modes, backend:
             except (ImportError, NotImplementedError) as e:  # a search mode not available in this build
                 errors[mode] = f"{type(e).__name__}: {e}"
                 continue
-            seconds[mode] += res.stats.get("seconds", 0.0)
+            seconds[mode] += res.stats.seconds
             runs[mode].update(run_from_result(qids, index.external_ids(res.ids), res.scores))
         if progress is not None:
             progress.update(qnets.num_queries)

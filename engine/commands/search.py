@@ -38,5 +38,5 @@ def run(args) -> int:
                 + ([texts.get(str(ext[q][r]), "")] if texts is not None else [])
                 for r in range(args.k) if int(result.ids[q, r]) >= 0]
         print_table(["rank", "id", "score"] + (["text"] if texts is not None else []), rows)
-    print(f"{result.stats['mode']} search: {result.stats['seconds'] * 1e3:.1f} ms for {qnets.num_queries} queries")
+    print(f"{result.stats.mode} search: {result.stats.seconds * 1e3:.1f} ms for {qnets.num_queries} queries")
     return 0

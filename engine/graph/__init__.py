@@ -1,14 +1,17 @@
-"""Neighbour graph and graph search.
+"""Neighbour graph, candidate codes and graph search.
 
-- :mod:`.build`: the ``R`` nearest other documents of every document by L2 (exact blocked
-  torch, or k-means clusters / faiss IVF for large corpora on CPU).
-- :mod:`.paper`: the paper's algorithm (``preset="paper"``), exactly as specified.
-- :mod:`.beam`: the default: a linearised q-net finds candidates by best-first search on
-  the graph at dot-product cost, then the q-net itself refines them on the same graph.
-- :mod:`.search`: the entry point used by :meth:`engine.Index.search`.
+- :mod:`.build`: the ``R`` nearest other documents of every document by L2.
+- :mod:`.codes`: the compressed codes the default search draws linear candidates from.
+- :mod:`.search`: ``graph_search``, the entry point of :meth:`engine.Index.search`: the
+  presets, and the choice between the two implementations :mod:`.native` (C++) and
+  :mod:`.torch_impl` (torch, any device).
+- :mod:`.params`: typed search parameters; :mod:`.linearize`: closed-form q-net gradients.
 """
 
 from .build import build_knn_graph
+from .codes import LinearCodes, build_codes
+from .params import DefaultSearchParams, PaperSearchParams
 from .search import graph_search
 
-__all__ = ["build_knn_graph", "graph_search"]
+__all__ = ["build_knn_graph", "build_codes", "LinearCodes", "DefaultSearchParams", "PaperSearchParams",
+           "graph_search"]

@@ -21,6 +21,9 @@ METHODS = ("auto", "exact", "faiss", "cluster")
 # O(n^2 d), hours on a few cores at 1M, and about 40 min of fp32 H100 time at 8.8M.
 EXACT_CPU_LIMIT = 200_000
 EXACT_CUDA_LIMIT = 2_000_000
+# Principal directions the automatic CPU cluster build measures distances in (see
+# bench/RESULTS.md for the neighbour recall and the search recall this gives).
+AUTO_CPU_DIMS = 96
 
 
 def _check_degree(degree, n: int) -> int:
@@ -213,13 +216,50 @@ def _kmeans(train: torch.Tensor, nlist: int, niter: int, seed: int, kmeans: str)
     return torch.from_numpy(km.centroids.copy()).to(train.device), kmeans
 
 
-def cluster_knn(vectors: torch.Tensor, degree: int, *, nlist: int | None = None, nprobe: int = 4,
+# Above this many clusters k-means runs in two levels (sqrt(nlist) coarse clusters, each
+# split in proportion to its size): one level would cost n x nlist distances to assign.
+_TWO_LEVEL = 1024
+
+
+def _clusters(vectors, nlist: int, train_n: int, niter: int, seed: int, kmeans: str, dev):
+    """``(centroids (c, d), assignment (n,) int64 on dev, the k-means used)``."""
+    n = vectors.shape[0]
+    rng = np.random.default_rng(seed)
+    train_ids = torch.from_numpy(np.sort(rng.choice(n, size=train_n, replace=False)))
+    if nlist <= _TWO_LEVEL:
+        cent, kmeans = _kmeans(_f32(vectors, train_ids, dev), nlist, niter, seed, kmeans)
+        return cent, _nearest(vectors, cent), kmeans
+    top = int(math.ceil(math.sqrt(nlist)))
+    cent0, kmeans = _kmeans(_f32(vectors, train_ids, dev), top, niter, seed, kmeans)
+    a0 = _nearest(vectors, cent0)
+    order = torch.argsort(a0, stable=True)
+    sizes = torch.bincount(a0, minlength=top).cpu().tolist()
+    cents, assign = [], torch.empty(n, dtype=torch.int64, device=dev)
+    start = base = 0
+    for t in range(top):
+        mem = order[start : start + sizes[t]]
+        start += sizes[t]
+        if mem.numel() == 0:
+            continue
+        k = max(1, min(mem.numel(), int(round(nlist * mem.numel() / n))))
+        sub = mem[torch.from_numpy(np.sort(rng.choice(mem.numel(), size=min(mem.numel(), 64 * k),
+                                                      replace=False))).to(mem.device)]
+        c, _ = _kmeans(_f32(vectors, sub, dev), k, niter, seed + 1 + t, kmeans) if k > 1 else (
+            _f32(vectors, sub, dev).mean(0, keepdim=True), kmeans)
+        assign[mem] = _nearest(_f32(vectors, mem, dev), c) + base
+        cents.append(c)
+        base += c.shape[0]
+    return torch.cat(cents), assign, kmeans
+
+
+def cluster_knn(vectors: torch.Tensor, degree: int, *, nlist: int | None = None, nprobe: int = 3,
                 train_size: int | None = None, niter: int = 10, seed: int = 0,
                 kmeans: str = "auto", device=None, block_size: int = 4096,
                 progress: bool = False) -> tuple[torch.Tensor, dict]:
     """Approximate neighbours by clusters, computed on ``device`` (default: the vectors').
 
-    k-means on a sample puts every document in one of ``nlist`` clusters; the members of
+    k-means on a sample puts every document in one of ``nlist`` clusters (by default one
+    per 1,000 documents; in two levels above 1,024 clusters); the members of
     a cluster look for their neighbours among the members of the ``nprobe`` clusters
     whose centroids are nearest to its own, by exact blocked matmuls (``block_size``
     members at a time). A faiss IVF index probes per document instead, but scans its
@@ -233,19 +273,19 @@ def cluster_knn(vectors: torch.Tensor, degree: int, *, nlist: int | None = None,
     r = min(degree, n - 1)
     if r <= 0:
         return torch.full((n, max(r, 0)), -1, dtype=torch.int64), {"nlist": 0, "nprobe": 0, "train_size": 0}
-    # About sqrt(n) clusters of sqrt(n) documents: one cluster's matmul stays a few MB.
-    nlist = int(nlist or max(1, int(round(math.sqrt(n)))))
+    # Clusters of about 1,000: a cluster's matmul against its probes stays a few MB.
+    nlist = int(nlist or max(1, int(round(n / 1000))))
     if nlist <= 0 or nprobe <= 0 or niter <= 0 or block_size <= 0:
         raise ValueError("nlist, nprobe, niter and block_size must be positive")
     nlist = min(nlist, n)
     nprobe = min(int(nprobe), nlist)
-    train_n = int(min(n, train_size or 64 * nlist))
-    if train_n < nlist:
+    two_level = nlist > _TWO_LEVEL
+    train_n = int(min(n, train_size or 64 * (int(math.ceil(math.sqrt(nlist))) if two_level else nlist)))
+    if train_n < (int(math.ceil(math.sqrt(nlist))) if two_level else nlist):
         raise ValueError(f"train_size ({train_n}) must be at least nlist ({nlist})")
-    rng = np.random.default_rng(seed)
-    train_ids = torch.from_numpy(np.sort(rng.choice(n, size=train_n, replace=False)))
-    cent, kmeans = _kmeans(_f32(vectors, train_ids, dev), nlist, niter, seed, kmeans)
-    assign = _nearest(vectors, cent)
+    cent, assign, kmeans = _clusters(vectors, nlist, train_n, niter, seed, kmeans, dev)
+    nlist = cent.shape[0]
+    nprobe = min(nprobe, nlist)
     # Clusters probed by each cluster: the nprobe nearest centroids, itself first.
     cd = torch.cdist(cent, cent)
     cd.fill_diagonal_(-1.0)
@@ -278,9 +318,31 @@ def cluster_knn(vectors: torch.Tensor, degree: int, *, nlist: int | None = None,
     return out.cpu(), params
 
 
+def project(vectors: torch.Tensor, dims: int, *, seed: int = 0, train_size: int = 131_072,
+            device=None, progress: bool = False) -> torch.Tensor:
+    """``(n, dims)`` float32 coordinates of ``vectors`` on their top ``dims`` principal
+    directions (from a sample), computed chunk by chunk on ``device``."""
+    from .codes import corpus_mean, principal_axes
+
+    dev = torch.device(device) if device is not None else vectors.device
+    mean = corpus_mean(vectors)
+    P, _ = principal_axes(vectors, mean, train_size, seed)
+    P = P[:, :dims].to(dev)
+    mean = mean.to(dev)
+    out = torch.empty((vectors.shape[0], dims), dtype=torch.float32, device=dev)
+    starts = range(0, vectors.shape[0], 1 << 16)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"project to {dims} dims", unit="chunk")
+    for s in starts:
+        out[s : s + (1 << 16)] = (vectors[s : s + (1 << 16)].to(dev, torch.float32) - mean) @ P
+    return out
+
+
 def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
                     block_size: int = 1024, device=None, progress: bool = False,
-                    seed: int = 0, **faiss_options) -> tuple[torch.Tensor, dict]:
+                    seed: int = 0, dims: int | None = None, **faiss_options) -> tuple[torch.Tensor, dict]:
     """The ``degree`` nearest other documents of every document by L2.
 
     Args:
@@ -291,6 +353,10 @@ def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
             :func:`cluster_knn`) or ``"auto"`` (exact up to ``EXACT_CPU_LIMIT``
             documents on CPU and ``EXACT_CUDA_LIMIT`` on CUDA, cluster above).
         seed: also fixes the graph search's entry points for this index.
+        dims: measure distances between the coordinates on the top ``dims`` principal
+            directions instead of the full vectors (approximate neighbours, d / dims times
+            less arithmetic); ``None``: full vectors, except that ``method="auto"`` on the
+            CPU above ``EXACT_CPU_LIMIT`` documents uses ``AUTO_CPU_DIMS``.
 
     Returns:
         ``(neighbors, params)``: ``(n, degree)`` int32 on the CPU, nearest first, never a
@@ -308,10 +374,18 @@ def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
     if method == "auto":
         limit = EXACT_CUDA_LIMIT if dev.type == "cuda" else EXACT_CPU_LIMIT
         method = "exact" if n <= limit else "cluster"
+        if method == "cluster" and dev.type == "cpu" and dims is None and vectors.shape[1] > AUTO_CPU_DIMS:
+            dims = AUTO_CPU_DIMS
+    if dims is not None:
+        if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or not 1 <= dims <= vectors.shape[1]:
+            raise ValueError(f"dims must be an int in [1, {vectors.shape[1]}], got {dims!r}")
     if faiss_options and method not in ("faiss", "cluster"):
         raise TypeError(f"unexpected options for an exact build: {sorted(faiss_options)}")
     t0 = time.perf_counter()
     params = {"metric": "l2", "degree": degree, "method": method, "seed": int(seed)}
+    if dims is not None and dims < vectors.shape[1]:
+        vectors = project(vectors, int(dims), seed=seed, device=dev, progress=progress)
+        params["dims"] = int(dims)
     if method == "exact":
         nbr = exact_knn(vectors, degree, block_size=block_size, device=dev, progress=progress)
     else:

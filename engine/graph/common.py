@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..qnet import QNet
+from .codes import corpus_mean as _corpus_mean
 
 # Activations of one gather-scoring chunk stay under this many floats (64 MiB).
 _CHUNK_ELEMS = 1 << 24
@@ -32,6 +33,17 @@ def entry_points(index, count: int, salt: int = 0) -> torch.Tensor:
     return cache[key]
 
 
+def corpus_mean(index) -> torch.Tensor:
+    """The corpus mean (float32, CPU): the codes' origin when the index has codes, else
+    computed once and cached on the index."""
+    if getattr(index, "codes", None) is not None:
+        return index.codes.mean
+    m = index.__dict__.get("_graph_mean")
+    if m is None:
+        m = index._graph_mean = _corpus_mean(index.vectors)
+    return m
+
+
 def device_graph(index, device) -> torch.Tensor:
     """The graph as int64 on ``device`` for the torch searches, made once per graph and
     device and cached on the index (copying 8.8M x 32 ids per search would cost more
@@ -41,8 +53,12 @@ def device_graph(index, device) -> torch.Tensor:
     key = (str(device), id(index.graph))
     hit = cache.get(key)
     if hit is None or hit[0] is not index.graph:
+        g = index.graph
+        n = len(index)
+        if g.numel() and (int(g.min()) < -1 or int(g.max()) >= n):
+            raise ValueError(f"graph holds a neighbour id outside [-1, {n})")
         cache.clear()  # one graph at a time: a replaced graph frees its copies
-        cache[key] = hit = (index.graph, index.graph.to(device, torch.int64))
+        cache[key] = hit = (g, g.to(device, torch.int64))
     return hit[1]
 
 
@@ -100,8 +116,3 @@ def new_candidates(nbr: torch.Tensor, valid: torch.Tensor, visited: torch.Tensor
     visited.scatter_(1, ids, True)
     count = new.sum(1)
     return torch.where(ids < n, ids, torch.full_like(ids, -1)), count
-
-
-def linear_qnet(w: torch.Tensor, config) -> QNet:
-    """A q-net with no hidden layer scoring ``x . w_q`` (w: (Q, d))."""
-    return QNet([w.unsqueeze(-1).contiguous()], [], config, check_finite=False)

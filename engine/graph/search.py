@@ -1,96 +1,127 @@
-"""``graph_search``: validate options, pick the implementation (C++ loop on CPU, torch
-ops elsewhere) and run the paper preset or the default."""
+"""``graph_search``: validate, choose the implementation once, run one preset.
+
+Presets (the typed parameters are in :mod:`.params`):
+
+- ``"paper"``: the paper's algorithm exactly (Killingback et al., SIGIR 2025): 10,000
+  random entry points, then neighbour expansion of the best 50 per step.
+- ``"default"``: a q-net is close to linear over the region of document space that
+  matters, so its gradient ``w`` at the corpus mean (closed form, :mod:`.linearize`)
+  ranks documents by ``x . w`` much as the q-net does, at the cost of a dot product.
+  Per query: (1) linearise; where the gradient vanishes or is not finite, take the
+  relaxed one (every relu passing), and with no direction at all start from a fixed
+  sample of documents; (2) linear candidates: the index's compressed codes
+  (:mod:`.codes`) give the best ``rerank`` estimates of ``x . w``, re-ranked exactly on
+  the stored rows (or an exact scan of every row, ``candidates="scan"``); (3) the q-net
+  scores the best ``ef_lin`` of them and a best-first beam search with the q-net on the
+  neighbour graph refines them (list ``ef``, the speed/recall knob); (4) with
+  ``passes=2``, linearise again at the best document found, rank the first pass's top
+  ``shortlist`` rows by the new direction and continue the beam from its best ``ef_lin``.
+
+Implementations (same names and semantics): :mod:`.native` (the C++ loop of
+``engine._C``, CPU tensors, the cpu backend's kernels) and :mod:`.torch_impl` (batched
+torch ops on any device, scoring through the chosen backend). ``impl="auto"`` picks the
+native one for CPU tensors when the backend is ``"auto"`` or ``"cpu"``, the torch one
+otherwise; an explicit conflict (``impl="native"`` with ``backend="torch"``, or with
+CUDA tensors) raises.
+
+A default search on CPU passes through 3 modules of this package (this one, ``params``,
+``native``) plus ``common`` for the cached entry points and mean, and crosses into C++
+once per query batch.
+"""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .. import backends
-from . import native
-from .beam import BEAM_DEFAULTS, default_search
-from .paper import PAPER_DEFAULTS, paper_search_torch
+from . import native, torch_impl
+from .params import PerQuery, make_params
 
-PRESETS = ("default", "paper")
 IMPLS = ("auto", "native", "torch")
 
 
-def _int_opt(name, v, lo=1):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v}")
-    return int(v)
+def _choose(impl: str, backend: str, device: torch.device):
+    """(implementation module, backend name, backend object or None) for this search."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    native_ok, why = native.availability()
+    if impl == "auto":
+        impl = "native" if device.type == "cpu" and backend in ("auto", "cpu") and native_ok else "torch"
+    if impl == "native":
+        if device.type != "cpu":
+            raise ValueError(f"impl='native' runs on CPU tensors only; these are on {device}")
+        if backend not in ("auto", "cpu"):
+            raise ValueError(f"impl='native' scores with the cpu backend's kernels; backend={backend!r} conflicts "
+                             "(use impl='torch' or backend='cpu')")
+        if not native_ok:
+            raise RuntimeError(f"the native graph search is not available: {why}")
+        backends.get_backend("cpu", device)  # the same availability rules as exact search
+        return native, "cpu", None
+    be = backends.get_backend(backend, device)
+    return torch_impl, backends.backend_name(be), be
 
 
-def _options(defaults: dict, given: dict, preset: str) -> dict:
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise TypeError(f"unknown options for preset {preset!r}: {unknown}; valid: {sorted(defaults)}")
-    opts = {**defaults, **given}
-    for name, v in opts.items():
-        d = defaults[name]
-        if isinstance(d, bool):
-            if not isinstance(v, bool):
-                raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
-        elif isinstance(d, int):
-            opts[name] = _int_opt(name, v, 0 if name in ("max_steps_lin",) else 1)
-        elif name == "shortlist":  # a fraction of the corpus; 0 selects the full rescan
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise ValueError(f"shortlist must be a number in [0, 1], got {v!r}")
-            opts[name] = float(v)
-        elif isinstance(d, float):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
-            opts[name] = float(v)
-    return opts
-
-
-def graph_search(index, qnets, k: int, *, backend: str = "auto", preset: str = "default",
-                 impl: str = "auto", **options):
+def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "auto", preset: str = "default",
+                 params=None, **options):
     """Approximate top-``k`` of ``index`` for every q-net over its neighbour graph.
 
     Args:
-        preset: ``"default"`` (linearised candidate search + q-net refinement, see
-            :mod:`engine.graph.beam`; options ``ef`` (the speed/recall knob) and the rest
-            of ``BEAM_DEFAULTS``) or ``"paper"`` (options ``PAPER_DEFAULTS``).
-        impl: ``"native"`` (the C++ loop, CPU tensors), ``"torch"`` (batched torch ops,
-            any device) or ``"auto"``.
+        index: :class:`engine.Index` with a graph (and, for ``candidates="codes"``, codes).
+        qnets: Q q-nets on the index's device. k: results per query (> 0).
+        backend: scoring backend (``"auto"``, ``"cpu"``, ``"torch"``, ...).
+        impl: ``"auto"``, ``"native"`` or ``"torch"`` (see the module docstring).
+        preset: ``"default"`` or ``"paper"``.
+        params: :class:`DefaultSearchParams` / :class:`PaperSearchParams`, or keyword
+            options of the same names (``ef=64``).
 
     Returns:
-        ``(scores (Q, k) float32, ids (Q, k) int64, stats)``; unfilled slots hold
-        ``-inf`` / ``-1``. ``stats``: preset, impl, ``documents_scored`` (total q-net
-        evaluations), ``linear_scored`` (dot products), ``steps`` (mean per query).
+        ``(scores (Q, k) float32, ids (Q, k) int64, stats dict)``: unfilled slots hold
+        ``-inf`` / ``-1``; the stats fields of :class:`engine.results.SearchStats`.
+
+    Raises:
+        ValueError / TypeError: bad options, a missing graph or codes, conflicting
+        ``backend`` and ``impl``.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    p = make_params(preset, params, **options)
     if index.graph is None:
         raise ValueError("graph search needs a graph: call index.build_graph() first")
     if index.vectors.device != qnets.device:
         raise ValueError(f"q-nets are on {qnets.device} but the index is on {index.vectors.device}")
-    be = backends.get_backend(backend, qnets.device)
-    if impl == "auto":
-        impl = "native" if qnets.device.type == "cpu" and native.available() else "torch"
-    if impl == "native":
-        if qnets.device.type != "cpu":
-            raise ValueError("impl='native' runs on CPU tensors only")
-        native.require()
-    if preset == "paper":
-        opts = _options(PAPER_DEFAULTS, options, preset)
-        if impl == "native":
-            s, i, st = native.paper_search(index, qnets, k, **opts)
-        else:
-            s, i, st = paper_search_torch(index, qnets, k, be, **opts)
+    mod, be_name, be = _choose(impl, backend, qnets.device)
+    Q, n = qnets.num_queries, len(index)
+    candidates = None
+    if preset == "default":
+        candidates = p.candidates
+        if candidates == "auto":
+            candidates = "codes" if getattr(index, "codes", None) is not None else "scan"
+        if candidates == "codes" and getattr(index, "codes", None) is None:
+            raise ValueError("candidates='codes' needs the index's codes: build them with index.build_codes() "
+                             "(index.build_graph() builds both)")
+    if Q == 0 or n == 0:  # nothing to search: what exact search returns
+        s = torch.full((Q, k), float("-inf"), device=qnets.device)
+        i = torch.full((Q, k), -1, dtype=torch.int64, device=qnets.device)
+        zero = torch.zeros(Q, dtype=torch.int64)
+        counters = {f: zero for f in ("documents_scored", "steps", "linear_rows", "coded_rows", "fallback")}
+    elif preset == "paper":
+        run = mod.paper_search
+        s, i, counters = run(index, qnets, k, p, torch.get_num_threads() if be is None else be)
     else:
-        opts = _options(BEAM_DEFAULTS, options, preset)
-        s, i, st = default_search(index, qnets, k, be, impl=impl, **opts)
-    stats = {"preset": preset, "impl": impl, "options": opts}
-    for name, v in st.items():
-        if isinstance(v, torch.Tensor):
-            stats[name] = int(v.sum()) if name != "steps" else float(v.float().mean())
-            stats[name + "_per_query"] = v.cpu().tolist()
-        else:
-            stats[name] = v
+        use_codes = candidates == "codes"
+        s, i, counters = mod.default_search(index, qnets, k, p, use_codes,
+                                            torch.get_num_threads() if be is None else be)
+    per = PerQuery(**{f: counters[f].cpu().tolist() for f in ("documents_scored", "steps", "linear_rows",
+                                                              "coded_rows", "fallback")})
+    stats = {
+        "preset": preset,
+        "impl": mod.NAME,
+        "backend": be_name,
+        "candidates": candidates,
+        "documents_scored": int(sum(per.documents_scored)),
+        "steps": float(sum(per.steps)) / max(1, Q),
+        "linear_rows": int(sum(per.linear_rows)),
+        "coded_rows": int(sum(per.coded_rows)),
+        "fallbacks": int(sum(per.fallback)),
+        "per_query": per,
+        "params": p,
+    }
     return s, i, stats

@@ -1,7 +1,7 @@
 """Reference implementation of the paper's graph search, structured like the official
 code: one query at a time, a Python loop over steps, a bounded heap, per-step scoring.
 
-It is the baseline of bench/bench_graph.py and the reference the engine's
+It is the baseline of the graph benchmarks and the reference the engine's
 ``preset="paper"`` must match. Two choices make it well defined where the official code
 is not: ties are broken by the lower document id (the heap orders ``(score, -id)``), and
 the candidate list of a step is ordered by (score desc, id asc) before the top is taken.

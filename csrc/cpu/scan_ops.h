@@ -1,0 +1,40 @@
+// Per-ISA kernels of the linear stages of graph search: dot products of stored document
+// rows with one direction, and the 4-bit lookup-table scan of the compressed candidate
+// codes. Each instruction set has its own translation unit (scan_portable.cpp,
+// scan_avx2.cpp, scan_avx512.cpp); scan_ops(active_isa()) picks one at run time, so
+// HYPENCODER_CPU_ISA governs these paths as it does the q-net kernels.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/isa.h"
+#include "cpu/qnet_kernel.h"
+
+namespace hyp {
+namespace cpu {
+
+// Documents per block of the code layout: a block holds, for each pair of 4-bit
+// sub-codes (2j, 2j+1), 32 bytes, byte i = code(doc i, 2j) | code(doc i, 2j+1) << 4.
+constexpr int kCodeBlock = 32;
+
+struct ScanOps {
+  Isa isa;
+  // out[r] = x[rows[r]] . w for r < m (rows: int64 row indices into x, an (n, d) array of
+  // `dtype`; w: d floats). A row's value does not depend on m, on its position or on the
+  // call: the shortlist re-ranking reproduces the full scan's bits.
+  void (*dots)(DType dtype, const void* x, int64_t d, const int64_t* rows, int64_t m, const float* w,
+               float* out);
+  // For `nblocks` blocks of kCodeBlock documents with `nsub` 4-bit sub-codes each (nsub a
+  // multiple of 4), out[doc] = sum_j lut[j * 16 + code(doc, j)] in uint16 (exact while
+  // the sum stays below 65536: nsub * 255 < 65536 for nsub <= 256).
+  void (*lut_scan)(const uint8_t* codes, int64_t nblocks, int64_t nsub, const uint8_t* lut, uint16_t* out);
+};
+
+const ScanOps& scan_ops_portable();
+const ScanOps& scan_ops_avx2();
+const ScanOps& scan_ops_avx512();
+// The table of `isa` (AVX-512 with BF16 shares the AVX-512 one).
+const ScanOps& scan_ops(Isa isa);
+
+}  // namespace cpu
+}  // namespace hyp

@@ -1,0 +1,94 @@
+// Portable linear-stage kernels (see scan_ops.h): the reference the SIMD tables are
+// tested against, and what HYPENCODER_CPU_ISA=portable selects.
+#include <cstring>
+
+#include "cpu/scan_ops.h"
+
+namespace hyp {
+namespace cpu {
+namespace {
+
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ffu, bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while (!(mant & 0x400u)) {
+        mant <<= 1;
+        --exp;
+      }
+      bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline float load_one(DType t, const void* base, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<const float*>(base)[i];
+    case DType::F16: return half_to_float(static_cast<const uint16_t*>(base)[i]);
+    case DType::BF16: {
+      const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(base)[i]) << 16;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return f;
+    }
+  }
+  return 0.f;
+}
+
+// Eight partial sums by lane (j mod 8), added pairwise at the end.
+void dots(DType t, const void* x, int64_t d, const int64_t* rows, int64_t m, const float* w, float* out) {
+  for (int64_t r = 0; r < m; ++r) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const int64_t base = rows[r] * d;
+    for (int64_t j = 0; j < d; ++j) acc[j & 7] += load_one(t, x, base + j) * w[j];
+    out[r] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+  }
+}
+
+void lut_scan(const uint8_t* codes, int64_t nblocks, int64_t nsub, const uint8_t* lut, uint16_t* out) {
+  const int64_t pairs = nsub / 2;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const uint8_t* cb = codes + b * pairs * kCodeBlock;
+    uint16_t acc[kCodeBlock] = {};
+    for (int64_t p = 0; p < pairs; ++p) {
+      const uint8_t* lo = lut + (2 * p) * 16;
+      const uint8_t* hi = lo + 16;
+      for (int i = 0; i < kCodeBlock; ++i) {
+        const uint8_t c = cb[p * kCodeBlock + i];
+        acc[i] = static_cast<uint16_t>(acc[i] + lo[c & 15] + hi[c >> 4]);
+      }
+    }
+    std::memcpy(out + b * kCodeBlock, acc, sizeof acc);
+  }
+}
+
+}  // namespace
+
+const ScanOps& scan_ops_portable() {
+  static const ScanOps ops{Isa::Portable, &dots, &lut_scan};
+  return ops;
+}
+
+const ScanOps& scan_ops(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512:
+    case Isa::Avx512Bf16: return scan_ops_avx512();
+    case Isa::Avx2: return scan_ops_avx2();
+    case Isa::Portable: break;
+  }
+  return scan_ops_portable();
+}
+
+}  // namespace cpu
+}  // namespace hyp

@@ -1,0 +1,138 @@
+#include "graph/linear.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "graph/graph_types.h"
+
+namespace hyp {
+namespace graph {
+
+namespace {
+
+// Sorts the union of per-thread keepers and writes the best m, best first.
+template <class Item>
+void best_of(std::vector<Item>& all, int64_t m, std::vector<Scored>& out) {
+  const int64_t keep = std::min<int64_t>(m, static_cast<int64_t>(all.size()));
+  std::partial_sort(all.begin(), all.begin() + keep, all.end(), better<Item>);
+  out.resize(static_cast<size_t>(keep));
+  for (int64_t j = 0; j < keep; ++j) out[j] = Scored{static_cast<float>(all[j].s), all[j].id};
+}
+
+}  // namespace
+
+void linear_topk(const cpu::ScanOps& ops, const VectorsView& v, const float* w, int64_t m, int threads,
+                 std::vector<Scored>& out) {
+  out.clear();
+  if (v.n == 0 || m <= 0) return;
+  constexpr int64_t kChunk = 2048;  // rows per scheduled task: many per thread at 1M rows
+  const int64_t chunks = (v.n + kChunk - 1) / kChunk;
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
+  std::vector<TopM<float>> tops(static_cast<size_t>(nt), TopM<float>(m));
+#pragma omp parallel num_threads(nt)
+  {
+    TopM<float>& mine = tops[omp_get_thread_num()];
+    std::vector<int64_t> rows(kChunk);
+    std::vector<float> sc(kChunk);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t lo = c * kChunk, hi = std::min(v.n, lo + kChunk);
+      std::iota(rows.begin(), rows.begin() + (hi - lo), lo);
+      ops.dots(v.dtype, v.data, v.d, rows.data(), hi - lo, w, sc.data());
+      for (int64_t r = 0; r < hi - lo; ++r) mine.offer(sc[r], lo + r);
+    }
+  }
+  std::vector<TopM<float>::Item> all;
+  for (auto& t : tops) all.insert(all.end(), t.h.begin(), t.h.end());
+  best_of(all, m, out);
+}
+
+void rows_topk(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* ids, int64_t S, const float* w,
+               int64_t m, int threads, std::vector<Scored>& out) {
+  out.clear();
+  if (S == 0 || m <= 0) return;
+  std::vector<float> sc(static_cast<size_t>(S));
+  split_range(threads, S, 256, [&](int64_t lo, int64_t hi) {
+    ops.dots(v.dtype, v.data, v.d, ids + lo, hi - lo, w, sc.data() + lo);
+  });
+  std::vector<Scored> all(static_cast<size_t>(S));
+  for (int64_t j = 0; j < S; ++j) all[j] = Scored{sc[j], ids[j]};
+  best_of(all, m, out);
+}
+
+void build_lut(const CodesView& c, const float* w, uint8_t* lut) {
+  std::vector<double> wr(static_cast<size_t>(c.r), 0.0);
+  for (int64_t i = 0; i < c.d; ++i) {
+    const float* row = c.rotation + i * c.r;
+    for (int64_t k = 0; k < c.r; ++k) wr[k] += static_cast<double>(row[k]) * w[i];
+  }
+  std::vector<double> f(static_cast<size_t>(c.nsub * 16), 0.0);
+  double range = 0.0;
+  std::vector<double> lo(static_cast<size_t>(c.nsub));
+  for (int64_t j = 0; j < c.nsub; ++j) {
+    for (int e = 0; e < 16; ++e) {
+      double s = 0.0;
+      int off = 0;
+      for (int slot = 0; slot < 4; ++slot) {
+        const int32_t dim = c.dims[j * 4 + slot], b = c.bits[j * 4 + slot];
+        if (dim < 0 || b == 0) continue;
+        const int val = (e >> off) & ((1 << b) - 1);
+        s += wr[dim] * c.levels[dim * 16 + val];
+        off += b;
+      }
+      f[j * 16 + e] = s;
+    }
+    const auto mm = std::minmax_element(f.begin() + j * 16, f.begin() + j * 16 + 16);
+    lo[j] = *mm.first;
+    range = std::max(range, *mm.second - *mm.first);
+  }
+  const double scale = range > 0 && std::isfinite(range) ? 255.0 / range : 0.0;
+  for (int64_t j = 0; j < c.nsub; ++j)
+    for (int e = 0; e < 16; ++e) {
+      const double q = std::nearbyint((f[j * 16 + e] - lo[j]) * scale);
+      lut[j * 16 + e] = static_cast<uint8_t>(std::min(255.0, std::max(0.0, q)));
+    }
+}
+
+void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& v, const float* w,
+                int64_t rerank, int64_t m, int threads, std::vector<Scored>& out) {
+  out.clear();
+  if (c.n == 0 || m <= 0) return;
+  rerank = std::max(rerank, m);
+  std::vector<uint8_t> lut(static_cast<size_t>(c.nsub * 16));
+  build_lut(c, w, lut.data());
+  const int64_t pairs = c.nsub / 2, nblocks = (c.n + cpu::kCodeBlock - 1) / cpu::kCodeBlock;
+  constexpr int64_t kChunkBlocks = 128;  // 4096 documents per task
+  const int64_t chunks = (nblocks + kChunkBlocks - 1) / kChunkBlocks;
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
+  std::vector<TopM<uint16_t>> tops(static_cast<size_t>(nt), TopM<uint16_t>(rerank));
+#pragma omp parallel num_threads(nt)
+  {
+    TopM<uint16_t>& mine = tops[omp_get_thread_num()];
+    std::vector<uint16_t> sums(kChunkBlocks * cpu::kCodeBlock);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const int64_t b0 = ch * kChunkBlocks, nb = std::min(kChunkBlocks, nblocks - b0);
+      ops.lut_scan(c.codes + b0 * pairs * cpu::kCodeBlock, nb, c.nsub, lut.data(), sums.data());
+      const int64_t first = b0 * cpu::kCodeBlock, count = std::min(nb * cpu::kCodeBlock, c.n - first);
+      // A thread's chunks come in increasing order, so after a cut only a strictly larger
+      // sum can enter: one compare per document in the common case.
+      for (int64_t i = 0; i < count; ++i)
+        if (!mine.cut || sums[i] > mine.worst.s) mine.offer(sums[i], first + i);
+    }
+  }
+  std::vector<TopM<uint16_t>::Item> all;
+  for (auto& t : tops) all.insert(all.end(), t.h.begin(), t.h.end());
+  const int64_t keep = std::min<int64_t>(rerank, static_cast<int64_t>(all.size()));
+  std::nth_element(all.begin(), all.begin() + (keep - 1), all.end(), better<TopM<uint16_t>::Item>);
+  std::vector<int64_t> ids(static_cast<size_t>(keep));
+  for (int64_t j = 0; j < keep; ++j) ids[j] = all[j].id;
+  std::sort(ids.begin(), ids.end());  // rows in storage order: fewer page and TLB misses
+  rows_topk(ops, v, ids.data(), keep, w, m, threads, out);
+}
+
+}  // namespace graph
+}  // namespace hyp

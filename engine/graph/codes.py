@@ -1,0 +1,363 @@
+"""Compressed codes for the linear candidate stage of the default graph search.
+
+The default search turns candidate generation into maximum-inner-product search: find
+the documents with the largest ``x . w`` for a q-net's gradient ``w``. Measured on the
+synthetic 1M x 768 corpus (16 q-nets linearised at the corpus mean; exact q-net top-10 as
+the target): an exact scan's top-2000 by ``x . w`` holds 98% of the q-net's top-10, but
+off-the-shelf structures lose most of that top unless probed widely, because a gradient
+behaves like a query from outside the data's distribution: faiss IVF4096 (Flat or SQ8)
+holds 0.19 / 0.44 / 0.77 of the exact top-2000 at nprobe 16 / 64 / 256, 4-bit PQ fast-scan
+on the raw coordinates 0.15, an inner-product HNSW 0.27-0.36 at ef 256-4096, ScaNN 0.53-0.93
+at 12-22 ms per 1M. Fewer dimensions alone do not do it either: the spectrum decays slowly
+(the top 64 principal directions hold 60% of the variance), so a PCA-64 copy in int8 needs
+its top 50,000 to hold 95% of the exact top-500.
+
+What does: a pass over a small code of *every* coordinate that matters, with the bits spent
+where the variance is. Build: rotate ``x - mean`` onto the principal directions (from a
+sample), quantise each coordinate with its own Lloyd-Max quantiser of 1, 2 or 4 bits, the
+bit widths chosen by greedy reverse water-filling on the measured distortions under a
+budget of ``bytes_per_vector`` (64 by default: at 8.8M x 768 the codes take 563 MB against
+13.5 GB of bf16 vectors). The codes of up to four coordinates share one 4-bit sub-code, so
+a query's estimate of ``(x - mean) . w`` is a sum of one 16-entry table lookup per
+sub-code: the fast-scan technique (André et al., VLDB 2015; faiss's PQ fast-scan): uint8
+tables, shuffles over blocks of 32 documents, uint16 sums (csrc/cpu/scan_*.cpp). Then the
+best ``rerank`` estimates are re-ranked by their exact ``x . w`` on the stored rows. At 1M,
+64 bytes per vector, the exact top-500 by ``x . w`` lies 96% inside the top 20,000 codes
+and 99.4% inside the top 50,000 (PCA-64 int8 at the same bytes: 86% / 95%), and the whole
+two-pass pipeline without the graph reached recall@10 0.97 with 1,000 q-net evaluations.
+The pass is linear in n, at 64 bytes per document instead of 1,536 (bf16, d 768); see
+bench/RESULTS.md for latency against n.
+
+Layout and semantics of the arrays are those of ``CodesView`` in csrc/graph/linear.h.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+BLOCK = 32  # documents per block of the code layout
+_LEVEL_BITS = (0, 1, 2, 4)
+# Gaussian Lloyd-Max reconstruction levels (unit variance), the starting points.
+_GAUSS_LEVELS = {
+    1: [-0.7979, 0.7979],
+    2: [-1.510, -0.4528, 0.4528, 1.510],
+    4: [-2.733, -2.069, -1.618, -1.256, -0.9424, -0.6568, -0.3881, -0.1284,
+        0.1284, 0.3881, 0.6568, 0.9424, 1.256, 1.618, 2.069, 2.733],
+}
+
+
+@dataclass
+class LinearCodes:
+    """The compressed codes of a corpus of ``n`` documents of width ``d``.
+
+    codes: ``(ceil(n / 32), nsub / 2, 32)`` uint8 (see csrc/cpu/scan_ops.h).
+    rotation: ``(d, r)`` float32, the principal directions of the ``r`` coded coordinates.
+    dims, bits: ``(nsub, 4)`` int32: the coordinate (or -1) and bit width of each slot.
+    levels: ``(r, 16)`` float32 reconstruction values of each coordinate.
+    mean: ``(d,)`` float32 corpus mean (the codes' origin, and the default search's first
+        linearisation point). params: how they were built (JSON-serialisable).
+    """
+
+    codes: torch.Tensor
+    rotation: torch.Tensor
+    dims: torch.Tensor
+    bits: torch.Tensor
+    levels: torch.Tensor
+    mean: torch.Tensor
+    n: int
+    params: dict = field(default_factory=dict)
+
+    ARRAYS = ("codes", "rotation", "dims", "bits", "levels", "mean")
+
+    @property
+    def nsub(self) -> int:
+        return int(self.dims.shape[0])
+
+    def check(self, n: int, d: int) -> None:
+        """ValueError unless every array has the shape and dtype of a corpus (n, d)."""
+        nsub = self.nsub
+        r = int(self.rotation.shape[1]) if self.rotation.dim() == 2 else -1
+        expect = {
+            "codes": ((-(-n // BLOCK), nsub // 2, BLOCK), torch.uint8),
+            "rotation": ((d, r), torch.float32),
+            "dims": ((nsub, 4), torch.int32),
+            "bits": ((nsub, 4), torch.int32),
+            "levels": ((r, 16), torch.float32),
+            "mean": ((d,), torch.float32),
+        }
+        if self.n != n:
+            raise ValueError(f"codes cover {self.n} documents, the index holds {n}")
+        if nsub < 4 or nsub % 4 or nsub > 256:
+            raise ValueError(f"codes: {nsub} sub-codes; expected a multiple of 4 in 4..256")
+        for name, (shape, dtype) in expect.items():
+            t = getattr(self, name)
+            if tuple(t.shape) != shape or t.dtype != dtype:
+                raise ValueError(f"codes {name}: expected {dtype} {shape}, got {t.dtype} {tuple(t.shape)}")
+        dims, bits = self.dims, self.bits
+        if bool(((dims < -1) | (dims >= r)).any()) or bool(((bits < 0) | (bits > 4)).any()):
+            raise ValueError("codes dims/bits out of range")
+        if bool(((dims < 0) & (bits != 0)).any()) or bool((bits.sum(1) > 4).any()):
+            raise ValueError("codes: a sub-code holds more than 4 bits or bits without a coordinate")
+        for name in ("rotation", "levels", "mean"):
+            if not bool(torch.isfinite(getattr(self, name)).all()):
+                raise ValueError(f"codes {name} holds a non-finite value")
+
+    def native(self) -> tuple:
+        """The tuple ``engine._C`` takes (numpy views, no copies of contiguous arrays)."""
+        return tuple(getattr(self, a).contiguous().numpy() for a in ("codes", "rotation", "dims", "bits", "levels"))
+
+    def to(self, device) -> "LinearCodes":
+        return LinearCodes(*(getattr(self, a).to(device) for a in self.ARRAYS), self.n, dict(self.params))
+
+    # -------------------------------------------------------------- torch twins
+    def lut(self, w: torch.Tensor) -> torch.Tensor:
+        """``(Q, nsub, 16)`` uint8 lookup tables of directions ``w`` (Q, d) (twin of
+        ``build_lut`` in csrc/graph/linear.cpp: one scale for all tables of a query)."""
+        dev = w.device
+        wr = w.double() @ self.rotation.to(dev).double()  # (Q, r)
+        dims, bits = self.dims.to(dev).long(), self.bits.to(dev).long()
+        off = torch.cumsum(bits, 1) - bits  # bit offset of each slot
+        e = torch.arange(16, device=dev)
+        val = (e[None, :, None] >> off[:, None, :]) & ((1 << bits[:, None, :]) - 1)  # (nsub, 16, 4)
+        used = (dims >= 0) & (bits > 0)
+        safe = dims.clamp_min(0)
+        lev = self.levels.to(dev).double()[safe[:, None, :], val]  # (nsub, 16, 4)
+        contrib = wr[:, safe][:, :, None, :] * lev[None]  # (Q, nsub, 16, 4)
+        f = (contrib * used[None, :, None, :]).sum(-1)
+        lo = f.min(-1, keepdim=True).values
+        rng = (f.max(-1).values - lo[..., 0]).max(-1).values  # (Q,)
+        scale = torch.where((rng > 0) & torch.isfinite(rng), 255.0 / rng, torch.zeros_like(rng))
+        return torch.round((f - lo) * scale[:, None, None]).clamp(0, 255).to(torch.uint8)
+
+    def sums(self, lut: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
+        """``(Q, n)`` int32 table sums of every document (twin of the native scan)."""
+        Q = lut.shape[0]
+        dev = lut.device
+        out = torch.empty((Q, self.n), dtype=torch.int32, device=dev)
+        codes = self.codes.to(dev)
+        nsub = self.nsub
+        j = torch.arange(nsub, device=dev)
+        for b0 in range(0, codes.shape[0], block // BLOCK):
+            c = codes[b0 : b0 + block // BLOCK]  # (nb, nsub/2, 32)
+            sub = torch.stack([c & 15, c >> 4], 2).reshape(c.shape[0], nsub, BLOCK)
+            sub = sub.permute(0, 2, 1).reshape(-1, nsub).long()  # (nb*32, nsub)
+            s0, s1 = b0 * BLOCK, min(self.n, (b0 + c.shape[0]) * BLOCK)
+            for q in range(Q):
+                out[q, s0:s1] = lut[q][j[None, :], sub[: s1 - s0]].int().sum(1)
+        return out
+
+
+# ------------------------------------------------------------------ build
+
+
+class _SortedColumns:
+    """Per-column sorted samples with prefix sums: the cells of sorted levels, their sums
+    and their squared errors in O(levels x log N) per column, whatever N."""
+
+    def __init__(self, y: torch.Tensor):
+        self.v = torch.sort(y.T.contiguous().double(), dim=1)[0].contiguous()  # (D, N)
+        z = torch.zeros(self.v.shape[0], 1, dtype=torch.float64)
+        self.s1 = torch.cat([z, torch.cumsum(self.v, 1)], 1)
+        self.s2 = torch.cat([z, torch.cumsum(self.v * self.v, 1)], 1)
+
+    def cells(self, lev: torch.Tensor):
+        """(count, sum, sum of squares) of the samples nearest each level (D, L)."""
+        thr = (lev[:, 1:] + lev[:, :-1]) / 2
+        pos = torch.searchsorted(self.v, thr.contiguous(), right=True)  # (D, L - 1)
+        D, N = self.v.shape
+        edges = torch.cat([torch.zeros(D, 1, dtype=torch.int64), pos, torch.full((D, 1), N)], 1)
+        lo, hi = edges[:, :-1], edges[:, 1:]
+        cnt = (hi - lo).double()
+        s1 = torch.gather(self.s1, 1, hi) - torch.gather(self.s1, 1, lo)
+        s2 = torch.gather(self.s2, 1, hi) - torch.gather(self.s2, 1, lo)
+        return cnt, s1, s2
+
+
+def _lloyd_max(cols: _SortedColumns, bits: int, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column Lloyd-Max levels ``(D, 2^bits)`` (sorted) and their mean squared errors."""
+    v = cols.v
+    mean = cols.s1[:, -1:] / v.shape[1]
+    std = (cols.s2[:, -1:] / v.shape[1] - mean * mean).clamp_min(1e-24).sqrt()
+    lev = torch.tensor(_GAUSS_LEVELS[bits], dtype=torch.float64)[None, :] * std + mean
+    for _ in range(iters):
+        cnt, s1, _ = cols.cells(lev)
+        lev, _ = torch.sort(torch.where(cnt > 0, s1 / cnt.clamp_min(1), lev), 1)
+    cnt, s1, s2 = cols.cells(lev)
+    mse = (s2 - 2 * lev * s1 + lev * lev * cnt).sum(1) / v.shape[1]
+    return lev.float(), mse
+
+
+def _allocate(dist: dict, budget_bits: int) -> np.ndarray:
+    """Bits per coordinate (0, 1, 2 or 4): greedy reverse water-filling, each step buying
+    the next width of the coordinate with the largest distortion drop per bit."""
+    D = len(dist[0])
+    bits = np.zeros(D, dtype=np.int64)
+    nxt = {0: 1, 1: 2, 2: 4}
+    heap = [(-(dist[0][i] - dist[1][i]), i) for i in range(D)]
+    heapq.heapify(heap)
+    used = 0
+    while heap:
+        _, i = heapq.heappop(heap)
+        b = int(bits[i])
+        nb = nxt[b]
+        if used + nb - b > budget_bits:
+            continue
+        bits[i] = nb
+        used += nb - b
+        if nb in nxt:
+            nb2 = nxt[nb]
+            heapq.heappush(heap, (-(dist[nb][i] - dist[nb2][i]) / (nb2 - nb), i))
+    return bits
+
+
+def _pack(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slots ``(dims, bits)`` of the sub-codes: coordinates (indices into ``bits``) placed
+    widest first into 4-bit sub-codes (always ceil(total / 4) of them: the widths divide
+    4), padded to a multiple of 4 sub-codes."""
+    subs: list[list[tuple[int, int]]] = []
+    free: list[int] = []
+    for i in sorted(range(len(bits)), key=lambda i: (-bits[i], i)):
+        b = int(bits[i])
+        if b == 0:
+            continue
+        for s, f in enumerate(free):
+            if f >= b:
+                subs[s].append((i, b))
+                free[s] -= b
+                break
+        else:
+            subs.append([(i, b)])
+            free.append(4 - b)
+    nsub = max(4, -(-len(subs) // 4) * 4)
+    dims = np.full((nsub, 4), -1, dtype=np.int32)
+    out_bits = np.zeros((nsub, 4), dtype=np.int32)
+    for j, slots in enumerate(subs):
+        for s, (i, b) in enumerate(slots):
+            dims[j, s], out_bits[j, s] = i, b
+    return dims, out_bits
+
+
+def _encode(y: torch.Tensor, groups: list, dims: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Byte codes ``(rows / 32, nsub / 2, 32)`` of the rotated rows y (rows a multiple of 32)."""
+    rows = y.shape[0]
+    code = torch.zeros((rows, y.shape[1]), dtype=torch.uint8)
+    for _, (sel, thr) in groups:
+        ys = y[:, sel]
+        c = torch.zeros(ys.shape, dtype=torch.uint8)
+        for t in range(thr.shape[1]):  # the cell: how many midpoints lie below
+            c += ys > thr[:, t]
+        code[:, sel] = c
+    sub = torch.zeros((rows, dims.shape[0]), dtype=torch.uint8)
+    off = torch.zeros(dims.shape[0], dtype=torch.uint8)
+    for s in range(4):
+        used = (dims[:, s] >= 0) & (bits[:, s] > 0)
+        part = code[:, dims[:, s].clamp_min(0).long()] * used.to(torch.uint8)
+        sub |= part << off  # per-column shifts: an elementwise op on uint8
+        off += bits[:, s].to(torch.uint8)
+    byte = sub[:, 0::2] | (sub[:, 1::2] << 4)  # (rows, nsub/2)
+    return byte.reshape(rows // BLOCK, BLOCK, -1).permute(0, 2, 1).contiguous()
+
+
+def corpus_mean(vectors: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    """Mean row (float32), accumulated in float64 chunk by chunk."""
+    acc = torch.zeros(vectors.shape[1], dtype=torch.float64)
+    for s in range(0, vectors.shape[0], chunk):
+        acc += vectors[s : s + chunk].to("cpu", torch.float64).sum(0)
+    return (acc / max(1, vectors.shape[0])).float()
+
+
+def principal_axes(vectors: torch.Tensor, mean: torch.Tensor, train_size: int, seed: int):
+    """``(P, ys)``: the principal directions of a sample of ``train_size`` rows as the
+    columns of P (d, d), largest variance first, and the sample's coordinates ys (m, d)."""
+    n, d = vectors.shape
+    rng = np.random.default_rng([seed, 0xC0DE])
+    m = min(n, int(train_size))
+    ids = torch.from_numpy(np.sort(rng.choice(n, size=m, replace=False))) if m < n else torch.arange(n)
+    xs = vectors[ids.to(vectors.device)].to("cpu", torch.float32) - mean if n else torch.zeros(0, d)
+    if m >= 2:
+        cov = (xs.T.double() @ xs.double()) / m
+        evals, evecs = torch.linalg.eigh(cov)
+        P = evecs[:, torch.argsort(evals, descending=True)].float().contiguous()
+    else:
+        P = torch.eye(d)
+    return P, xs @ P
+
+
+def build_codes(vectors: torch.Tensor, *, bytes_per_vector: int = 64, train_size: int = 131_072,
+                seed: int = 0, progress: bool = False) -> LinearCodes:
+    """Build the codes of ``vectors`` (n, d) (any float dtype; a memory-mapped corpus is
+    streamed in chunks).
+
+    Args:
+        bytes_per_vector: code bytes per document (a multiple of 2, 2..128).
+        train_size: rows sampled for the principal directions and the quantisers.
+        seed: the sample.
+
+    Raises:
+        ValueError / TypeError: bad arguments.
+    """
+    if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2:
+        raise TypeError("vectors must be a 2-D torch.Tensor")
+    for name, v, lo, hi in (("bytes_per_vector", bytes_per_vector, 2, 128), ("train_size", train_size, 1, 1 << 24)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+    if bytes_per_vector % 2:
+        raise ValueError(f"bytes_per_vector must be even, got {bytes_per_vector}")
+    t0 = time.perf_counter()
+    n, d = vectors.shape
+    mean = corpus_mean(vectors)
+    P, ys = principal_axes(vectors, mean, train_size, seed)
+    m = ys.shape[0]
+    # Distortions of every coordinate at 0, 1, 2 and 4 bits on (part of) the sample.
+    cols = _SortedColumns(ys)
+    dist = {0: cols.v.pow(2).mean(1).numpy()}
+    levels_by_bits = {}
+    for b in (1, 2, 4):
+        levels_by_bits[b], mse = _lloyd_max(cols, b)
+        dist[b] = mse.numpy()
+    all_bits = _allocate(dist, 8 * bytes_per_vector) if n else np.zeros(d, dtype=np.int64)
+    coded = np.flatnonzero(all_bits > 0)
+    if coded.size == 0:  # a constant corpus: one coordinate at one bit keeps the shapes
+        coded = np.array([0])
+        all_bits[0] = 1
+    cbits = all_bits[coded]
+    dims, bits = _pack(cbits)
+    rotation = P[:, torch.from_numpy(coded)].contiguous()
+    levels = torch.zeros(len(coded), 16)
+    groups = []
+    for b in (1, 2, 4):
+        sel = np.flatnonzero(cbits == b)
+        if sel.size:
+            lev = levels_by_bits[b][torch.from_numpy(coded[sel])]
+            levels[torch.from_numpy(sel), : 1 << b] = lev
+            groups.append((b, (torch.from_numpy(sel), (lev[:, 1:] + lev[:, :-1]) / 2)))
+    dims_t, bits_t = torch.from_numpy(dims), torch.from_numpy(bits)
+    nsub = dims.shape[0]
+    nb = -(-n // BLOCK)
+    out = torch.zeros((nb, nsub // 2, BLOCK), dtype=torch.uint8)
+    chunk = 1 << 15
+    starts = range(0, n, chunk)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="candidate codes", unit="chunk")
+    for s in starts:
+        x = vectors[s : s + chunk].to("cpu", torch.float32)
+        y = (x - mean) @ rotation
+        rows = -(-y.shape[0] // BLOCK) * BLOCK
+        if rows > y.shape[0]:
+            y = torch.cat([y, torch.zeros(rows - y.shape[0], y.shape[1])])
+        out[s // BLOCK : s // BLOCK + rows // BLOCK] = _encode(y, groups, dims_t, bits_t)
+    params = {"bytes_per_vector": int(bytes_per_vector), "train_size": int(m), "seed": int(seed),
+              "coordinates": int(len(coded)), "sub_codes": int(nsub),
+              "bits": {str(b): int((cbits == b).sum()) for b in (1, 2, 4)},
+              "build_seconds": round(time.perf_counter() - t0, 3)}
+    return LinearCodes(out, rotation, dims_t, bits_t, levels, mean, n, params)

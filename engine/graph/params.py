@@ -1,0 +1,137 @@
+"""Typed parameters and statistics of graph search (in the manner of faiss's
+``SearchParametersHNSW``): one frozen dataclass per algorithm, validated on construction.
+
+``Index.search(..., mode="graph", ef=64)`` builds them from keyword options; a
+``params=DefaultSearchParams(...)`` object may be passed instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+CANDIDATES = ("auto", "codes", "scan")
+
+
+def _int(name: str, v, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if not lo <= v <= 1 << 40:
+        raise ValueError(f"{name} must be in [{lo}, 2^40], got {v}")
+    return int(v)
+
+
+def _number(name: str, v, lo: float, hi: float, lo_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
+        raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}")
+    return v
+
+
+@dataclass(frozen=True)
+class DefaultSearchParams:
+    """The default graph search (see :mod:`engine.graph.default`).
+
+    ef: the speed/recall knob: the q-net's candidate list (raised to ``k`` when smaller).
+    candidates: where the linear candidates come from: ``"codes"`` (the index's compressed
+        codes, then an exact re-rank), ``"scan"`` (an exact pass over every stored row) or
+        ``"auto"`` (codes when the index has them).
+    rerank: code estimates re-ranked exactly (default: ``rerank_factor * ef_lin``, at
+        least 4096 and at most n).
+    lin_factor: linear candidates scored by the q-net, ``ef_lin = lin_factor * ef``.
+    width: documents expanded per beam step; max_steps: beam steps per pass.
+    passes: 2 linearises again at the best document found and continues from the first
+        list under the new direction; 1 stops after the first pass.
+    shortlist: rows of the first linear list kept for the second pass, as a share of n
+        (at least ``8 * ef_lin``).
+    num_samples: documents scored when a q-net has no usable direction at all.
+    """
+
+    ef: int = 32
+    candidates: str = "auto"
+    rerank: int | None = None
+    rerank_factor: float = 128.0
+    lin_factor: float = 4.0
+    width: int = 4
+    max_steps: int = 256
+    passes: int = 2
+    shortlist: float = 0.002
+    num_samples: int = 1024
+
+    def __post_init__(self):
+        _int("ef", self.ef)
+        if self.candidates not in CANDIDATES:
+            raise ValueError(f"candidates must be one of {CANDIDATES}, got {self.candidates!r}")
+        if self.rerank is not None:
+            _int("rerank", self.rerank)
+        _number("rerank_factor", self.rerank_factor, 0.0, 1e6, lo_open=True)
+        _number("lin_factor", self.lin_factor, 0.0, 1e6, lo_open=True)
+        _int("width", self.width)
+        _int("max_steps", self.max_steps, 0)
+        if _int("passes", self.passes) > 2:
+            raise ValueError(f"passes must be 1 or 2, got {self.passes}")
+        _number("shortlist", self.shortlist, 0.0, 1.0)
+        _int("num_samples", self.num_samples)
+
+    def ef_lin(self) -> int:
+        return max(1, int(math.ceil(self.lin_factor * self.ef)))
+
+    def rerank_rows(self, n: int, keep: int) -> int:
+        r = self.rerank if self.rerank is not None else max(4096, int(self.rerank_factor * self.ef_lin()))
+        return max(1, min(n, max(r, keep)))
+
+    def shortlist_rows(self, n: int) -> int:
+        return max(1, min(n, max(int(math.ceil(self.shortlist * n)), 8 * self.ef_lin())))
+
+
+@dataclass(frozen=True)
+class PaperSearchParams:
+    """The paper's algorithm (``preset="paper"``), with the official code's defaults."""
+
+    num_entry_points: int = 10_000
+    ncandidates: int = 50
+    max_iter: int = 16
+    early_stop: bool = True
+
+    def __post_init__(self):
+        _int("num_entry_points", self.num_entry_points)
+        _int("ncandidates", self.ncandidates)
+        _int("max_iter", self.max_iter)
+        if not isinstance(self.early_stop, bool):
+            raise TypeError(f"early_stop must be a bool, got {type(self.early_stop).__name__}")
+
+
+PRESETS = {"default": DefaultSearchParams, "paper": PaperSearchParams}
+
+
+def make_params(preset: str, params=None, **options):
+    """The parameters of ``preset`` from a params object or keyword options (not both)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+    cls = PRESETS[preset]
+    if params is not None:
+        if options:
+            raise TypeError("pass either params= or keyword options, not both")
+        if not isinstance(params, cls):
+            raise TypeError(f"params for preset {preset!r} must be {cls.__name__}, got {type(params).__name__}")
+        return params
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown options for preset {preset!r}: {unknown}; valid: {sorted(known)}")
+    return cls(**options)
+
+
+@dataclass
+class PerQuery:
+    """Per-query counters of a graph search (lists of Q ints)."""
+
+    documents_scored: list = field(default_factory=list)
+    steps: list = field(default_factory=list)
+    linear_rows: list = field(default_factory=list)
+    coded_rows: list = field(default_factory=list)
+    fallback: list = field(default_factory=list)
