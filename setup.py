@@ -1,7 +1,10 @@
 """Build the engine and its C++ CPU extension ``engine._C``.
 
-Every ``csrc/**/*.cpp`` file goes into one extension (CUDA sources under ``csrc/cuda``
-are built separately, at first use or with ``HYPENCODER_BUILD_CUDA=1``). SIMD code paths
+Every ``csrc/**/*.cpp`` file goes into one extension. The CUDA sources under
+``csrc/cuda`` are not compiled here: they ship as package data (``engine.cuda_src``) and
+the CUDA backend compiles them for the local GPU at first use. The Triton kernels of the
+top-level folder ``kernels/`` install as ``engine.kernels``, so the package adds no
+top-level import name besides ``engine``. SIMD code paths
 carry their own ``target`` attributes and are picked at run time from the CPU's features,
 so the build uses no ``-march`` flag and one wheel runs on any x86-64.
 """
@@ -13,9 +16,13 @@ import sys
 from setuptools import find_packages, setup
 
 try:
-    from pybind11.setup_helpers import Pybind11Extension, build_ext
+    from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 except ImportError:  # pragma: no cover - pybind11 is a build requirement
     sys.exit("pybind11 is needed to build the engine: pip install pybind11")
+
+# Compile the C++ files in parallel (every core; NPY_NUM_BUILD_JOBS=N to choose), in a
+# plain `pip install .` too, which passes no -j.
+ParallelCompile("NPY_NUM_BUILD_JOBS").install()
 
 sources = sorted(
     p for p in glob.glob("csrc/**/*.cpp", recursive=True) if not p.startswith(os.path.join("csrc", "cuda"))
@@ -39,8 +46,9 @@ setup(
     name="hypencoder-engine",
     version="0.1.0",
     description="Fast inference engine for Hypencoder retrieval",
-    packages=find_packages(include=["engine", "engine.*", "kernels", "kernels.*"]),
-    package_data={"kernels": ["*.py"], "engine": ["cuda_src/*"]},
+    packages=find_packages(include=["engine", "engine.*"]) + ["engine.kernels", "engine.cuda_src"],
+    package_dir={"engine.kernels": "kernels", "engine.cuda_src": "csrc/cuda"},
+    package_data={"engine.cuda_src": ["*.cu", "*.cpp", "*.h"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.9",

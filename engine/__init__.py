@@ -9,12 +9,18 @@ Quick start::
     result.scores, result.ids
 """
 
-from . import synthetic
-from .backends import available_backends
-from .index import Index, SearchResult
-from .qnet import QNet
-from .qnet_config import QNetConfig
-from .scoring import score, score_gather
+import sys as _sys
+
+from . import _layout
+
+_layout.mount(_sys.modules[__name__])  # engine.kernels, engine.cuda_src in a source checkout
+
+from . import synthetic  # noqa: E402
+from .backends import available_backends  # noqa: E402
+from .index import Index, SearchResult  # noqa: E402
+from .qnet import QNet  # noqa: E402
+from .qnet_config import QNetConfig  # noqa: E402
+from .scoring import score, score_gather  # noqa: E402
 
 __all__ = [
     "Index",

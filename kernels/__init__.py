@@ -1,9 +1,7 @@
-"""Fused q-net kernels in Triton (dense scan, fused top-k scan, gather) and the helpers the
-Triton and CUDA backends share.
+"""Fused q-net kernels in Triton, installed as ``engine.kernels``.
 
 Modules: ``qnet_tile`` (the per-tile fused q-net), ``qnet_dense``, ``qnet_gather`` (the
-kernels and their launchers), ``launch`` (tile sizes, grid, scratch), ``qnet_pack`` (the
-flat weight layout) and ``topk_keys`` (the top-k sort keys and merge). Nothing is imported
-here: ``qnet_pack`` and ``topk_keys`` need only torch and serve the CUDA backend on
-machines without Triton.
+kernels and their launchers) and ``launch`` (tile sizes, grid, scratch). The flat weight
+layout and the top-k keys they share with the CUDA kernels live beside the backends
+(``engine.backends.qnet_pack``, ``engine.backends.topk_keys``). Nothing is imported here.
 """

@@ -9,25 +9,37 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from .qnet_pack import norm_mode
-
 
 def interpreting() -> bool:
     """True under ``TRITON_INTERPRET=1`` (kernels then run on CPU tensors)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def autotune_configs() -> list:
-    """Block shapes the autotuner tries on a GPU (each costs a compile, so a handful);
-    one small shape when interpreting, where every extra config would be another slow
-    interpreted run, and one when ``HYPENCODER_TRITON_AUTOTUNE=0`` (tests on a GPU)."""
+# Block shapes of the fused small-tile kernels (dense and gather) shipped for GPUs, the
+# one to use without autotuning first. Every one is compiled ahead of time for sm_80 and
+# sm_90 in CI (engine.kernels.aot).
+TILE_CONFIGS = tuple(
+    triton.Config({"BK": bk, "BH": bh}, num_warps=w, num_stages=s)
+    for bk, bh, w, s in ((64, 64, 4, 2), (64, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 2),
+                         (64, 256, 8, 2), (128, 64, 8, 3))
+)
+TILE_INTERPRETER_CONFIG = triton.Config({"BK": 16, "BH": 16}, num_warps=1, num_stages=1)
+
+
+def autotune_configs(shipped=TILE_CONFIGS, interpreter=TILE_INTERPRETER_CONFIG) -> list:
+    """The configurations the autotuner tries: ``shipped`` on a GPU (each costs a compile),
+    the first ``N`` of them with ``HYPENCODER_TRITON_AUTOTUNE=N`` (0 or 1: the first one
+    alone, no autotuning); ``[interpreter]`` when interpreting, where every extra config
+    would be another slow interpreted run. Read when a kernel module is imported."""
     if interpreting():
-        return [triton.Config({"BK": 16, "BH": 16}, num_warps=1, num_stages=1)]
-    if os.environ.get("HYPENCODER_TRITON_AUTOTUNE", "1") == "0":
-        return [triton.Config({"BK": 64, "BH": 64}, num_warps=4, num_stages=2)]
-    shapes = ((64, 64, 4, 2), (64, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 2),
-              (64, 256, 8, 2), (128, 64, 8, 3))
-    return [triton.Config({"BK": bk, "BH": bh}, num_warps=w, num_stages=s) for bk, bh, w, s in shapes]
+        return [interpreter]
+    limit = os.environ.get("HYPENCODER_TRITON_AUTOTUNE", "").strip()
+    if limit:
+        return list(shipped[: max(1, int(limit))])
+    return list(shipped)
+
+
+GPU_BLOCK_N = 64
 
 
 def block_n(device: torch.device) -> int:
@@ -35,7 +47,7 @@ def block_n(device: torch.device) -> int:
     ``min(k, BN)`` candidates per tile, so its output shape depends on it."""
     if interpreting():
         return 16
-    return int(os.environ.get("HYPENCODER_TRITON_BN", "64"))
+    return int(os.environ.get("HYPENCODER_TRITON_BN", str(GPU_BLOCK_N)))
 
 
 def num_programs(tiles: int, device: torch.device) -> int:
@@ -65,10 +77,13 @@ def scratch(programs: int, bn: int, width: int, dtype: torch.dtype, device: torc
 
 
 def qnet_flags(packed, config) -> dict:
-    """The compile-time flags of a q-net launch (activation, norm, precision)."""
+    """The compile-time flags of a q-net launch: the activation and whether any layer
+    normalises (from ``QNetConfig.kernel_flags``; each layer's own operations travel in
+    the packed ``meta`` table) and the precision (from the weights' dtype)."""
+    flags = config.kernel_flags()
     return dict(
-        ACT_RELU=config.activation == "relu",
-        NORM_MODE=norm_mode(config),
+        ACT_RELU=flags["relu"],
+        LAYER_NORM=flags["layer_norm"],
         IEEE=packed.w.dtype == torch.float32,
         UPCAST=interpreting(),
     )
@@ -77,7 +92,8 @@ def qnet_flags(packed, config) -> dict:
 @dataclass
 class Plan:
     """One launch over ``rows`` scored rows per query: unit-stride vectors, tile size,
-    tiles per query, persistent program count and the scratch tiles."""
+    tiles per query, persistent program count, the scratch tiles, the layer norm's
+    ``eps`` and the compile-time flags (:func:`qnet_flags`)."""
 
     vectors: torch.Tensor
     bn: int
@@ -86,9 +102,11 @@ class Plan:
     width: int
     xs: torch.Tensor
     ys: torch.Tensor
+    eps: float
+    flags: dict
 
 
-def plan(packed, vectors: torch.Tensor, rows: int) -> Plan:
+def plan(packed, config, vectors: torch.Tensor, rows: int) -> Plan:
     vectors = vectors if vectors.stride(1) == 1 else vectors.contiguous()
     dev = vectors.device
     bn = block_n(dev)
@@ -96,4 +114,5 @@ def plan(packed, vectors: torch.Tensor, rows: int) -> Plan:
     programs = num_programs(packed.w.shape[0] * nblocks, dev)
     width = max(packed.max_width, vectors.shape[1])
     xs, ys = scratch(programs, bn, width, packed.w.dtype, dev)
-    return Plan(vectors, bn, nblocks, programs, width, xs, ys)
+    return Plan(vectors, bn, nblocks, programs, width, xs, ys, config.kernel_flags()["eps"],
+                qnet_flags(packed, config))

@@ -12,14 +12,14 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backends.topk_keys import MAX_IDS, PAD_KEY
 from . import launch
 from .qnet_tile import qnet_tile
-from .topk_keys import MAX_IDS, PAD_KEY
 
 
 @triton.jit
 def _score_keys(score, ids, valid):
-    """int64 keys of kernels.topk_keys: order-preserving score bits high, ~id low."""
+    """int64 keys of engine.backends.topk_keys: order-preserving score bits high, ~id low."""
     bits = (score + 0.0).to(tl.int32, bitcast=True)  # + 0.0 folds -0.0 onto +0.0
     key32 = tl.where(bits < 0, ~bits, bits | (-2147483648))
     hi = (key32.to(tl.int64) & 0xFFFFFFFF) - 2147483648
@@ -36,7 +36,7 @@ def _dense_kernel(
     out_ptr, stride_oq, stride_on,
     Q, nblocks,
     BN: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
-    ACT_RELU: tl.constexpr, NORM_MODE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    ACT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     TOPK: tl.constexpr, KBLK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -52,7 +52,7 @@ def _dense_kernel(
         s = qnet_tile(rows, ok, vec_ptr, stride_v, d,
                       w_ptr + q.to(tl.int64) * stride_wq, b_ptr + q.to(tl.int64) * stride_bq,
                       meta_ptr, L, xs, ys, ld_s, eps,
-                      BN, BK, BH, ACT_RELU, NORM_MODE, IEEE, UPCAST)
+                      BN, BK, BH, ACT_RELU, LAYER_NORM, IEEE, UPCAST)
         if TOPK:
             # Sort the tile's keys, best first, and keep the first KBLK: k candidates per
             # tile leave the kernel instead of BN scores.
@@ -63,18 +63,25 @@ def _dense_kernel(
             tl.store(out_ptr + q.to(tl.int64) * stride_oq + rows * stride_on, s, mask=ok)
 
 
-def _launch(packed, config, vectors, out, base, topk_k):
+def _kernel_args(packed, config, vectors, out, base, topk_k):
+    """``(grid, arguments)`` of one launch of ``_dense_kernel``."""
     n = vectors.shape[0]
-    pl = launch.plan(packed, vectors, n)
+    pl = launch.plan(packed, config, vectors, n)
     kblk = min(topk_k, pl.bn) if topk_k else 1
-    _dense_kernel[(pl.programs,)](
-        pl.vectors, pl.vectors.stride(0), n, pl.vectors.shape[1], base,
-        packed.w, packed.w.stride(0), packed.b, packed.b.stride(0), packed.meta, packed.num_layers,
-        pl.xs, pl.ys, pl.width, float(config.eps),
-        out, out.stride(0), out.stride(1),
-        packed.w.shape[0], pl.nblocks,
-        BN=pl.bn, TOPK=bool(topk_k), KBLK=kblk, **launch.qnet_flags(packed, config),
+    return (pl.programs,), dict(
+        vec_ptr=pl.vectors, stride_v=pl.vectors.stride(0), n=n, d=pl.vectors.shape[1], base=base,
+        w_ptr=packed.w, stride_wq=packed.w.stride(0), b_ptr=packed.b, stride_bq=packed.b.stride(0),
+        meta_ptr=packed.meta, L=packed.num_layers,
+        xs_ptr=pl.xs, ys_ptr=pl.ys, ld_s=pl.width, eps=pl.eps,
+        out_ptr=out, stride_oq=out.stride(0), stride_on=out.stride(1),
+        Q=packed.w.shape[0], nblocks=pl.nblocks,
+        BN=pl.bn, TOPK=bool(topk_k), KBLK=kblk, **pl.flags,
     )
+
+
+def _launch(packed, config, vectors, out, base, topk_k):
+    grid, args = _kernel_args(packed, config, vectors, out, base, topk_k)
+    _dense_kernel[grid](**args)
     return out
 
 
@@ -83,15 +90,42 @@ def score_dense(packed, config, vectors, out):
     return _launch(packed, config, vectors, out, 0, 0)
 
 
+def _candidates(packed, vectors, k: int) -> torch.Tensor:
+    bn = launch.block_n(vectors.device)
+    nblocks = triton.cdiv(vectors.shape[0], bn)
+    return torch.full((packed.w.shape[0], nblocks * min(k, bn)), PAD_KEY, dtype=torch.int64,
+                      device=vectors.device)
+
+
 def dense_topk_candidates(packed, config, vectors, k: int, base: int = 0) -> torch.Tensor:
     """(Q, nblocks * min(k, BN)) int64 keys: each tile's best ``min(k, BN)`` documents
-    (ids offset by ``base``), unsorted across tiles; merge with kernels.topk_keys."""
+    (ids offset by ``base``), unsorted across tiles; merge with engine.backends.topk_keys."""
     n = vectors.shape[0]
     if base + n > MAX_IDS:
         raise ValueError(f"the fused top-k packs ids into 32 bits; {base + n} documents is too many")
-    bn = launch.block_n(vectors.device)
-    kblk = min(k, bn)
-    nblocks = triton.cdiv(n, bn)
-    out = torch.full((packed.w.shape[0], nblocks * kblk), PAD_KEY, dtype=torch.int64,
-                     device=vectors.device)
-    return _launch(packed, config, vectors, out, base, k)
+    return _launch(packed, config, vectors, _candidates(packed, vectors, k), base, k)
+
+
+def aot_variants():
+    """The launches CI compiles ahead of time (engine.kernels.aot): every shipped block
+    shape with the published flags in bf16, and each other flag value once."""
+    from ..qnet_config import QNetConfig
+    from .aot import Variant, example_inputs
+
+    out = []
+    cases = (
+        ("bf16", torch.bfloat16, QNetConfig(), 0, launch.TILE_CONFIGS),
+        ("fp16", torch.float16, QNetConfig(), 0, launch.TILE_CONFIGS[:1]),
+        ("fp32 ieee", torch.float32, QNetConfig(), 0, launch.TILE_CONFIGS[:1]),
+        ("bf16 identity no-norm", torch.bfloat16, QNetConfig(activation="identity", layer_norm=False), 0,
+         launch.TILE_CONFIGS[:1]),
+        ("bf16 top-k", torch.bfloat16, QNetConfig(), 1000, launch.TILE_CONFIGS[:1]),
+    )
+    for label, dtype, config, k, configs in cases:
+        packed, config, vectors = example_inputs(dtype, config)
+        res = _candidates(packed, vectors, k) if k else torch.empty(2, vectors.shape[0])
+        _, args = _kernel_args(packed, config, vectors, res, 0, k)
+        args["BN"] = launch.GPU_BLOCK_N
+        args["KBLK"] = min(k, launch.GPU_BLOCK_N) if k else 1
+        out.append(Variant(_dense_kernel, args, list(configs), label))
+    return out

@@ -21,7 +21,7 @@ def _gather_kernel(
     out_ptr, stride_oq, stride_om,
     Q, nblocks,
     BN: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
-    ACT_RELU: tl.constexpr, NORM_MODE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    ACT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -37,21 +37,53 @@ def _gather_kernel(
         s = qnet_tile(rows, ok, vec_ptr, stride_v, d,
                       w_ptr + q.to(tl.int64) * stride_wq, b_ptr + q.to(tl.int64) * stride_bq,
                       meta_ptr, L, xs, ys, ld_s, eps,
-                      BN, BK, BH, ACT_RELU, NORM_MODE, IEEE, UPCAST)
+                      BN, BK, BH, ACT_RELU, LAYER_NORM, IEEE, UPCAST)
         tl.store(out_ptr + q.to(tl.int64) * stride_oq + j * stride_om, s, mask=ok)
+
+
+def _kernel_args(packed, config, vectors, ids, out):
+    """``(grid, arguments)`` of one launch of ``_gather_kernel``."""
+    m = ids.shape[1]
+    pl = launch.plan(packed, config, vectors, m)
+    return (pl.programs,), dict(
+        vec_ptr=pl.vectors, stride_v=pl.vectors.stride(0), d=pl.vectors.shape[1],
+        ids_ptr=ids, stride_iq=ids.stride(0), stride_im=ids.stride(1), m=m,
+        w_ptr=packed.w, stride_wq=packed.w.stride(0), b_ptr=packed.b, stride_bq=packed.b.stride(0),
+        meta_ptr=packed.meta, L=packed.num_layers,
+        xs_ptr=pl.xs, ys_ptr=pl.ys, ld_s=pl.width, eps=pl.eps,
+        out_ptr=out, stride_oq=out.stride(0), stride_om=out.stride(1),
+        Q=packed.w.shape[0], nblocks=pl.nblocks,
+        BN=pl.bn, **pl.flags,
+    )
 
 
 def score_gather(packed, config, vectors, ids, out):
     """Fill ``out`` (Q, m) float32: ``out[q, j]`` scores row ``ids[q, j]``."""
-    m = ids.shape[1]
-    pl = launch.plan(packed, vectors, m)
-    _gather_kernel[(pl.programs,)](
-        pl.vectors, pl.vectors.stride(0), pl.vectors.shape[1],
-        ids, ids.stride(0), ids.stride(1), m,
-        packed.w, packed.w.stride(0), packed.b, packed.b.stride(0), packed.meta, packed.num_layers,
-        pl.xs, pl.ys, pl.width, float(config.eps),
-        out, out.stride(0), out.stride(1),
-        packed.w.shape[0], pl.nblocks,
-        BN=pl.bn, **launch.qnet_flags(packed, config),
+    grid, args = _kernel_args(packed, config, vectors, ids, out)
+    _gather_kernel[grid](**args)
+    return out
+
+
+def aot_variants():
+    """The launches CI compiles ahead of time (engine.kernels.aot): every shipped block
+    shape with the published flags in bf16 and int64 ids, and each other flag value once."""
+    import torch
+
+    from ..qnet_config import QNetConfig
+    from .aot import Variant, example_inputs
+
+    out = []
+    cases = (
+        ("bf16", torch.bfloat16, torch.int64, QNetConfig(), launch.TILE_CONFIGS),
+        ("fp16 int32 ids", torch.float16, torch.int32, QNetConfig(), launch.TILE_CONFIGS[:1]),
+        ("fp32 ieee", torch.float32, torch.int64, QNetConfig(), launch.TILE_CONFIGS[:1]),
+        ("bf16 identity no-norm", torch.bfloat16, torch.int64,
+         QNetConfig(activation="identity", layer_norm=False), launch.TILE_CONFIGS[:1]),
     )
+    for label, dtype, id_dtype, config, configs in cases:
+        packed, config, vectors = example_inputs(dtype, config)
+        ids = torch.zeros(2, 300, dtype=id_dtype)
+        _, args = _kernel_args(packed, config, vectors, ids, torch.empty(2, 300))
+        args["BN"] = launch.GPU_BLOCK_N
+        out.append(Variant(_gather_kernel, args, list(configs), label))
     return out

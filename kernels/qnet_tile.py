@@ -23,9 +23,19 @@ memory within the CTA).
 import triton
 import triton.language as tl
 
-# Columns of the ``meta`` table built by kernels.qnet_pack (DIN, DOUT, WOFF, BOFF, RES,
-# DIN_PAD, DOUT_PAD): kept literal here because Triton functions read plain ints.
-META_COLS = 7
+from ..backends import qnet_pack
+
+# The columns of the packed ``meta`` table. A jit function may read a module global only
+# when it is a ``tl.constexpr``: the interpreter accepts a plain int, the compiler does not.
+META_COLS = tl.constexpr(qnet_pack.META_COLS)
+DIN = tl.constexpr(qnet_pack.DIN)
+DOUT = tl.constexpr(qnet_pack.DOUT)
+WOFF = tl.constexpr(qnet_pack.WOFF)
+BOFF = tl.constexpr(qnet_pack.BOFF)
+DOUT_PAD = tl.constexpr(qnet_pack.DOUT_PAD)
+RES = tl.constexpr(qnet_pack.RES)
+LN_BEFORE = tl.constexpr(qnet_pack.LN_BEFORE)
+LN_AFTER = tl.constexpr(qnet_pack.LN_AFTER)
 
 
 @triton.jit
@@ -48,10 +58,11 @@ def qnet_tile(
     xs_ptr, ys_ptr, ld_s,  # this program's scratch tiles, row stride ld_s
     eps,
     BN: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
-    ACT_RELU: tl.constexpr, NORM_MODE: tl.constexpr,  # 0 y + x, 1 LN(y) + x, 2 LN(y + x)
+    ACT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr,  # LAYER_NORM: any layer normalises
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """Scores (BN,) float32 of the tile; invalid rows hold garbage the caller masks."""
+    """Scores (BN,) float32 of the tile; invalid rows hold garbage the caller masks.
+    Each layer's residual and layer norms follow its ``meta`` row (engine.backends.qnet_pack)."""
     cdt = w_ptr.dtype.element_ty
     r = tl.arange(0, BN)
     ck = tl.arange(0, BK)
@@ -69,12 +80,16 @@ def qnet_tile(
 
     for layer in range(L):
         m = meta_ptr + layer * META_COLS
-        din = tl.load(m + 0).to(tl.int32)
-        dout = tl.load(m + 1).to(tl.int32)
-        woff = tl.load(m + 2)
-        boff = tl.load(m + 3)
-        has_res = tl.load(m + 4) != 0
-        ldw = tl.load(m + 6)
+        din = tl.load(m + DIN).to(tl.int32)
+        dout = tl.load(m + DOUT).to(tl.int32)
+        woff = tl.load(m + WOFF)
+        boff = tl.load(m + BOFF)
+        ldw = tl.load(m + DOUT_PAD)
+        has_res = tl.load(m + RES) != 0
+        ln_before = tl.load(m + LN_BEFORE) != 0
+        normalise = ln_before | (tl.load(m + LN_AFTER) != 0)
+        res_first = has_res & (ln_before == 0)  # the residual goes in before the norm
+        res_last = has_res & ln_before
 
         # Phase 1: y = act(x @ W + b) (+ x when the norm comes after the residual).
         s1 = tl.zeros((BN,), tl.float32)
@@ -93,45 +108,47 @@ def qnet_tile(
             y = acc + bias[None, :]
             if ACT_RELU:
                 y = tl.maximum(y, 0.0)
-            if NORM_MODE == 2:
+            if res_first:
                 xr = tl.load(xs_ptr + r[:, None] * ld_s + cols[None, :], mask=cm[None, :], other=0.0)
-                y = tl.where(has_res, y + xr.to(tl.float32), y)
+                y = y + xr.to(tl.float32)
             y = tl.where(cm[None, :], y, 0.0)
             s1 += tl.sum(y, axis=1)
             tl.store(ys_ptr + r[:, None] * ld_s + cols[None, :], y, mask=cm[None, :])
         tl.debug_barrier()
 
         # Phase 2: layer-norm statistics, two-pass (as exact as the reference's).
-        mean = s1 / dout
+        mean = tl.zeros((BN,), tl.float32)
         rstd = tl.full((BN,), 1.0, tl.float32)
-        if NORM_MODE != 0:
-            s2 = tl.zeros((BN,), tl.float32)
-            for j0 in range(0, dout, BH):
-                cols = j0 + ch
-                cm = cols < dout
-                y = tl.load(ys_ptr + r[:, None] * ld_s + cols[None, :], mask=cm[None, :], other=0.0)
-                dl = tl.where(cm[None, :], y - mean[:, None], 0.0)
-                s2 += tl.sum(dl * dl, axis=1)
-            rstd = 1.0 / tl.sqrt(s2 / dout + eps)
+        if LAYER_NORM:
+            if normalise:
+                mean = s1 / dout
+                s2 = tl.zeros((BN,), tl.float32)
+                for j0 in range(0, dout, BH):
+                    cols = j0 + ch
+                    cm = cols < dout
+                    y = tl.load(ys_ptr + r[:, None] * ld_s + cols[None, :], mask=cm[None, :], other=0.0)
+                    dl = tl.where(cm[None, :], y - mean[:, None], 0.0)
+                    s2 += tl.sum(dl * dl, axis=1)
+                rstd = 1.0 / tl.sqrt(s2 / dout + eps)
 
         # Phase 3: normalise, add the residual, and make it the next layer's input.
         for j0 in range(0, dout, BH):
             cols = j0 + ch
             cm = cols < dout
             y = tl.load(ys_ptr + r[:, None] * ld_s + cols[None, :], mask=cm[None, :], other=0.0)
-            if NORM_MODE != 0:
+            if LAYER_NORM:
                 y = (y - mean[:, None]) * rstd[:, None]
-            if NORM_MODE != 2:
+            if res_last:
                 xr = tl.load(xs_ptr + r[:, None] * ld_s + cols[None, :], mask=cm[None, :], other=0.0)
-                y = tl.where(has_res, y + xr.to(tl.float32), y)
+                y = y + xr.to(tl.float32)
             tl.store(xs_ptr + r[:, None] * ld_s + cols[None, :], y.to(cdt), mask=cm[None, :])
         tl.debug_barrier()
 
     # Output layer: one column, so a multiply-and-reduce rather than a dot.
     m = meta_ptr + L * META_COLS
-    hl = tl.load(m + 0).to(tl.int32)
-    woff = tl.load(m + 2)
-    ldw = tl.load(m + 6)
+    hl = tl.load(m + DIN).to(tl.int32)
+    woff = tl.load(m + WOFF)
+    ldw = tl.load(m + DOUT_PAD)
     score = tl.zeros((BN,), tl.float32)
     for k0 in range(0, hl, BK):
         kk = k0 + ck

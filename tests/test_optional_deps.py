@@ -17,7 +17,9 @@ def test_works_without_triton_and_transformers():
         r = idx.search(synthetic.qnets(2, [16, 16, 1]), 3)
         assert r.ids.shape == (2, 3) and (r.ids >= 0).all()
         av = engine.available_backends()
-        assert av["torch"] == "ok" and av["triton"] != "ok" and av["cuda"] != "ok", av
+        assert av["torch"] == "ok" and av["triton"] != "ok", av
+        # The CUDA backend needs no Triton: it runs wherever there is a device to run on.
+        assert (av["cuda"] == "ok") <= torch.cuda.is_available(), av
         try:
             engine.score(synthetic.qnets(1, [16, 16, 1]), synthetic.vectors(3, 16), backend="triton")
         except RuntimeError as e:

@@ -1,18 +1,20 @@
 """A tiny randomly initialised Hypencoder checkpoint in the reference format, for tests.
 
-Small BERT (hidden 64, 2 layers), random hyper-head, the genuine checkpoint's tokenizer files.
+Small BERT (hidden 64, 2 layers), random hyper-head, and a small WordPiece tokenizer made
+here (special tokens, characters, continuation characters and the words the tests use),
+written in the checkpoint's format: nothing is read from outside the repository.
 """
 
 import json
-import shutil
+import string
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-CKPT = REPO.parent / "shared" / "data" / "debian-minilm" / "checkpoint"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+_WORDS = ("a", "the", "for", "of", "and", "to", "with", "query", "document", "doc", "short", "longer",
+          "library", "parsing", "files", "tool", "driver", "display", "usb", "perl", "module", "objects")
 
 
 def _transformers():
@@ -22,10 +24,16 @@ def _transformers():
 HIDDEN = 64
 
 
+def _vocab() -> list:
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *_WORDS]
+    return list(dict.fromkeys(vocab))
+
+
 def _bert(seed: int, transformers):
     torch.manual_seed(seed)
     cfg = transformers.BertConfig(
-        vocab_size=30522, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(_vocab()), hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=128, max_position_embeddings=64,
     )
     return transformers.BertModel(cfg).eval()
@@ -80,6 +88,21 @@ def write_tiny_checkpoint(path: Path, dims, pooling="mean", shared=True, convert
     }
     (path / "config.json").write_text(json.dumps(config))
     qbert.config.save_pretrained(path / "base")
-    for f in TOKENIZER_FILES:
-        shutil.copy(CKPT / f, path / f)
+    write_tokenizer(path, transformers)
     return qbert, pbert, head
+
+
+def write_tokenizer(path: Path, transformers) -> None:
+    """A lower-casing BERT WordPiece tokenizer that splits any ASCII text (unknown words
+    fall back to characters), saved as the checkpoint's tokenizer files."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(_vocab()) + "\n")
+    from tokenizers import BertWordPieceTokenizer
+
+    core = BertWordPieceTokenizer(str(path / "vocab.txt"), lowercase=True)
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core._tokenizer, model_max_length=64, unk_token="[UNK]", pad_token="[PAD]",
+        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tok.save_pretrained(str(path))
+    missing = [f for f in TOKENIZER_FILES if not (path / f).is_file()]
+    assert not missing, f"the tokenizer did not write {missing}"

@@ -27,29 +27,32 @@ void check_cuda(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
 }
 
+// meta rows: din, dout, woff, boff, din_pad, dout_pad, residual, ln_before, ln_after
+// (the columns of engine/backends/qnet_pack.py).
 hyp_cuda::QNetGeom make_geom(const std::vector<std::vector<int64_t>>& meta, bool relu,
-                             int norm_mode, double eps, int max_width_pad) {
+                             double eps, int max_width_pad) {
   TORCH_CHECK(!meta.empty() && static_cast<int>(meta.size()) <= hyp_cuda::kMaxLayers + 1,
               "q-net needs 0..", hyp_cuda::kMaxLayers, " hidden layers");
   hyp_cuda::QNetGeom g{};
   g.num_layers = static_cast<int>(meta.size()) - 1;
   g.act_relu = relu ? 1 : 0;
-  g.norm_mode = norm_mode;
   g.eps = static_cast<float>(eps);
   g.max_width_pad = max_width_pad;
   for (size_t i = 0; i < meta.size(); ++i) {
-    const auto& r = meta[i];  // din, dout, woff, boff, res, din_pad, dout_pad
-    TORCH_CHECK(r.size() == 7, "meta rows have 7 entries");
-    TORCH_CHECK(r[5] % 16 == 0 && r[6] % 16 == 0, "layers must be padded to multiples of 16");
-    g.layer[i] = {static_cast<int>(r[0]), static_cast<int>(r[1]), static_cast<int>(r[5]),
-                  static_cast<int>(r[6]), static_cast<int>(r[4]), r[2], r[3]};
+    const auto& r = meta[i];
+    TORCH_CHECK(r.size() == 9, "meta rows have 9 entries");
+    TORCH_CHECK(r[4] % 16 == 0 && r[5] % 16 == 0, "layers must be padded to multiples of 16");
+    TORCH_CHECK(!(r[7] && r[8]), "a layer normalises before or after its residual, not both");
+    g.layer[i] = {static_cast<int>(r[0]), static_cast<int>(r[1]), static_cast<int>(r[4]),
+                  static_cast<int>(r[5]), static_cast<int>(r[6]), static_cast<int>(r[7]),
+                  static_cast<int>(r[8]), r[2], r[3]};
   }
   return g;
 }
 
 // mode: 0 dense (out = scores), 1 gather (ids, out = scores), 2 dense top-k (cand = keys).
 void run(int mode, torch::Tensor vectors, torch::Tensor ids, torch::Tensor w, torch::Tensor b,
-         std::vector<std::vector<int64_t>> meta, bool relu, int norm_mode, double eps,
+         std::vector<std::vector<int64_t>> meta, bool relu, double eps,
          int max_width_pad, torch::Tensor out, torch::Tensor cand, int kblk, int64_t base,
          int block_rows, int64_t stream) {
   check_cuda(vectors, "vectors");
@@ -71,7 +74,7 @@ void run(int mode, torch::Tensor vectors, torch::Tensor ids, torch::Tensor w, to
   a.stride_wq = w.stride(0);
   a.b = b.data_ptr();
   a.stride_bq = b.stride(0);
-  a.geom = make_geom(meta, relu, norm_mode, eps, max_width_pad);
+  a.geom = make_geom(meta, relu, eps, max_width_pad);
   a.block_rows = block_rows;
   a.base = base;
   a.kblk = kblk;

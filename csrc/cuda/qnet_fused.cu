@@ -54,7 +54,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 // across banks; still a multiple of 8 elements, as WMMA requires.
 __host__ __device__ constexpr int tile_ld(int max_width_pad) { return max_width_pad + 8; }
 
-// Same keys as kernels/topk_keys.py: order-preserving score bits high, ~id low.
+// Same keys as engine/backends/topk_keys.py: order-preserving score bits high, ~id low.
 __device__ __forceinline__ int64_t score_key(float s, int64_t id) {
   int32_t bits = __float_as_int(s + 0.0f);  // + 0.0f folds -0.0 onto +0.0
   uint32_t key32 = bits < 0 ? ~static_cast<uint32_t>(bits) : (static_cast<uint32_t>(bits) | 0x80000000u);
@@ -124,7 +124,9 @@ __global__ void __launch_bounds__(kThreads) qnet_fused_kernel(FusedArgs a) {
     const T* Wl = W + lg.woff;
     const T* Bl = B + lg.boff;
     const int ncf = lg.dout_pad / kFrag;
-    const bool res = lg.residual != 0;
+    const bool res_first = lg.residual && !lg.ln_before;  // the residual goes in before the norm
+    const bool res_last = lg.residual && lg.ln_before;
+    const bool normalise = lg.ln_before || lg.ln_after;
 
     // Y = act(X @ W + b) (+ X when the norm comes after the residual).
     for (int cf = warp * 2; cf < ncf; cf += kWarps * 2) {
@@ -160,7 +162,7 @@ __global__ void __launch_bounds__(kThreads) qnet_fused_kernel(FusedArgs a) {
             if (c < lg.dout) {
               v = my_stage[e] + to_f(Bl[c]);
               if (g.act_relu) v = fmaxf(v, 0.0f);
-              if (g.norm_mode == 2 && res) v += to_f(X[r * ldx + c]);
+              if (res_first) v += to_f(X[r * ldx + c]);
             }
             Y[r * ldx + c] = from_f<T>(v);
           }
@@ -173,7 +175,7 @@ __global__ void __launch_bounds__(kThreads) qnet_fused_kernel(FusedArgs a) {
     // Layer norm per row (one warp a row), residual, and the next layer's input.
     for (int r = warp; r < BN; r += kWarps) {
       float mean = 0.0f, rstd = 1.0f;
-      if (g.norm_mode != 0) {
+      if (normalise) {
         float s = 0.0f;
         for (int c = lane; c < lg.dout; c += 32) s += to_f(Y[r * ldx + c]);
         mean = warp_sum(s) / lg.dout;
@@ -188,8 +190,8 @@ __global__ void __launch_bounds__(kThreads) qnet_fused_kernel(FusedArgs a) {
         float v = 0.0f;
         if (c < lg.dout) {
           v = to_f(Y[r * ldx + c]);
-          if (g.norm_mode != 0) v = (v - mean) * rstd;
-          if (g.norm_mode != 2 && res) v += to_f(X[r * ldx + c]);
+          if (normalise) v = (v - mean) * rstd;
+          if (res_last) v += to_f(X[r * ldx + c]);
         }
         X[r * ldx + c] = from_f<T>(v);
       }

@@ -3,7 +3,7 @@
 //
 // The interface is plain C++ (no CUDA or torch types) so that the binding compiles with
 // the host compiler and the .cu file with nvcc alone (that is what CI compile-checks).
-// Weights come packed by kernels/qnet_pack.py with pad = 16: every layer is zero-padded
+// Weights come packed by engine/backends/qnet_pack.py with pad = 16: every layer is zero-padded
 // to multiples of 16 in both dimensions, so the kernels load whole 16 x 16 fragments.
 #pragma once
 
@@ -14,17 +14,21 @@ namespace hyp_cuda {
 
 constexpr int kMaxLayers = 32;  // hidden layers; the output layer is one more
 
+// A hidden layer computes y = act(x W + b); then, in this order: y += x when `residual`
+// and not `ln_before`; y = layer_norm(y) when `ln_before` or `ln_after`; y += x when
+// `residual` and `ln_before` (QNetConfig.layer_ops, the rule of every kernel).
 struct LayerGeom {
   int din, dout;          // real widths
   int din_pad, dout_pad;  // padded widths (multiples of 16): the packed matrix's shape
   int residual;           // 1 when the layer adds its input
+  int ln_before;          // 1: layer norm before the residual (or with no residual)
+  int ln_after;           // 1: layer norm after the residual
   int64_t woff, boff;     // offsets of the layer's weights and bias in a query's row
 };
 
 struct QNetGeom {
   int num_layers;  // L hidden layers; layer[L] is the output layer (dout = 1)
   int act_relu;    // 1: relu, 0: identity
-  int norm_mode;   // 0: y + x; 1: layer_norm(y) + x; 2: layer_norm(y + x)
   float eps;
   int max_width_pad;  // widest padded width of the document vectors or any layer
   LayerGeom layer[kMaxLayers + 1];

@@ -1,32 +1,41 @@
 """CUDA C++ backend: the tensor-core kernels of ``csrc/cuda``, compiled at first use.
 
-``torch.utils.cpp_extension.load`` builds ``csrc/cuda/{bindings.cpp,qnet_fused.cu}`` for
-the local GPU the first time a kernel is needed and caches the build (in
-``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), so importing the
-package never needs nvcc. ``setup.py`` leaves these sources out of the CPU extension.
+``torch.utils.cpp_extension.load`` builds ``bindings.cpp`` and ``qnet_fused.cu`` (the
+repository's ``csrc/cuda``, installed as the package data ``engine.cuda_src`` and found
+through ``importlib.resources``) for the local GPU the first time a kernel is needed and
+caches the build (in ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``),
+so importing the package never needs nvcc. ``setup.py`` leaves these sources out of the
+CPU extension.
 
 The kernels take float16 or bfloat16 q-nets (tensor cores). A float32 q-net is scored
-by the Triton backend when it can run, else by the PyTorch reference: the fp32 path of
-tensor cores (tf32) would not give the float32 results a float32 caller asks for.
+by the Triton backend when it can run (and has not failed: then once a warning), else by
+the PyTorch reference: the fp32 path of tensor cores (tf32) would not give the float32
+results a float32 caller asks for.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import pathlib
 import threading
+import warnings
 
 import torch
 
 from ..qnet_config import QNetConfig
 
-_SRC = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "cuda"
 _SOURCES = ("bindings.cpp", "qnet_fused.cu")
 _MIN_CC = (8, 0)  # bf16 WMMA
 
 _ext = None
 _build_error: str | None = None
 _lock = threading.Lock()
+
+
+def source_dir() -> pathlib.Path:
+    """The folder of the CUDA sources (the package data ``engine.cuda_src``)."""
+    return pathlib.Path(str(importlib.resources.files("engine.cuda_src")))
 
 
 def _nvcc() -> str | None:
@@ -46,9 +55,10 @@ def is_available() -> tuple[bool, str]:
         return False, "this torch build has no CUDA support"
     if not torch.cuda.is_available():
         return False, "no CUDA device"
-    missing = [s for s in _SOURCES if not (_SRC / s).exists()]
+    src = source_dir()
+    missing = [s for s in _SOURCES if not (src / s).is_file()]
     if missing:
-        return False, f"CUDA sources missing under {_SRC}: {missing}"
+        return False, f"CUDA sources missing under {src}: {missing}"
     if _ext is None and _nvcc() is None:
         return False, "nvcc not found (set CUDA_HOME) to build the CUDA kernels"
     cc = torch.cuda.get_device_capability()
@@ -72,11 +82,12 @@ def extension():
                 raise RuntimeError(_build_error)
             from torch.utils.cpp_extension import load
 
+            src = source_dir()
             try:
                 _ext = load(
                     name="hypencoder_cuda_qnet",
-                    sources=[str(_SRC / s) for s in _SOURCES],
-                    extra_include_paths=[str(_SRC)],
+                    sources=[str(src / s) for s in _SOURCES],
+                    extra_include_paths=[str(src)],
                     extra_cflags=["-O3"],
                     extra_cuda_cflags=["-O3", "-lineinfo"],
                     verbose=os.environ.get("HYPENCODER_VERBOSE_BUILD") == "1",
@@ -87,33 +98,66 @@ def extension():
     return _ext
 
 
-def _fp32_fallback():
+# Set once the Triton kernels have failed on a float32 q-net (a compile error, a missing
+# compiler): float32 q-nets then go to the reference for the rest of the process.
+_triton_fp32_error: str | None = None
+
+
+def _fp32_backends(device) -> list:
+    """Who scores float32 q-nets, in order: Triton when it can run (exact float32 through
+    IEEE dots), then the PyTorch reference, which always can."""
     from . import get_backend
 
-    try:
-        return get_backend("triton", torch.device("cuda"))
-    except RuntimeError:  # Triton missing or interpreting: the reference is always there
-        return get_backend("torch", torch.device("cuda"))
+    out = []
+    if _triton_fp32_error is None:
+        try:
+            out.append(get_backend("triton", device))
+        except RuntimeError:  # Triton missing, or interpreting
+            pass
+    return out + [get_backend("torch", device)]
+
+
+def _fp32_call(method: str, vectors, *args):
+    """``backend.method(*args)`` on the first float32 backend that runs it. A failure of
+    the Triton kernels other than bad input (a ValueError or TypeError, passed on) is
+    reported once as a warning and sends float32 q-nets to the reference from then on."""
+    global _triton_fp32_error
+    for be in _fp32_backends(vectors.device):
+        fn = getattr(be, method, None)
+        if fn is None:  # the reference has no fused top-k: stream its dense scores
+            return _stream_topk(be, *args)
+        if be.name != "triton":
+            return fn(*args)
+        try:
+            return fn(*args)
+        except (ValueError, TypeError):
+            raise
+        except Exception as e:  # noqa: BLE001 - any compile or launch failure
+            _triton_fp32_error = f"{type(e).__name__}: {e}"
+            warnings.warn("the CUDA backend scores float32 q-nets with the Triton kernels, which failed "
+                          f"({_triton_fp32_error.splitlines()[0][:300]}); using the PyTorch reference instead",
+                          RuntimeWarning, stacklevel=3)
+    raise AssertionError("the reference backend always runs")
 
 
 def _prepare(weights, biases, config: QNetConfig, vectors):
-    from kernels.launch_cuda import prepare
+    from .cuda_launch import prepare
 
     return prepare(extension(), weights, biases, config, vectors)
 
 
 def score_dense(weights, biases, config, vectors, out=None):
     if weights[0].dtype == torch.float32:
-        return _fp32_fallback().score_dense(weights, biases, config, vectors, out)
-    from kernels.launch_cuda import run_dense
+        return _fp32_call("score_dense", vectors, weights, biases, config, vectors, out)
+    from .cuda_launch import run_dense
 
     return run_dense(_prepare(weights, biases, config, vectors), vectors, out)
 
 
 def score_gather(weights, biases, config, vectors, ids, out=None):
     if weights[0].dtype == torch.float32:
-        return _fp32_fallback().score_gather(weights, biases, config, vectors, ids, out)
-    from kernels.launch_cuda import run_gather
+        return _fp32_call("score_gather", vectors, weights, biases, config, vectors, ids, out)
+    from .cuda_launch import run_gather
 
     return run_gather(_prepare(weights, biases, config, vectors), vectors, ids, out)
 
@@ -122,18 +166,15 @@ def exact_topk(weights, biases, config, vectors, k, block_size=None):
     if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
         raise ValueError(f"k must be a positive int, got {k!r}")
     if weights[0].dtype == torch.float32:
-        fb = _fp32_fallback()
-        if hasattr(fb, "exact_topk"):
-            return fb.exact_topk(weights, biases, config, vectors, k, block_size)
-        return _stream_topk(fb, weights, biases, config, vectors, k, block_size)
-    from kernels.launch_cuda import run_topk
+        return _fp32_call("exact_topk", vectors, weights, biases, config, vectors, k, block_size)
+    from .cuda_launch import run_topk
 
     return run_topk(_prepare(weights, biases, config, vectors), vectors, k, block_size)
 
 
 def _stream_topk(be, weights, biases, config, vectors, k, block_size):
     """Exact top-k through ``be.score_dense`` block by block (the fp32 fallback)."""
-    from kernels import topk_keys
+    from . import topk_keys
 
     block = int(block_size or (1 << 16))
     running = None

@@ -1,4 +1,4 @@
-"""Torch-side launcher of the CUDA C++ kernels (csrc/cuda): packs the q-nets with 16-wide
+"""Torch-side launcher of the CUDA C++ kernels (engine.cuda_src): packs the q-nets with 16-wide
 padding, picks the tile height that fits the device's shared memory, and calls the
 compiled extension on torch's current stream. Needs torch only (no Triton)."""
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from . import topk_keys
-from .qnet_pack import PackedQNet, norm_mode, packed
+from .qnet_pack import PackedQNet, packed
 
 _PAD = 16
 # Documents per launch of the fused top-k scan; bounds the candidate buffer.
@@ -42,11 +42,11 @@ def _vectors(pr: Prepared, vectors):
 
 
 def _run(pr: Prepared, mode, vectors, ids, out, cand, kblk, base):
-    c = pr.config
+    flags = pr.config.kernel_flags()  # each layer's residual and norms are in the meta rows
     empty = torch.empty(0, 1, device=vectors.device)
     pr.ext.run(
         mode, vectors, ids if ids is not None else empty.long(), pr.p.w, pr.p.b,
-        [list(r) for r in pr.p.meta_rows], c.activation == "relu", norm_mode(c), float(c.eps),
+        [list(r) for r in pr.p.meta_rows], flags["relu"], flags["eps"],
         pr.max_width_pad, out if out is not None else empty, cand if cand is not None else empty.long(),
         kblk, base, pr.block_rows, torch.cuda.current_stream(vectors.device).cuda_stream,
     )

@@ -1,12 +1,19 @@
-"""Pack a batch of q-nets into the flat layout the fused kernels read.
+"""Pack a batch of q-nets into the flat layout the fused GPU kernels (Triton and CUDA) read.
 
 The kernels take a variable number of layers of arbitrary widths, so instead of one
 pointer per layer they read one buffer per query: every weight matrix (in, out) stored
 row-major one after another, every bias after another, and a small int64 table
-``meta`` (L + 1 rows) with each layer's geometry. ``pad`` rounds every layer up to a
-multiple of ``pad`` in both dimensions with zeros: the CUDA kernels load whole 16 x 16
-tensor-core fragments and need no masks that way; the Triton kernels mask and use
-``pad=1``.
+``meta`` (L + 1 rows) with each layer's geometry and its operations. ``pad`` rounds every
+layer up to a multiple of ``pad`` in both dimensions with zeros: the CUDA kernels load
+whole 16 x 16 tensor-core fragments and need no masks that way; the Triton kernels mask
+and use ``pad=1``.
+
+A layer's operations come from :meth:`QNetConfig.layer_ops` (the one rule every kernel
+follows), as the columns ``RES``, ``LN_BEFORE`` and ``LN_AFTER``: the kernels compute
+``y = act(x W + b)``, add ``x`` first when ``RES`` and not ``LN_BEFORE``, normalise when
+``LN_BEFORE`` or ``LN_AFTER``, and add ``x`` after when ``RES`` and ``LN_BEFORE``. The
+output layer's row has all three at 0. The activation and ``eps`` are the same for every
+layer and reach the kernels from :meth:`QNetConfig.kernel_flags`.
 """
 
 from __future__ import annotations
@@ -15,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-# meta columns
-DIN, DOUT, WOFF, BOFF, RES, DIN_PAD, DOUT_PAD = range(7)
-META_COLS = 7
+# meta columns (csrc/cuda/bindings.cpp reads them in this order)
+DIN, DOUT, WOFF, BOFF, DIN_PAD, DOUT_PAD, RES, LN_BEFORE, LN_AFTER = range(9)
+META_COLS = 9
 
 
 @dataclass(frozen=True)
@@ -29,14 +36,6 @@ class PackedQNet:
     num_layers: int
     max_width: int  # widest layer (input or output), padded
     dim: int  # document vector width d
-
-
-def norm_mode(config) -> int:
-    """The kernels' normalisation mode: 0: y + x; 1: layer_norm(y) + x;
-    2: layer_norm(y + x) (residual terms only where the layer has one)."""
-    if not config.layer_norm:
-        return 0
-    return 1 if config.layer_norm_before_residual else 2
 
 
 def _round_up(x: int, m: int) -> int:
@@ -53,8 +52,8 @@ def pack_qnet(weights, biases, config, pad: int = 1) -> PackedQNet:
     for i, w in enumerate(weights):
         din, dout = int(w.shape[1]), int(w.shape[2])
         dinp, doutp = _round_up(din, pad), _round_up(dout, pad)
-        res = int(i < L and config.has_residual(i, L))
-        rows.append((din, dout, woff, boff, res, dinp, doutp))
+        ln_before, res, ln_after = config.layer_ops(i, L) if i < L else (False, False, False)
+        rows.append((din, dout, woff, boff, dinp, doutp, int(res), int(ln_before), int(ln_after)))
         wp = w
         if (dinp, doutp) != (din, dout):
             wp = torch.zeros((Q, dinp, doutp), dtype=dtype, device=device)
