@@ -738,3 +738,24 @@ def test_device_graph_cached_until_the_graph_changes():
     idx.set_graph(torch.flip(idx.graph, [1]).contiguous(), idx.graph_params)
     g2 = device_graph(idx, "cpu")
     assert g2 is not g and torch.equal(g2, idx.graph.long())
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
+def test_cpu_isa_governs_every_native_function_table(small):
+    """HYPENCODER_CPU_ISA / set_isa select the table of every native path: the q-net
+    kernels and the graph search's scan kernels (dot products, codes, linearisation)."""
+    from engine import _C
+    from engine.backends import cpu
+
+    idx, q = small
+    ref = idx.search(q, 10, mode="graph", ef=16)
+    try:
+        for name in cpu.supported_isas():
+            cpu.set_isa(name)
+            tables = _C.cpu_kernel_tables()
+            assert tables["qnet"] == name
+            assert tables["scan"] == {"avx512_bf16": "avx512"}.get(name, name)
+            r = idx.search(q, 10, mode="graph", ef=16)
+            assert recall(r.ids, ref.ids) >= 0.95  # other rounding, the same search
+    finally:
+        cpu.set_isa("auto")

@@ -73,10 +73,20 @@ void lut_scan(const uint8_t* codes, int64_t nblocks, int64_t nsub, const uint8_t
   }
 }
 
+void axpy(int64_t n, float a, const float* x, float* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+float dot(int64_t n, const float* x, const float* y) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = 0; i < n; ++i) acc[i & 7] += x[i] * y[i];
+  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
 }  // namespace
 
 const ScanOps& scan_ops_portable() {
-  static const ScanOps ops{Isa::Portable, &dots, &lut_scan};
+  static const ScanOps ops{Isa::Portable, &dots, &lut_scan, &axpy, &dot};
   return ops;
 }
 
