@@ -759,3 +759,38 @@ def test_cpu_isa_governs_every_native_function_table(small):
             assert recall(r.ids, ref.ids) >= 0.95  # other rounding, the same search
     finally:
         cpu.set_isa("auto")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_candidates_return_exact_scores(impl):
+    """precision="bf16" scores candidates with bf16-rounded weights (as a bf16 q-net
+    would), then the final list exactly: the same documents as a search with the bf16
+    q-net, each with its exact float32 score."""
+    x = engine.synthetic.vectors(3000, 32, seed=5, dtype=torch.bfloat16)
+    idx = engine.Index.from_vectors(x).build_graph(12, code_bytes=8)
+    q = engine.synthetic.qnets(4, [32, 32, 32, 1], seed=7, corpus_seed=5)
+    opts = dict(mode="graph", impl=impl, ef=16)
+    r = idx.search(q, 16, precision="bf16", **opts)
+    ref = engine.score_gather(q, idx.vectors, r.ids)
+    torch.testing.assert_close(r.scores, ref, rtol=1e-5, atol=1e-5)
+    assert (r.scores[:, :-1] >= r.scores[:, 1:]).all()
+    if impl == "native" and not engine.graph.native.bf16_dot():
+        assert r.stats.precision == "bf16"  # asked for; the kernels fall back to float32
+        return
+    b = idx.search(q.to(dtype=torch.bfloat16), 16, precision="exact", **opts)
+    for a_ids, b_ids in zip(r.ids.tolist(), b.ids.tolist()):
+        assert set(a_ids) == set(b_ids)
+    ex = idx.search(q, 10)
+    assert recall(r.ids[:, :10], ex.ids) >= 0.9
+
+
+def test_precision_auto_and_reported(small):
+    idx, q = small  # float32 vectors: exact
+    assert idx.search(q, 10, mode="graph").stats.precision == "exact"
+    assert idx.search(q, 10, mode="graph", preset="paper", num_entry_points=20).stats.precision is None
+    low = engine.Index.from_vectors(idx.vectors.to(torch.bfloat16)).build_graph(8, code_bytes=8)
+    want = "bf16" if engine.graph.native.bf16_dot() else "exact"
+    assert low.search(q, 10, mode="graph").stats.precision == (want if len(IMPLS) > 1 else "exact")
+    assert low.search(q, 10, mode="graph", impl="torch").stats.precision == "exact"
+    with pytest.raises(ValueError, match="precision"):
+        idx.search(q, 10, mode="graph", precision="fp8")
