@@ -2,46 +2,18 @@
 // tested against, and what HYPENCODER_CPU_ISA=portable selects.
 #include <cstring>
 
+#include "cpu/half.h"
 #include "cpu/scan_ops.h"
 
 namespace hyp {
 namespace cpu {
 namespace {
 
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ffu, bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      exp = 127 - 15 + 1;
-      while (!(mant & 0x400u)) {
-        mant <<= 1;
-        --exp;
-      }
-      bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 inline float load_one(DType t, const void* base, int64_t i) {
   switch (t) {
     case DType::F32: return static_cast<const float*>(base)[i];
     case DType::F16: return half_to_float(static_cast<const uint16_t*>(base)[i]);
-    case DType::BF16: {
-      const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(base)[i]) << 16;
-      float f;
-      std::memcpy(&f, &bits, 4);
-      return f;
-    }
+    case DType::BF16: return bfloat16_to_float(static_cast<const uint16_t*>(base)[i]);
   }
   return 0.f;
 }

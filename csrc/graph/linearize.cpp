@@ -1,5 +1,6 @@
 #include "graph/linearize.h"
 
+#include "cpu/half.h"
 #include "cpu/isa.h"
 #include "cpu/scan_ops.h"
 
@@ -15,43 +16,12 @@ namespace {
 float to_float(DType t, const void* p, int64_t i) {
   if (t == DType::F32) return static_cast<const float*>(p)[i];
   const uint16_t h = static_cast<const uint16_t*>(p)[i];
-  uint32_t bits;
-  if (t == DType::BF16) {
-    bits = static_cast<uint32_t>(h) << 16;
-  } else {  // float16
-    const uint32_t sign = (h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ffu;
-    if (exp == 0) {
-      if (mant == 0) {
-        bits = sign;
-      } else {
-        exp = 127 - 15 + 1;
-        while (!(mant & 0x400u)) {
-          mant <<= 1;
-          --exp;
-        }
-        bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
-      }
-    } else if (exp == 31) {
-      bits = sign | 0x7f800000u | (mant << 13);
-    } else {
-      bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-    }
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
+  return t == DType::BF16 ? bfloat16_to_float(h) : half_to_float(h);
 }
 
 void load_row(DType t, const void* base, int64_t offset, int64_t n, float* out) {
   if (t == DType::F32) {
     std::memcpy(out, static_cast<const float*>(base) + offset, static_cast<size_t>(n) * sizeof(float));
-  } else if (t == DType::BF16) {
-    const uint16_t* h = static_cast<const uint16_t*>(base) + offset;
-    for (int64_t i = 0; i < n; ++i) {
-      const uint32_t bits = static_cast<uint32_t>(h[i]) << 16;
-      std::memcpy(out + i, &bits, 4);
-    }
   } else {
     for (int64_t i = 0; i < n; ++i) out[i] = to_float(t, base, offset + i);
   }
