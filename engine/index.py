@@ -333,11 +333,16 @@ class Index:
         self.path = os.fspath(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, verify: bool = False, mmap: bool = True) -> "Index":
+    def load(cls, path: str | os.PathLike, *, verify: bool = False, mmap: bool = True,
+             populate: bool = False) -> "Index":
         """Open an index directory.
 
-        Arrays are memory-mapped (``mmap=True``): opening reads only the manifest. Sizes
-        are always checked; ``verify=True`` also checks every file's SHA-256 (reads all).
+        Arrays are memory-mapped (``mmap=True``): opening reads only the manifest, and a
+        search reads the pages it touches (a page fault each, the first time).
+        ``populate=True`` maps every page at once instead (reading the files; the index
+        then resides in memory, about its size on disk): what a service that searches a
+        large index at low latency wants. Sizes are always checked; ``verify=True`` also
+        checks every file's SHA-256 (reads all).
         Raises ``FileNotFoundError`` for a missing directory and
         :class:`engine.storage.IndexFormatError` (a ``ValueError``) for an unknown version,
         a malformed manifest, or a missing, truncated, tampered or non-regular file.
@@ -386,6 +391,10 @@ class Index:
             except ValueError as e:
                 raise storage.IndexFormatError(f"{path}: {e}") from None
             index.codes = codes
+        if populate and mmap:
+            for t in (index.vectors, index.graph, *(getattr(index.codes, a) for a in ("codes",) if index.codes)):
+                if t is not None:
+                    storage.populate(t)
         index.path = path
         return index
 

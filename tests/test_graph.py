@@ -794,3 +794,14 @@ def test_precision_auto_and_reported(small):
     assert low.search(q, 10, mode="graph", impl="torch").stats.precision == "exact"
     with pytest.raises(ValueError, match="precision"):
         idx.search(q, 10, mode="graph", precision="fp8")
+
+
+def test_populated_load_is_the_same_index(tmp_path, small):
+    idx, q = small
+    idx.save(tmp_path / "i")
+    lazy = engine.Index.load(tmp_path / "i")
+    eager = engine.Index.load(tmp_path / "i", populate=True)
+    assert torch.equal(lazy.vectors, eager.vectors) and torch.equal(lazy.graph, eager.graph)
+    a = lazy.search(q, 10, mode="graph")
+    b = eager.search(q, 10, mode="graph")
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.scores, b.scores)
