@@ -805,3 +805,20 @@ def test_populated_load_is_the_same_index(tmp_path, small):
     a = lazy.search(q, 10, mode="graph")
     b = eager.search(q, 10, mode="graph")
     assert torch.equal(a.ids, b.ids) and torch.equal(a.scores, b.scores)
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
+@pytest.mark.parametrize("rerank", [1, 37, 500, 2999])
+def test_native_codes_keep_the_best_estimates_ties_by_id(coded, rerank):
+    """The re-ranked set is exactly the top `rerank` table sums under (sum desc, id asc),
+    ties at the cut included; threads change nothing."""
+    from engine import _C
+
+    x, codes, w = coded
+    for q in range(2):
+        lut = _C.graph_codes_lut(codes.native(), 3000, w[q].numpy())
+        sums = _C.graph_codes_sums(codes.codes.numpy(), lut, 3000)[:3000].astype(np.int64)
+        order = sorted(range(3000), key=lambda i: (-sums[i], i))[:rerank]
+        for nt in (1, 2):
+            _, got = _C.graph_codes_topk(codes.native(), _np(x), w[q : q + 1].numpy(), rerank, rerank, nt)
+            assert set(got[0].tolist()) == set(order)
