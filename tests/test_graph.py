@@ -227,7 +227,7 @@ def test_paper_entry_points_fixed_by_seed(small):
 def test_default_finds_exact_top10(small, impl, candidates):
     idx, q = small
     ex = idx.search(q, 10)
-    r = idx.search(q, 10, mode="graph", impl=impl, candidates=candidates, ef=32, passes=1)
+    r = idx.search(q, 10, mode="graph", impl=impl, candidates=candidates, ef=8, passes=1)
     assert recall(r.ids, ex.ids) >= 0.95
     # Scores returned are the q-net's own scores of the returned documents.
     ref = engine.score_gather(q, idx.vectors, r.ids)
@@ -721,7 +721,7 @@ def test_out_of_range_neighbour_is_a_value_error(impl):
     x = engine.synthetic.vectors(40, 8, seed=9)
     idx = engine.Index.from_vectors(x).build_graph(4, code_bytes=4)
     idx.graph = idx.graph.clone()
-    idx.graph[3, 1] = 1000  # damaged after the checks of set_graph
+    idx.graph[:, 1] = 1000  # damaged after the checks of set_graph
     q = engine.synthetic.qnets(2, [8, 8, 1], seed=1)
     with pytest.raises(ValueError, match="neighbour"):
         idx.search(q, 5, mode="graph", impl=impl, ef=40)
@@ -763,9 +763,9 @@ def test_cpu_isa_governs_every_native_function_table(small):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bf16_candidates_return_exact_scores(impl):
-    """precision="bf16" scores candidates with bf16-rounded weights (as a bf16 q-net
-    would), then the final list exactly: the same documents as a search with the bf16
-    q-net, each with its exact float32 score."""
+    """precision="bf16" scores candidates with bf16-rounded weights and activations, then
+    the final list exactly: every returned score is the q-net's own, the ranking exact
+    among what was found, and the documents found nearly those of an exact search."""
     x = engine.synthetic.vectors(3000, 32, seed=5, dtype=torch.bfloat16)
     idx = engine.Index.from_vectors(x).build_graph(12, code_bytes=8)
     q = engine.synthetic.qnets(4, [32, 32, 32, 1], seed=7, corpus_seed=5)
@@ -774,12 +774,9 @@ def test_bf16_candidates_return_exact_scores(impl):
     ref = engine.score_gather(q, idx.vectors, r.ids)
     torch.testing.assert_close(r.scores, ref, rtol=1e-5, atol=1e-5)
     assert (r.scores[:, :-1] >= r.scores[:, 1:]).all()
-    if impl == "native" and not engine.graph.native.bf16_dot():
-        assert r.stats.precision == "bf16"  # asked for; the kernels fall back to float32
-        return
-    b = idx.search(q.to(dtype=torch.bfloat16), 16, precision="exact", **opts)
-    for a_ids, b_ids in zip(r.ids.tolist(), b.ids.tolist()):
-        assert set(a_ids) == set(b_ids)
+    assert r.stats.precision == "bf16"  # asked for (kernels without a bf16 dot use float32)
+    b = idx.search(q, 16, precision="exact", **opts)
+    assert recall(r.ids, b.ids) >= 0.9
     ex = idx.search(q, 10)
     assert recall(r.ids[:, :10], ex.ids) >= 0.9
 

@@ -43,8 +43,12 @@ class DefaultSearchParams:
         ``"auto"`` (codes when the index has them).
     rerank: code estimates re-ranked exactly (default: ``rerank_factor * ef_lin``, at
         least 4096 and at most n).
+    The defaults were chosen on the measurements of bench/RESULTS.md ("Graph search at
+    scale"); ``ef`` alone moves along the latency-recall curve.
     lin_factor: linear candidates scored by the q-net, ``ef_lin = lin_factor * ef``.
-    width: documents expanded per beam step; max_steps: beam steps per pass.
+    width: documents expanded per beam step; max_steps: beam steps per pass (few: with
+        ``lin_factor * ef`` linear candidates and the second pass, further steps found
+        almost nothing more on the Debian and synthetic sets; see bench/RESULTS.md).
     passes: 2 linearises again at the best document found and continues from the first
         list under the new direction; 1 stops after the first pass.
     shortlist: rows of the first linear list kept for the second pass, as a share of n
@@ -58,13 +62,13 @@ class DefaultSearchParams:
         vectors are bf16 or float16 and the CPU has a bf16 dot product, else exact).
     """
 
-    ef: int = 32
+    ef: int = 16
     candidates: str = "auto"
     rerank: int | None = None
-    rerank_factor: float = 128.0
-    lin_factor: float = 4.0
-    width: int = 4
-    max_steps: int = 256
+    rerank_factor: float = 32.0
+    lin_factor: float = 16.0
+    width: int = 2
+    max_steps: int = 2
     passes: int = 2
     shortlist: float = 0.002
     num_samples: int = 1024
