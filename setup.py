@@ -28,8 +28,10 @@ sources = sorted(
     p for p in glob.glob("csrc/**/*.cpp", recursive=True) if not p.startswith(os.path.join("csrc", "cuda"))
 )
 
-extra_compile = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
-extra_link = ["-fopenmp"]
+# No OpenMP: the engine's threads are its own pool (csrc/parallel.h), which survives fork()
+# and sleeps instead of spinning at barriers.
+extra_compile = ["-O3", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+extra_link = ["-pthread"]
 
 ext_modules = [
     Pybind11Extension(

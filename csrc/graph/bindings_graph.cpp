@@ -1,6 +1,7 @@
 // Python entry points of graph search (engine._C.graph_*): every array is validated here
-// (dtype, shape, contiguity, id ranges) before an algorithm of csrc/graph sees it, and the
-// GIL is released while it runs. One call runs a whole search of a query batch.
+// (dtype, shape, contiguity, id ranges) before an algorithm of csrc/graph sees it, which
+// then runs in native_call (GIL released, ISA held). One call runs a whole search of a
+// query batch.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -14,6 +15,7 @@
 #include "graph/linear.h"
 #include "graph/linearize.h"
 #include "graph/search.h"
+#include "native_call.h"
 #include "qnet_args.h"
 
 namespace hyp {
@@ -142,11 +144,10 @@ py::tuple py_paper_search(py::list weights, py::list biases, py::dict flags, py:
   p.early_stop = early_stop;
   const int nt = threads_arg(num_threads);
   Output out(h.view.num_queries, p.k);
-  bool ok;
-  {
-    py::gil_scoped_release release;
-    ok = graph::paper_search(h.view, v, g, ent, entries.shape(0), p, nt, out.view, out.st.data());
-  }
+  const bool ok = native_call([&] {
+    h.widen();
+    return graph::paper_search(h.view, v, g, ent, entries.shape(0), p, nt, out.view, out.st.data());
+  });
   raise_bad_graph(ok, v.n);
   return out.result();
 }
@@ -178,12 +179,11 @@ py::tuple py_default_search(py::list weights, py::list biases, py::dict flags, p
   p.rerank = positive(rerank, "rerank", 0);
   const int nt = threads_arg(num_threads);
   Output out(h.view.num_queries, p.k);
-  bool ok;
-  {
-    py::gil_scoped_release release;
-    ok = graph::default_search(h.view, v, g, p.use_codes ? &cv : nullptr, mp, sp, samples.shape(0), p, nt,
-                               out.view, out.st.data());
-  }
+  const bool ok = native_call([&] {
+    h.widen();
+    return graph::default_search(h.view, v, g, p.use_codes ? &cv : nullptr, mp, sp, samples.shape(0), p, nt,
+                                 out.view, out.st.data());
+  });
   raise_bad_graph(ok, v.n);
   return out.result();
 }
@@ -207,11 +207,10 @@ py::tuple py_linear_topk(py::array vectors, py::array w, int64_t m, int num_thre
   positive(m, "m");
   const int nt = threads_arg(num_threads);
   std::vector<std::vector<Scored>> rows(static_cast<size_t>(Q));
-  {
-    py::gil_scoped_release release;
+  native_call([&] {
     const cpu::ScanOps& ops = cpu::scan_ops(active_isa());
     for (int64_t q = 0; q < Q; ++q) graph::linear_topk(ops, v, wp + q * v.d, m, nt, rows[q]);
-  }
+  });
   return ranked(rows, std::min(m, v.n));
 }
 
@@ -231,11 +230,10 @@ py::tuple py_rows_topk(py::array vectors, py::array ids, py::array w, int64_t m,
   positive(m, "m");
   const int nt = threads_arg(num_threads);
   std::vector<std::vector<Scored>> rows(static_cast<size_t>(Q));
-  {
-    py::gil_scoped_release release;
+  native_call([&] {
     const cpu::ScanOps& ops = cpu::scan_ops(active_isa());
     for (int64_t q = 0; q < Q; ++q) graph::rows_topk(ops, v, ip + q * S, S, wp + q * v.d, m, nt, rows[q]);
-  }
+  });
   return ranked(rows, std::min(m, S));
 }
 
@@ -250,11 +248,10 @@ py::tuple py_codes_topk(py::tuple codes, py::array vectors, py::array w, int64_t
   positive(rerank, "rerank", 0);
   const int nt = threads_arg(num_threads);
   std::vector<std::vector<Scored>> rows(static_cast<size_t>(Q));
-  {
-    py::gil_scoped_release release;
+  native_call([&] {
     const cpu::ScanOps& ops = cpu::scan_ops(active_isa());
     for (int64_t q = 0; q < Q; ++q) graph::codes_topk(ops, c, v, wp + q * v.d, rerank, m, nt, rows[q]);
-  }
+  });
   return ranked(rows, std::min(m, v.n));
 }
 
@@ -263,7 +260,8 @@ py::array_t<uint8_t> py_codes_lut(py::tuple codes, int64_t n, py::array w) {
   const float* wp = parse_finite(w, "w", {w.shape(0)});
   const CodesView c = parse_codes(codes, n, w.shape(0));
   py::array_t<uint8_t> lut({c.nsub, int64_t(16)});
-  graph::build_lut(c, wp, lut.mutable_data());
+  uint8_t* lp = lut.mutable_data();
+  native_call([&] { graph::build_lut(c, wp, lp); });
   return lut;
 }
 
@@ -277,11 +275,9 @@ py::array_t<uint16_t> py_codes_sums(py::array codes, py::array lut, int64_t n) {
   const int64_t nb = (n + cpu::kCodeBlock - 1) / cpu::kCodeBlock;
   check_shape(codes, "codes", {nb, nsub / 2, cpu::kCodeBlock});
   py::array_t<uint16_t> out(nb * cpu::kCodeBlock);
-  {
-    py::gil_scoped_release release;
-    cpu::scan_ops(active_isa()).lut_scan(static_cast<const uint8_t*>(codes.data()), nb, nsub,
-                                         static_cast<const uint8_t*>(lut.data()), out.mutable_data());
-  }
+  const uint8_t *cp = static_cast<const uint8_t*>(codes.data()), *lp = static_cast<const uint8_t*>(lut.data());
+  uint16_t* op = out.mutable_data();
+  native_call([&] { cpu::scan_ops(active_isa()).lut_scan(cp, nb, nsub, lp, op); });
   return out;
 }
 
@@ -294,11 +290,11 @@ py::tuple py_linearize(py::list weights, py::list biases, py::dict flags, py::ar
   py::array_t<bool> ok(Q);
   float* gp = g.mutable_data();
   bool* okp = ok.mutable_data();
-  {
-    py::gil_scoped_release release;
+  native_call([&] {
+    h.widen();
     graph::LinearizeScratch s;
     for (int64_t q = 0; q < Q; ++q) okp[q] = graph::linearize(h.view, q, ap + q * d, relaxed, gp + q * d, s);
-  }
+  });
   return py::make_tuple(g, ok);
 }
 

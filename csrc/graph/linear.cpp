@@ -1,7 +1,5 @@
 #include "graph/linear.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -30,23 +28,25 @@ void linear_topk(const cpu::ScanOps& ops, const VectorsView& v, const float* w, 
   if (v.n == 0 || m <= 0) return;
   constexpr int64_t kChunk = 2048;  // rows per scheduled task: many per thread at 1M rows
   const int64_t chunks = (v.n + kChunk - 1) / kChunk;
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
-  std::vector<TopM<float>> tops(static_cast<size_t>(nt), TopM<float>(m));
-#pragma omp parallel num_threads(nt)
-  {
-    TopM<float>& mine = tops[omp_get_thread_num()];
-    std::vector<int64_t> rows(kChunk);
-    std::vector<float> sc(kChunk);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t lo = c * kChunk, hi = std::min(v.n, lo + kChunk);
-      std::iota(rows.begin(), rows.begin() + (hi - lo), lo);
-      ops.dots(v.dtype, v.data, v.d, rows.data(), hi - lo, w, sc.data());
-      for (int64_t r = 0; r < hi - lo; ++r) mine.offer(sc[r], lo + r);
-    }
-  }
+  const int nt = std::min<int64_t>(
+      chunks, threads_worth(threads, static_cast<double>(v.n * v.d * (v.dtype == DType::F32 ? 4 : 2)) * kMicrosPerRowByte));
+  struct Mine {
+    TopM<float> top;
+    std::vector<int64_t> rows;
+    std::vector<float> sc;
+  };
+  auto init = [&] { return Mine{TopM<float>(m), std::vector<int64_t>(kChunk), std::vector<float>(kChunk)}; };
+  PerParticipant<Mine> mine(nt);
+  parallel_tasks(nt, chunks, [&](int p, int64_t c) {
+    Mine& me = mine.get(p, init);
+    const int64_t lo = c * kChunk, hi = std::min(v.n, lo + kChunk);
+    std::iota(me.rows.begin(), me.rows.begin() + (hi - lo), lo);
+    ops.dots(v.dtype, v.data, v.d, me.rows.data(), hi - lo, w, me.sc.data());
+    for (int64_t r = 0; r < hi - lo; ++r) me.top.offer(me.sc[r], lo + r);
+  });
   std::vector<TopM<float>::Item> all;
-  for (auto& t : tops) all.insert(all.end(), t.h.begin(), t.h.end());
+  for (auto& t : mine.all())
+    if (t) all.insert(all.end(), t->top.h.begin(), t->top.h.end());
   best_of(all, m, out);
 }
 
@@ -55,7 +55,8 @@ void rows_topk(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* ids
   out.clear();
   if (S == 0 || m <= 0) return;
   std::vector<float> sc(static_cast<size_t>(S));
-  split_range(threads, S, 256, [&](int64_t lo, int64_t hi) {
+  split_range(threads, S, 256, static_cast<double>(v.d * (v.dtype == DType::F32 ? 4 : 2)) * kMicrosPerRowByte,
+              [&](int64_t lo, int64_t hi) {
     ops.dots(v.dtype, v.data, v.d, ids + lo, hi - lo, w, sc.data() + lo);
   });
   std::vector<Scored> all(static_cast<size_t>(S));
@@ -107,25 +108,26 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
   const int64_t pairs = c.nsub / 2, nblocks = (c.n + cpu::kCodeBlock - 1) / cpu::kCodeBlock;
   constexpr int64_t kChunkBlocks = 128;  // 4096 documents per task
   const int64_t chunks = (nblocks + kChunkBlocks - 1) / kChunkBlocks;
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
-  std::vector<TopM<uint16_t>> tops(static_cast<size_t>(nt), TopM<uint16_t>(rerank));
-#pragma omp parallel num_threads(nt)
-  {
-    TopM<uint16_t>& mine = tops[omp_get_thread_num()];
-    std::vector<uint16_t> sums(kChunkBlocks * cpu::kCodeBlock);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      const int64_t b0 = ch * kChunkBlocks, nb = std::min(kChunkBlocks, nblocks - b0);
-      ops.lut_scan(c.codes + b0 * pairs * cpu::kCodeBlock, nb, c.nsub, lut.data(), sums.data());
-      const int64_t first = b0 * cpu::kCodeBlock, count = std::min(nb * cpu::kCodeBlock, c.n - first);
-      // A thread's chunks come in increasing order, so after a cut only a strictly larger
-      // sum can enter: one compare per document in the common case.
-      for (int64_t i = 0; i < count; ++i)
-        if (!mine.cut || sums[i] > mine.worst.s) mine.offer(sums[i], first + i);
-    }
-  }
+  const int nt = std::min<int64_t>(chunks, threads_worth(threads, static_cast<double>(c.n * pairs) * kMicrosPerCodeByte));
+  struct Mine {
+    TopM<uint16_t> top;
+    std::vector<uint16_t> sums;
+  };
+  auto init = [&] { return Mine{TopM<uint16_t>(rerank), std::vector<uint16_t>(kChunkBlocks * cpu::kCodeBlock)}; };
+  PerParticipant<Mine> mine(nt);
+  parallel_tasks(nt, chunks, [&](int p, int64_t ch) {
+    Mine& me = mine.get(p, init);
+    const int64_t b0 = ch * kChunkBlocks, nb = std::min(kChunkBlocks, nblocks - b0);
+    ops.lut_scan(c.codes + b0 * pairs * cpu::kCodeBlock, nb, c.nsub, lut.data(), me.sums.data());
+    const int64_t first = b0 * cpu::kCodeBlock, count = std::min(nb * cpu::kCodeBlock, c.n - first);
+    // A participant's chunks come in increasing order, so after a cut only a strictly
+    // larger sum can enter: one compare per document in the common case.
+    for (int64_t i = 0; i < count; ++i)
+      if (!me.top.cut || me.sums[i] > me.top.worst.s) me.top.offer(me.sums[i], first + i);
+  });
   std::vector<TopM<uint16_t>::Item> all;
-  for (auto& t : tops) all.insert(all.end(), t.h.begin(), t.h.end());
+  for (auto& t : mine.all())
+    if (t) all.insert(all.end(), t->top.h.begin(), t->top.h.end());
   const int64_t keep = std::min<int64_t>(rerank, static_cast<int64_t>(all.size()));
   std::nth_element(all.begin(), all.begin() + (keep - 1), all.end(), better<TopM<uint16_t>::Item>);
   std::vector<int64_t> ids(static_cast<size_t>(keep));
