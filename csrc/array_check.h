@@ -79,10 +79,10 @@ inline void check_writeable(const py::array& a, const char* name) {
   if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": array must be writeable");
 }
 
-// A thread count handed in from Python (the callers pass torch.get_num_threads() or the
-// user's choice).
+// A thread count handed in from Python (engine.threads: the engine-wide number or the
+// call's own), in 1..1024 as engine.threads.MAX_THREADS.
 inline int threads_arg(int num_threads) {
-  if (num_threads < 1) throw std::invalid_argument("num_threads must be at least 1");
+  if (num_threads < 1 || num_threads > 1024) throw std::invalid_argument("num_threads must be in 1..1024");
   return num_threads;
 }
 

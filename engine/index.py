@@ -18,6 +18,7 @@ from .qnet import SUPPORTED_DTYPES
 from .results import SearchResult, SearchStats
 from .scoring import as_vectors, check_backend, check_pair, check_qnets
 from .search.exact import exact_search
+from .threads import check_num_threads
 
 SEARCH_MODES = ("exact", "graph")
 MAX_K = 2**31 - 1  # results per query: the native kernels count them in 32 bits
@@ -268,7 +269,8 @@ class Index:
 
     # ------------------------------------------------------------------ search
     def search(self, qnets: QNet, k: int, *, mode: str = "exact", backend: str = "auto",
-               block_size: int | None = None, **graph_options) -> SearchResult:
+               block_size: int | None = None, num_threads: int | None = None,
+               **graph_options) -> SearchResult:
         """Top-``k`` documents for each q-net, best first.
 
         Args:
@@ -282,6 +284,11 @@ class Index:
             block_size: documents per streamed block in exact search (an int in
                 ``1..65536``; None: the backend's choice). It changes speed and memory,
                 never a result.
+            num_threads: CPU threads of this call's native work (the ``cpu`` backend, the
+                native graph search), an int in ``1..1024``; None: the engine-wide number
+                (:func:`engine.set_num_threads`). A call splits its work over threads only
+                when the work pays for the hand-off; it never changes a result. Other
+                backends ignore it (torch has ``torch.set_num_threads``).
 
         Returns:
             :class:`SearchResult` with ``scores`` (Q, k) float32 and ``ids`` (Q, k) int64 on
@@ -301,13 +308,16 @@ class Index:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
         if qnets.dim != self.dim:
             raise ValueError(f"dimension mismatch: q-nets read {qnets.dim}-d vectors, the index holds {self.dim}-d")
+        if num_threads is not None:
+            num_threads = check_num_threads(num_threads)
         if self.vectors.device == qnets.device:
             check_pair(qnets, self.vectors)
         t0 = time.perf_counter()
         if mode == "exact":
             if graph_options:
                 raise TypeError(f"unexpected options for exact search: {sorted(graph_options)}")
-            scores, ids = exact_search(qnets, self.vectors, int(k), backend=backend, block_size=block_size)
+            scores, ids = exact_search(qnets, self.vectors, int(k), backend=backend, block_size=block_size,
+                                       num_threads=num_threads)
             be = backends.get_backend(backend, qnets.device)
             impl = "fused" if hasattr(be, "exact_topk") and self.vectors.device == qnets.device else "stream"
             stats = SearchStats("exact", backends.backend_name(be), impl,
@@ -319,7 +329,8 @@ class Index:
                 raise ValueError("graph search needs a graph: call index.build_graph() first")
             from .graph.search import graph_search
 
-            scores, ids, st = graph_search(self, qnets, int(k), backend=backend, **graph_options)
+            scores, ids, st = graph_search(self, qnets, int(k), backend=backend, num_threads=num_threads,
+                                           **graph_options)
             stats = SearchStats("graph", **st)
         if qnets.device.type == "cuda":
             torch.cuda.synchronize(qnets.device)

@@ -3,8 +3,9 @@
 One build runs on any x86-64: the kernel's instruction set (portable, avx2, avx512,
 avx512_bf16) is chosen at run time from the CPU, or forced with the environment variable
 ``HYPENCODER_CPU_ISA`` (read at import; a name the CPU cannot run makes the backend
-unavailable with that reason) or :func:`set_isa`. Threads: ``torch.get_num_threads()``
-unless a call gives ``num_threads``.
+unavailable with that reason) or :func:`set_isa`. Threads: the engine-wide number
+(:func:`engine.set_num_threads`, see :mod:`engine.threads`) unless a call gives
+``num_threads``; the kernels split a call over threads only when its work pays for it.
 
 Tensors travel to C++ as numpy views (bfloat16 as uint16), copied only when they are not
 contiguous. Accumulation is float32 for every dtype.
@@ -20,6 +21,8 @@ pointer are unchanged, i.e. until an in-place change such as ``w.add_(1)`` or
 ``w.copy_(...)``. Writes that bypass the version counter (through ``w.data``, a numpy view
 of the same memory) are not seen: call :func:`clear_pack_cache` after them. The cache
 holds at most ``HYPENCODER_CPU_PACK_CACHE_MB`` (default 256) MiB, least recently used out.
+Threads that miss the same entry at once wait for one packing (:class:`engine.once.KeyedBuilds`);
+a packing made for an ISA that has been switched since is not used by the kernels.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import threading
 import numpy as np
 import torch
 
+from .. import threads as _threads_mod
 from ..native_args import qnet_args, to_numpy
+from ..once import KeyedBuilds
 
 try:
     from .. import _C
@@ -88,6 +93,7 @@ _np = to_numpy
 _qnet_args = qnet_args
 
 _PACK_LOCK = threading.Lock()
+_PACK_BUILDS = KeyedBuilds()
 _PACK_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 _pack_cache_limit = int(float(os.environ.get("HYPENCODER_CPU_PACK_CACHE_MB", "256")) * (1 << 20))
 
@@ -141,23 +147,34 @@ def _prepare(weights, biases, config, nt: int):
     tensors = tuple(weights) + tuple(biases)
     key = (tuple(id(t) for t in tensors), flags, _C.cpu_isa())
     state = tuple(_state(t) for t in tensors)
-    with _PACK_LOCK:
-        e = _PACK_CACHE.get(key)
-        if e is not None and e[1] == state and all(a is b for a, b in zip(e[0], tensors)):
-            _PACK_CACHE.move_to_end(key)
-            return e[3], e[2]
-    args = _qnet_args(weights, biases, config)
-    packed = _C.cpu_pack_qnets(**args, num_threads=nt)
-    with _PACK_LOCK:
-        if packed.nbytes <= _pack_cache_limit:
-            _PACK_CACHE[key] = (tensors, state, packed, args)
-            _PACK_CACHE.move_to_end(key)
-            _evict()
+
+    def lookup():
+        with _PACK_LOCK:
+            e = _PACK_CACHE.get(key)
+            if e is not None and e[1] == state and all(a is b for a, b in zip(e[0], tensors)):
+                _PACK_CACHE.move_to_end(key)
+                return e[3], e[2]
+        return None
+
+    hit = lookup()
+    if hit is not None:
+        return hit
+    with _PACK_BUILDS.lock(key):
+        hit = lookup()  # packed by another thread meanwhile
+        if hit is not None:
+            return hit
+        args = _qnet_args(weights, biases, config)
+        packed = _C.cpu_pack_qnets(**args, num_threads=nt)
+        with _PACK_LOCK:
+            if packed.nbytes <= _pack_cache_limit:
+                _PACK_CACHE[key] = (tensors, state, packed, args)
+                _PACK_CACHE.move_to_end(key)
+                _evict()
     return args, packed
 
 
 def _threads(num_threads) -> int:
-    return int(num_threads) if num_threads is not None else max(1, torch.get_num_threads())
+    return _threads_mod.resolve(num_threads)
 
 
 def _out(out, shape):
