@@ -99,7 +99,7 @@ py::tuple py_exact_topk(py::list weights, py::list biases, py::dict flags, py::a
   QNetArgs a;
   parse_qnet(a, weights, biases, flags);
   const VectorsView v = parse_vectors(vectors, a.dims[0]);
-  if (k < 1) throw std::invalid_argument("k must be at least 1, got " + std::to_string(k));
+  k = k_arg(k);
   const int nt = threads_arg(num_threads);
   block = block_arg(block);
   const PackedQNets* pk = packed_arg(packed);
@@ -173,7 +173,7 @@ void register_cpu_kernels(py::module_& m) {
     if (wdtype == "float16") return std::string(kernel_name(DType::F16));
     if (wdtype == "bfloat16") return std::string(kernel_name(DType::BF16));
     throw std::invalid_argument("wdtype must be float32, float16 or bfloat16");
-  });
+  }, py::arg("wdtype"), "Name of the kernel the active ISA uses for weights of dtype `wdtype`.");
   m.def("cpu_score_dense", &py_score_dense, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("vectors"), py::arg("out"),
         py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
         "Fused q-net scores of every (query, document) pair into out (Q, n) float32.");

@@ -60,6 +60,13 @@ int64_t positive(int64_t v, const char* name, int64_t lo = 1) {
   return v;
 }
 
+// A list length or count that cannot usefully exceed n documents (a top-m, a beam list, a
+// re-rank budget): at least lo, and clamped to max(n, 1), which changes no result and
+// keeps the sizes derived from it (2m buffers, m-element lists) from overflowing.
+int64_t bounded(int64_t v, const char* name, int64_t n, int64_t lo = 1) {
+  return std::min(positive(v, name, lo), std::max<int64_t>(n, 1));
+}
+
 // The codes tuple of engine/graph/codes.py: (codes, rotation, dims, bits, levels).
 CodesView parse_codes(const py::tuple& t, int64_t n, int64_t d) {
   if (t.size() != 5) throw std::invalid_argument("codes: expected (codes, rotation, dims, bits, levels)");
@@ -138,8 +145,8 @@ py::tuple py_paper_search(py::list weights, py::list biases, py::dict flags, py:
   const GraphView g = parse_graph(graph, v.n);
   const int64_t* ent = parse_ids(entries, "entries", {-1}, v.n);
   graph::PaperParams p;
-  p.k = positive(k, "k");
-  p.ncandidates = positive(ncandidates, "ncandidates");
+  p.k = k_arg(k);
+  p.ncandidates = bounded(ncandidates, "ncandidates", v.n);
   p.max_iter = positive(max_iter, "max_iter");
   p.early_stop = early_stop;
   const int nt = threads_arg(num_threads);
@@ -168,15 +175,15 @@ py::tuple py_default_search(py::list weights, py::list biases, py::dict flags, p
     cv = parse_codes(codes.cast<py::tuple>(), v.n, v.d);
     p.use_codes = true;
   }
-  p.k = positive(k, "k");
-  p.ef = positive(ef, "ef");
-  p.ef_lin = positive(ef_lin, "ef_lin");
-  p.width = positive(width, "width");
+  p.k = k_arg(k);
+  p.ef = bounded(ef, "ef", v.n);
+  p.ef_lin = bounded(ef_lin, "ef_lin", v.n);
+  p.width = bounded(width, "width", v.n);
   p.max_steps = positive(max_steps, "max_steps", 0);
   p.passes = positive(passes, "passes");
   if (p.passes > 2) throw std::invalid_argument("passes must be 1 or 2");
-  p.shortlist = positive(shortlist, "shortlist", 0);
-  p.rerank = positive(rerank, "rerank", 0);
+  p.shortlist = bounded(shortlist, "shortlist", v.n, 0);
+  p.rerank = bounded(rerank, "rerank", v.n, 0);
   const int nt = threads_arg(num_threads);
   Output out(h.view.num_queries, p.k);
   const bool ok = native_call([&] {
@@ -204,7 +211,7 @@ py::tuple py_linear_topk(py::array vectors, py::array w, int64_t m, int num_thre
   const int64_t Q = w.shape(0);
   const VectorsView v = parse_vectors(vectors, w.shape(1));
   const float* wp = parse_finite(w, "w", {Q, v.d});
-  positive(m, "m");
+  m = bounded(m, "m", v.n);
   const int nt = threads_arg(num_threads);
   std::vector<std::vector<Scored>> rows(static_cast<size_t>(Q));
   native_call([&] {
@@ -227,7 +234,7 @@ py::tuple py_rows_topk(py::array vectors, py::array ids, py::array w, int64_t m,
     if (std::adjacent_find(row.begin(), row.end()) != row.end())
       throw std::invalid_argument("ids: query " + std::to_string(q) + " lists a document twice");
   }
-  positive(m, "m");
+  m = bounded(m, "m", S);
   const int nt = threads_arg(num_threads);
   std::vector<std::vector<Scored>> rows(static_cast<size_t>(Q));
   native_call([&] {
@@ -244,8 +251,8 @@ py::tuple py_codes_topk(py::tuple codes, py::array vectors, py::array w, int64_t
   const VectorsView v = parse_vectors(vectors, w.shape(1));
   const float* wp = parse_finite(w, "w", {Q, v.d});
   const CodesView c = parse_codes(codes, v.n, v.d);
-  positive(m, "m");
-  positive(rerank, "rerank", 0);
+  m = bounded(m, "m", v.n);
+  rerank = bounded(rerank, "rerank", v.n, 0);
   const int nt = threads_arg(num_threads);
   std::vector<std::vector<Scored>> rows(static_cast<size_t>(Q));
   native_call([&] {
@@ -258,7 +265,7 @@ py::tuple py_codes_topk(py::tuple codes, py::array vectors, py::array w, int64_t
 py::array_t<uint8_t> py_codes_lut(py::tuple codes, int64_t n, py::array w) {
   check_shape(w, "w", {-1});
   const float* wp = parse_finite(w, "w", {w.shape(0)});
-  const CodesView c = parse_codes(codes, n, w.shape(0));
+  const CodesView c = parse_codes(codes, count_arg(n, "n"), w.shape(0));
   py::array_t<uint8_t> lut({c.nsub, int64_t(16)});
   uint8_t* lp = lut.mutable_data();
   native_call([&] { graph::build_lut(c, wp, lp); });
@@ -271,7 +278,7 @@ py::array_t<uint16_t> py_codes_sums(py::array codes, py::array lut, int64_t n) {
   const int64_t nsub = lut.shape(0);
   if (nsub < 4 || nsub % 4 != 0 || nsub > 256) throw std::invalid_argument("lut: rows must be a multiple of 4 in 4..256");
   check_kind(codes, "codes", Kind::U8);
-  positive(n, "n", 0);
+  count_arg(n, "n");
   const int64_t nb = (n + cpu::kCodeBlock - 1) / cpu::kCodeBlock;
   check_shape(codes, "codes", {nb, nsub / 2, cpu::kCodeBlock});
   py::array_t<uint16_t> out(nb * cpu::kCodeBlock);
