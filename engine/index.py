@@ -22,6 +22,7 @@ from .threads import check_num_threads
 
 SEARCH_MODES = ("exact", "graph")
 MAX_K = 2**31 - 1  # results per query: the native kernels count them in 32 bits
+_LOAD_ATTEMPTS = 5  # reads of an index that saves keep replacing meanwhile
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -369,14 +370,34 @@ class Index:
         if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"index path must be a str or os.PathLike, got {type(path).__name__}")
         path = os.fspath(path)
-        m = storage.read_manifest(path)
+        # A save may replace the directory while it is read: every file is read through a
+        # name pinned to the directory opened first, and a version that a save removed
+        # meanwhile (its files gone) is left for the new one.
+        for attempt in range(_LOAD_ATTEMPTS):
+            with storage.pinned_dir(path) as root:
+                try:
+                    index = cls._load_dir(root, path, verify, mmap)
+                except (storage.IndexFormatError, FileNotFoundError) as e:
+                    if root != path and attempt + 1 < _LOAD_ATTEMPTS and storage.replaced_since(path, root):
+                        continue
+                    if root == path:
+                        raise
+                    raise type(e)(str(e).replace(root, path)) from None
+            index.path = path
+            return index
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _load_dir(cls, root: str, path: str, verify: bool, mmap: bool) -> "Index":
+        """Index.load of the directory named ``root`` (``path``: the name it was opened by)."""
+        m = storage.read_manifest(root)
         files = m["files"]
         n = m["count"]
         for name in files:  # every listed file must be present, regular and intact
-            storage.check_file(path, name, files[name], verify)
+            storage.check_file(root, name, files[name], verify)
 
         def get(name):
-            t = storage.map_array(os.path.join(path, name), files[name])
+            t = storage.map_array(os.path.join(root, name), files[name])
             return t if mmap else t.clone()
 
         vectors = get("vectors.bin")
@@ -391,7 +412,7 @@ class Index:
             ids = _StringIds(offsets, blob)
         index = cls(vectors, ids, _checked=True)
         if mmap:
-            st = os.stat(os.path.join(path, "vectors.bin"))
+            st = os.stat(os.path.join(root, "vectors.bin"))
             index._vectors_file = (os.path.join(path, "vectors.bin"), dict(files["vectors.bin"]), vectors,
                                    vectors._version, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
         if m["graph"] is not None:
@@ -410,7 +431,6 @@ class Index:
             except ValueError as e:
                 raise storage.IndexFormatError(f"{path}: {e}") from None
             index.codes = codes
-        index.path = path
         return index
 
 

@@ -327,3 +327,39 @@ def test_native_calls_release_the_gil(mode):
     gaps = np.diff([t0] + inside + [t1])
     assert t1 - t0 > 0.05, "the search was too short to tell"
     assert gaps.max() < 0.5 * (t1 - t0), (gaps.max(), t1 - t0)
+
+
+# ------------------------------------------------------------------ reopening saved versions
+def _save_versions(path: str, versions: int) -> None:
+    """Saves versions 1..versions of a small index at ``path``: every value of version v
+    says v (vectors, ids, graph params), and every version has the same file sizes, so
+    that only the contents tell versions apart."""
+    for v in range(1, versions + 1):
+        idx = engine.Index.from_vectors(torch.full((64, 8), float(v)), ids=np.arange(64) + 1000 * v)
+        idx.set_graph(torch.zeros((64, 4), dtype=torch.int32), {"version": v})
+        idx.save(path)
+
+
+def test_reopening_an_index_while_new_versions_are_saved(tmp_path):
+    path = str(tmp_path / "live")
+    _save_versions(path, 1)
+    writer = multiprocessing.get_context("spawn").Process(target=_save_versions, args=(path, 60))
+    writer.start()
+    seen, errors = set(), []
+    try:
+        while writer.is_alive() or not seen:
+            try:
+                idx = engine.Index.load(path)
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(repr(e))
+                continue
+            v = idx.graph_params["version"]
+            ids = idx.external_ids(torch.arange(64))
+            if not (torch.all(idx.vectors == v) and ids == list(range(1000 * v, 1000 * v + 64))):
+                errors.append(f"version {v} mixed with another")
+            seen.add(v)
+    finally:
+        writer.join(timeout=300)
+    assert writer.exitcode == 0
+    assert errors == []
+    assert len(seen) > 1
