@@ -159,14 +159,18 @@ def test_caches_are_built_once(monkeypatch):
     # The cpu backend's packed weights: one packing for 8 threads that miss at once.
     qn = engine.synthetic.qnets(2, [16, 16, 1], seed=4)
     packs = []
-    real_args = cpu._qnet_args
 
-    def slow_args(*a):
-        packs.append(1)
-        time.sleep(0.05)
-        return real_args(*a)
+    class CountingC:
+        def __getattr__(self, name):
+            return getattr(real_c, name)
 
-    monkeypatch.setattr(cpu, "_qnet_args", slow_args)
+        def cpu_pack_qnets(self, **kw):
+            packs.append(1)
+            time.sleep(0.05)
+            return real_c.cpu_pack_qnets(**kw)
+
+    real_c = cpu._C
+    monkeypatch.setattr(cpu, "_C", CountingC())
     cpu.clear_pack_cache()
     outs = []
     vec = engine.synthetic.vectors(50, 16, seed=5)
@@ -177,6 +181,23 @@ def test_caches_are_built_once(monkeypatch):
     for t in ts:
         t.join()
     assert len(packs) == 1 and len(outs) == 8 and all(torch.equal(o, outs[0]) for o in outs)
+
+
+def test_packings_go_with_their_qnets():
+    """A service scores a new q-net per request: the cache keeps no packing of a q-net
+    that is gone."""
+    import gc
+
+    cpu.clear_pack_cache()
+    vec = engine.synthetic.vectors(50, 16, seed=5)
+    for s in range(5):
+        qn = engine.synthetic.qnets(2, [16, 16, 1], seed=s)
+        first = cpu.score_dense(qn.weights, qn.biases, qn.config, vec)
+        assert cpu.pack_cache_info()["entries"] >= 1
+        assert torch.equal(cpu.score_dense(qn.weights, qn.biases, qn.config, vec), first)  # a hit
+        del qn
+        gc.collect()
+        assert cpu.pack_cache_info()["entries"] == 0
 
 
 def test_isa_switch_during_searches(served):

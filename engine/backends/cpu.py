@@ -15,12 +15,14 @@ laid out in column panels, which costs a pass over all of them (186 us for a d =
 q-net, 4 ms for d = 768, L = 6, a quarter of the compute of a 256-document call with 8
 such queries). Calls that score the same weight tensors again (graph search over one
 q-net, benchmarks, repeated scoring of a batch) reuse the packing. An entry is found by the
-weight and bias tensor objects themselves (the cache holds references, so their ids cannot
-be reused) and is valid while each tensor's version counter, shape, dtype and storage
-pointer are unchanged, i.e. until an in-place change such as ``w.add_(1)`` or
-``w.copy_(...)``. Writes that bypass the version counter (through ``w.data``, a numpy view
-of the same memory) are not seen: call :func:`clear_pack_cache` after them. The cache
-holds at most ``HYPENCODER_CPU_PACK_CACHE_MB`` (default 256) MiB, least recently used out.
+weight and bias tensor objects themselves (through weak references: an entry goes when its
+q-net's tensors are freed, so a service scoring a new q-net per request holds no packing
+beyond the requests in flight) and is valid while each tensor's version counter, shape,
+dtype and storage pointer are unchanged, i.e. until an in-place change such as
+``w.add_(1)`` or ``w.copy_(...)``. Writes that bypass the version counter (through
+``w.data``, a numpy view of the same memory) are not seen: call :func:`clear_pack_cache`
+after them. The cache holds at most ``HYPENCODER_CPU_PACK_CACHE_MB`` (default 256) MiB,
+least recently used out.
 Threads that miss the same entry at once wait for one packing (:class:`engine.once.KeyedBuilds`);
 a packing made for an ISA that has been switched since is not used by the kernels.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
+import weakref
 
 import numpy as np
 import torch
@@ -94,6 +97,7 @@ _qnet_args = qnet_args
 
 _PACK_LOCK = threading.Lock()
 _PACK_BUILDS = KeyedBuilds()
+_DEAD_KEYS: list = []  # keys whose tensors were freed (appended by weakref callbacks)
 _PACK_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 _pack_cache_limit = int(float(os.environ.get("HYPENCODER_CPU_PACK_CACHE_MB", "256")) * (1 << 20))
 
@@ -115,6 +119,7 @@ def set_pack_cache_limit(nbytes: int) -> None:
 def pack_cache_info() -> dict:
     """``{"entries": ..., "bytes": ..., "limit": ...}`` of the packed-weight cache."""
     with _PACK_LOCK:
+        _forget_dead()
         return {
             "entries": len(_PACK_CACHE),
             "bytes": sum(e[2].nbytes for e in _PACK_CACHE.values()),
@@ -122,7 +127,18 @@ def pack_cache_info() -> dict:
         }
 
 
+def _forget_dead() -> None:
+    """Drop the entries whose tensors were freed (under _PACK_LOCK). A callback only
+    records the key: it may run inside any allocation, even one made under this lock."""
+    while _DEAD_KEYS:
+        key = _DEAD_KEYS.pop()
+        e = _PACK_CACHE.get(key)
+        if e is not None and any(r() is None for r in e[0]):
+            del _PACK_CACHE[key]
+
+
 def _evict() -> None:
+    _forget_dead()
     total = sum(e[2].nbytes for e in _PACK_CACHE.values())
     while _PACK_CACHE and total > _pack_cache_limit:
         _, e = _PACK_CACHE.popitem(last=False)
@@ -136,38 +152,38 @@ def _state(t: torch.Tensor) -> tuple:
 
 
 def _prepare(weights, biases, config, nt: int):
-    """(keyword arguments of the q-net for _C, its cached packing or None). On a cache hit
-    the arguments come from the cache too (numpy views made when it was packed, valid while
-    the tensors are unchanged), which saves ~15 us of conversion per call."""
+    """(keyword arguments of the q-net for _C, its cached packing or None)."""
     flags = tuple(config.kernel_flags().items())
+    args = _qnet_args(weights, biases, config)
     # Packed fp32 panels take about as many bytes as the weights in fp32; a q-net batch
     # that would not fit is left to the call, which packs in bounded groups of queries.
     if _pack_cache_limit <= 0 or sum(w.numel() for w in weights) * 4 > _pack_cache_limit:
-        return _qnet_args(weights, biases, config), None
+        return args, None
     tensors = tuple(weights) + tuple(biases)
     key = (tuple(id(t) for t in tensors), flags, _C.cpu_isa())
     state = tuple(_state(t) for t in tensors)
 
     def lookup():
         with _PACK_LOCK:
+            _forget_dead()
             e = _PACK_CACHE.get(key)
-            if e is not None and e[1] == state and all(a is b for a, b in zip(e[0], tensors)):
+            if e is not None and e[1] == state and all(r() is t for r, t in zip(e[0], tensors)):
                 _PACK_CACHE.move_to_end(key)
-                return e[3], e[2]
+                return e[2]
         return None
 
-    hit = lookup()
-    if hit is not None:
-        return hit
+    packed = lookup()
+    if packed is not None:
+        return args, packed
     with _PACK_BUILDS.lock(key):
-        hit = lookup()  # packed by another thread meanwhile
-        if hit is not None:
-            return hit
-        args = _qnet_args(weights, biases, config)
+        packed = lookup()  # packed by another thread meanwhile
+        if packed is not None:
+            return args, packed
         packed = _C.cpu_pack_qnets(**args, num_threads=nt)
+        refs = tuple(weakref.ref(t, lambda _, k=key: _DEAD_KEYS.append(k)) for t in tensors)
         with _PACK_LOCK:
             if packed.nbytes <= _pack_cache_limit:
-                _PACK_CACHE[key] = (tensors, state, packed, args)
+                _PACK_CACHE[key] = (refs, state, packed)
                 _PACK_CACHE.move_to_end(key)
                 _evict()
     return args, packed
