@@ -88,7 +88,10 @@ def supported_isas() -> list[str]:
 
 
 def set_isa(name: str) -> None:
-    """Force ``name`` (``"auto"``: the best this CPU supports); ValueError if it cannot."""
+    """Force ``name`` (``"auto"``: the best this CPU supports); ValueError if it cannot.
+
+    Safe while other threads search: it waits until the native calls in flight have ended
+    and holds new ones back meanwhile, so every call runs on one ISA from start to end."""
     _C.cpu_set_isa(name)
 
 
