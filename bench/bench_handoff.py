@@ -9,7 +9,7 @@ prepacked: the graph search's beam step), the exact re-rank of S stored rows by 
 and the scan of the codes of n documents. The estimated work (the unit of the threshold)
 is printed with each row.
 
-    python bench/bench_handoff.py [--reps 200]
+    python -m bench.bench_handoff [--reps 200] [--autogroup-nice -10]
 
 Needs ../shared/data/debian-minilm and an index built by bench/bench_load.py (its
 --index-cache). Prints the machine's load average with the figures: rerun when high.
@@ -26,8 +26,7 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from bench.bench_load import DEFAULT_CACHE, DEFAULT_DATA, REPO, in_own_autogroup
 
 
 def measure(index_path: str, data: str, reps: int) -> list[dict]:
@@ -61,14 +60,14 @@ def measure(index_path: str, data: str, reps: int) -> list[dict]:
     for m in (32, 64, 128, 256, 512, 1024):
         ids = np.sort(rng.choice(n, m, replace=False)).astype(np.int64)[None]
         out = np.empty((1, m), np.float32)
-        est = m * flops / 40e3
+        est = m * flops / 90e3
         for nt in (1, 2):
             p50, p99 = timed(lambda: _C.cpu_score_gather(**a, vectors=v, ids=ids, out=out, num_threads=nt,
                                                          packed=packed))
             rows.append({"op": f"score {m} docs", "est_us": est, "threads": nt, "p50": p50, "p99": p99})
     for S in (2000, 8000, 32000):
         ids = np.sort(rng.choice(n, min(S, n), replace=False)).astype(np.int64)[None]
-        est = ids.size * d * v.itemsize / 8e3
+        est = ids.size * d * v.itemsize / 16e3
         for nt in (1, 2):
             p50, p99 = timed(lambda: _C.graph_rows_topk(v, ids, w, 128, nt))
             rows.append({"op": f"rerank {ids.size} rows", "est_us": est, "threads": nt, "p50": p50, "p99": p99})
@@ -77,7 +76,7 @@ def measure(index_path: str, data: str, reps: int) -> list[dict]:
         nb = max(1, int(nblocks * frac))
         sub = (np.ascontiguousarray(codes[0][:nb]),) + codes[1:]
         nn = min(n, nb * 32)
-        est = nn * codes[0].shape[1] / 16e3
+        est = nn * codes[0].shape[1] / 11e3
         for nt in (1, 2):
             p50, p99 = timed(lambda: _C.graph_codes_topk(sub, v[:nn], w, 2000, 500, nt))
             rows.append({"op": f"codes scan {nn} docs", "est_us": est, "threads": nt, "p50": p50, "p99": p99})
@@ -87,31 +86,36 @@ def measure(index_path: str, data: str, reps: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=200)
-    ap.add_argument("--data", default=os.path.join(os.path.dirname(HERE), "..", "shared", "data", "debian-minilm"))
-    ap.add_argument("--index-cache", default=os.path.expanduser("~/.cache/hypencoder-engine/debian-graph32"))
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--index-cache", default=DEFAULT_CACHE)
+    ap.add_argument("--autogroup-nice", type=int, default=None, help="as bench_load.py's")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(measure(args.index_cache, args.data, args.reps)))
         return
+    code = in_own_autogroup(args.autogroup_nice, "bench.bench_handoff")
+    if code is not None:
+        sys.exit(code)
     if not os.path.isdir(args.index_cache):
-        sys.exit(f"no index at {args.index_cache}: run bench/bench_load.py first (it builds and caches it)")
+        sys.exit(f"no index at {args.index_cache}: run python -m bench.bench_load first (it builds and caches it)")
     env = dict(os.environ, HYPENCODER_HANDOFF_US="0")
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--reps", str(args.reps), "--data", args.data,
+    cmd = [sys.executable, "-m", "bench.bench_handoff", "--child", "--reps", str(args.reps), "--data", args.data,
            "--index-cache", args.index_cache]
     results = {}
     for cond in ("quiet", "neighbour"):
         nb = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if cond == "neighbour" else None
         try:
             load = os.getloadavg()[0]
-            out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(cmd, env=env, cwd=REPO, check=True, capture_output=True, text=True).stdout
         finally:
             if nb is not None:
                 nb.kill()
                 nb.wait()
         results[cond] = (load, json.loads(out.strip().splitlines()[-1]))
+    group = f", autogroup nice {args.autogroup_nice}" if args.autogroup_nice is not None else ""
     print(f"load average at start: quiet {results['quiet'][0]:.2f}, neighbour {results['neighbour'][0]:.2f} "
-          f"({os.cpu_count()} CPUs); latencies in us")
+          f"({os.cpu_count()} CPUs{group}); latencies in us")
     print(f"{'operation':26s} {'est. work':>9s} | {'quiet 1 thr':>13s} {'quiet 2 thr':>13s} | "
           f"{'neighbour 1 thr':>15s} {'neighbour 2 thr':>15s}")
     print(f"{'':26s} {'us':>9s} | {'p50/p99':>13s} {'p50/p99':>13s} | {'p50/p99':>15s} {'p50/p99':>15s}")

@@ -21,8 +21,8 @@ mode, and RSS over time; exits non-zero on any error or wrong result, or when an
 RSS in the last quarter of the run exceeds its level after the first quarter by more than
 ``--rss-growth-mb``.
 
-    python bench/soak.py --threads 4 --minutes 2          # the CI run
-    python bench/soak.py --threads 4 --minutes 10         # the long soak of bench/RESULTS.md
+    python -m bench.soak --threads 4 --minutes 2          # the CI run
+    python -m bench.soak --threads 4 --minutes 10         # the long soak of bench/RESULTS.md
 """
 
 from __future__ import annotations
@@ -38,14 +38,10 @@ import threading
 import time
 
 import numpy as np
+import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-import torch  # noqa: E402
-
-import engine  # noqa: E402
-from engine.backends import torch_ref  # noqa: E402
+import engine
+from engine.backends import torch_ref
 
 
 # ---------------------------------------------------------------------- the writer

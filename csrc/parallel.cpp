@@ -8,6 +8,7 @@
 #include <deque>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 namespace hyp {
@@ -36,10 +37,6 @@ struct Job {
 class Pool {
  public:
   void run(int threads, int64_t ntasks, void (*body)(void*, int, int64_t), void* ctx);
-  int size() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return started_;
-  }
   std::mutex& mutex() { return mu_; }
 
  private:
@@ -104,7 +101,11 @@ void Pool::run(int threads, int64_t ntasks, void (*body)(void*, int, int64_t), v
     int waiting = 0;
     for (const Job* o : open_) waiting += o->wanted;
     for (int s = idle_ + starting_; s < waiting && started_ < kMaxPoolThreads; ++s) {
-      std::thread([this] { worker(); }).detach();
+      try {
+        std::thread([this] { worker(); }).detach();
+      } catch (const std::system_error&) {  // no more threads: the call gets fewer helpers
+        break;
+      }
       ++started_;
       ++starting_;
     }
@@ -174,7 +175,5 @@ double min_part_micros() {
 void run_tasks(int threads, int64_t ntasks, void (*body)(void*, int, int64_t), void* ctx) {
   pool().run(threads, ntasks, body, ctx);
 }
-
-int pool_threads() { return pool().size(); }
 
 }  // namespace hyp

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace hyp {
@@ -33,17 +34,23 @@ namespace hyp {
 constexpr double kMinPartMicros = 400.0;
 double min_part_micros();
 
-// Measured one-core costs, in microseconds per item, that callers size parts with.
-constexpr double kMicrosPerFlop = 1.0 / 40e3;         // fused q-net kernel, ~40 GFLOP/s
-constexpr double kMicrosPerRowByte = 1.0 / 8e3;       // x . w over stored rows, ~8 GB/s
-constexpr double kMicrosPerCodeByte = 1.0 / 16e3;     // 4-bit table scan, ~16 GB/s of codes
-constexpr double kMicrosPerPackByte = 1.0 / 4e3;      // packing q-net weights, ~4 GB/s
+// One-core costs, in microseconds per item, that callers size parts with (measured on
+// Zen 4 with AVX-512 by bench/bench_handoff.py; slower CPUs split a little more often).
+constexpr double kMicrosPerFlop = 1.0 / 90e3;      // fused q-net kernel, ~90 GFLOP/s
+constexpr double kMicrosPerRowByte = 1.0 / 16e3;   // x . w over stored rows, ~16 GB/s
+constexpr double kMicrosPerCodeByte = 1.0 / 11e3;  // 4-bit table scan and its top list, ~11 GB/s
+constexpr double kMicrosPerPackByte = 1.0 / 4e3;   // packing q-net weights, ~4 GB/s
+
+// Parts of min_part_micros() that `micros` of work makes (any number when it is 0).
+inline double parts_of(double micros) {
+  const double limit = min_part_micros();
+  return limit > 0 ? micros / limit : 1e18;
+}
 
 // Participants worth `micros` of estimated work in all: one per min_part_micros(), at
 // most `threads`, at least one.
 inline int threads_worth(int threads, double micros) {
-  const double by_work = micros / min_part_micros();
-  return static_cast<int>(std::max(1.0, std::min<double>(threads, by_work)));
+  return static_cast<int>(std::max(1.0, std::min<double>(threads, parts_of(micros))));
 }
 
 // How a call of `items` items costing `item_micros` each is split: `tasks` parts (equal,
@@ -56,7 +63,7 @@ struct Parts {
 };
 inline Parts plan_parts(int threads, int64_t items, double item_micros, int64_t min_items = 1) {
   if (threads <= 1 || items < 2 * std::max<int64_t>(1, min_items)) return {};
-  const double by_work = static_cast<double>(items) * item_micros / min_part_micros();
+  const double by_work = parts_of(static_cast<double>(items) * item_micros);
   const int64_t tasks = static_cast<int64_t>(
       std::min<double>({by_work, static_cast<double>(items / std::max<int64_t>(1, min_items)), 4.0 * threads}));
   if (tasks < 2) return {};
@@ -95,8 +102,5 @@ class PerParticipant {
  private:
   std::vector<std::unique_ptr<S>> s_;
 };
-
-// Pool threads started so far in this process (tests and diagnostics).
-int pool_threads();
 
 }  // namespace hyp

@@ -72,7 +72,7 @@ def base_args(name, Q, n, d, L, rng):
         return {"name": str(rng.choice(_C.cpu_supported_isas() + ["auto"]))}
     if name == "cpu_kernel_name":
         return {"wdtype": str(rng.choice(["float32", "float16", "bfloat16"]))}
-    if name in ("cpu_isa", "cpu_supported_isas"):
+    if name in ("cpu_isa", "cpu_supported_isas", "cpu_kernel_tables"):
         return {}
     if name == "cpu_fma_peak_gflops":
         return {"num_threads": 2, "seconds": 0.002}
@@ -101,7 +101,8 @@ def base_args(name, Q, n, d, L, rng):
     if name == "graph_default_search":
         return dict(a, vectors=vec, graph=graph, mean=vec.mean(0) if n else np.zeros(d, np.float32),
                     samples=np.arange(min(n, 8), dtype=np.int64), codes=codes_tuple(rng, n, d) if n else None,
-                    k=5, ef=8, ef_lin=8, width=2, max_steps=4, passes=2, shortlist=8, rerank=16, num_threads=2)
+                    k=5, ef=8, ef_lin=8, width=2, max_steps=4, passes=2, shortlist=8, rerank=16,
+                    bf16=bool(rng.integers(2)), num_threads=2)
     if name == "graph_linear_topk":
         return {"vectors": vec, "w": w, "m": 5, "num_threads": 2}
     if name == "graph_rows_topk":
@@ -120,7 +121,7 @@ def base_args(name, Q, n, d, L, rng):
     raise KeyError(name)
 
 
-ENTRY_POINTS = ["topk_merge", "cpu_isa", "cpu_supported_isas", "cpu_set_isa", "cpu_kernel_name", "cpu_score_dense",
+ENTRY_POINTS = ["topk_merge", "cpu_isa", "cpu_supported_isas", "cpu_kernel_tables", "cpu_set_isa", "cpu_kernel_name", "cpu_score_dense",
                 "cpu_score_gather", "cpu_exact_topk", "CpuPackedQNets", "cpu_pack_qnets", "cpu_fma_peak_gflops",
                 "cpu_score_gather_query", "graph_paper_search", "graph_default_search", "graph_linear_topk",
                 "graph_rows_topk", "graph_codes_topk", "graph_codes_lut", "graph_codes_sums", "graph_linearize"]

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
-import torch
 
 import engine
+from bench import soak
 from engine.graph import native
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-import soak  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not native.availability()[0], reason="engine._C is not built")
 

@@ -11,7 +11,9 @@
 
 #include "array_check.h"
 #include "cpu/isa.h"
+#include "cpu/kernel_ops.h"
 #include "cpu/qnet_kernel.h"
+#include "cpu/scan_ops.h"
 #include "native_call.h"
 #include "parallel.h"
 #include "qnet_args.h"
@@ -162,6 +164,14 @@ void register_cpu_kernels(py::module_& m) {
   m.def("cpu_isa", [] { return std::string(isa_name(active_isa())); },
         "The instruction set the CPU kernels use now.");
   m.def("cpu_supported_isas", &supported_isa_names, "Instruction sets this CPU can run, weakest first.");
+  m.def("cpu_kernel_tables", [] {
+    py::dict d;
+    d["qnet"] = isa_name(cpu::kernel_ops(active_isa()).isa);
+    d["scan"] = isa_name(cpu::scan_ops(active_isa()).isa);
+    return d;
+  }, "The instruction set of each per-ISA function table every native path calls through now: 'qnet' "
+     "(the fused q-net kernels of scoring, exact and graph search) and 'scan' (dot products, code "
+     "scans and linearisation of graph search).");
   m.def("cpu_set_isa", [](const std::string& name) {
           py::gil_scoped_release release;  // it may wait for calls in flight
           set_isa_between_calls(name);
