@@ -28,8 +28,17 @@ sources = sorted(
     p for p in glob.glob("csrc/**/*.cpp", recursive=True) if not p.startswith(os.path.join("csrc", "cuda"))
 )
 
-extra_compile = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
-extra_link = ["-fopenmp"]
+# No OpenMP: the engine's threads are its own pool (csrc/parallel.h), which survives fork()
+# and sleeps instead of spinning at barriers.
+extra_compile = ["-O3", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+extra_link = ["-pthread"]
+# HYPENCODER_SANITIZE=address,undefined builds the extension under those sanitizers (the
+# CI job .ci/sanitize.sh; a Python host then needs libasan preloaded).
+_sanitize = os.environ.get("HYPENCODER_SANITIZE", "").strip()
+if _sanitize:
+    flags = [f"-fsanitize={_sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g1"]
+    extra_compile = ["-O1"] + flags + extra_compile[2:]
+    extra_link += flags
 
 ext_modules = [
     Pybind11Extension(

@@ -79,10 +79,26 @@ inline void check_writeable(const py::array& a, const char* name) {
   if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": array must be writeable");
 }
 
-// A thread count handed in from Python (the callers pass torch.get_num_threads() or the
-// user's choice).
+// A result count k: 1..2^31 - 1 (engine.index.MAX_K), so that an absurd k is refused
+// before any (Q, k) output is allocated.
+inline int64_t k_arg(int64_t k, const char* name = "k") {
+  if (k < 1 || k > 2147483647)
+    throw std::invalid_argument(std::string(name) + " must be in 1..2147483647, got " + std::to_string(k));
+  return k;
+}
+
+// A document count handed in on its own (not read from an array's shape): 0..2^48, so
+// that sizes derived from it cannot overflow.
+inline int64_t count_arg(int64_t n, const char* name) {
+  if (n < 0 || n > (int64_t(1) << 48))
+    throw std::invalid_argument(std::string(name) + " must be in 0..2^48, got " + std::to_string(n));
+  return n;
+}
+
+// A thread count handed in from Python (engine.threads: the engine-wide number or the
+// call's own), in 1..1024 as engine.threads.MAX_THREADS.
 inline int threads_arg(int num_threads) {
-  if (num_threads < 1) throw std::invalid_argument("num_threads must be at least 1");
+  if (num_threads < 1 || num_threads > 1024) throw std::invalid_argument("num_threads must be in 1..1024");
   return num_threads;
 }
 

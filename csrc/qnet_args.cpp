@@ -1,5 +1,8 @@
 #include "qnet_args.h"
 
+#include "cpu/isa.h"
+#include "cpu/kernel_ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <iterator>
@@ -100,6 +103,22 @@ void parse_qnet(QNetArgs& a, const py::list& weights, const py::list& biases, co
   v.residual_on_last = flags.residual_on_last;
   v.layer_norm_before_residual = flags.layer_norm_before_residual;
   v.eps = static_cast<float>(flags.eps);
+}
+
+void QNetArgs::widen() {
+  if (view.wdtype != DType::F16) return;
+  const cpu::KernelOps& ops = cpu::kernel_ops(active_isa());
+  const int L = view.num_layers;
+  const int64_t Q = view.num_queries;
+  auto conv = [&](const void* src, int64_t n) {
+    widened.emplace_back(static_cast<size_t>(n));
+    ops.convert_row(DType::F16, src, widened.back().data(), n);
+    return static_cast<const void*>(widened.back().data());
+  };
+  widened.reserve(static_cast<size_t>(2 * L + 1));
+  for (int i = 0; i <= L; ++i) w[i] = conv(w[i], Q * dims[i] * dims[i + 1]);
+  for (int i = 0; i < L; ++i) b[i] = conv(b[i], Q * dims[i + 1]);
+  view.wdtype = DType::F32;
 }
 
 VectorsView parse_vectors(const py::array& vec, int64_t d) {

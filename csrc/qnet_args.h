@@ -32,7 +32,12 @@ struct QNetArgs {
   std::vector<py::array> arrays;
   std::vector<int64_t> dims;
   std::vector<const void*> w, b;
+  std::vector<std::vector<float>> widened;
   QNetView view;
+  // float16 weights and biases converted to float32 copies (the kernels pack float32 or
+  // bfloat16 panels, and the linearisation reads float32 rows fastest); a no-op for other
+  // dtypes. No Python objects are touched: call it with the GIL released.
+  void widen();
 };
 
 // The flags from QNetConfig.kernel_flags() (a dict; every key required, bools strict).

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "array_check.h"
+#include "native_call.h"
 #include "ranking.h"
 
 namespace hyp {
@@ -63,11 +64,9 @@ static void topk_merge(py::array block, int64_t base, py::array run_scores, py::
   const float* bp = static_cast<const float*>(block.data());
   float* rs = static_cast<float*>(run_scores.mutable_data());
   int64_t* ri = static_cast<int64_t*>(run_ids.mutable_data());
-  {
-    py::gil_scoped_release release;
-#pragma omp parallel for schedule(dynamic, 1) if (Q > 1)
+  native_call([&] {
     for (int64_t q = 0; q < Q; ++q) topk_merge_row(bp + q * b, b, base, rs + q * k, ri + q * k, k);
-  }
+  });
 }
 
 void register_topk(py::module_& m) {

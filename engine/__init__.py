@@ -21,6 +21,7 @@ from .index import Index, SearchResult  # noqa: E402
 from .qnet import QNet  # noqa: E402
 from .qnet_config import QNetConfig  # noqa: E402
 from .scoring import score, score_gather  # noqa: E402
+from .threads import get_num_threads, set_num_threads  # noqa: E402
 
 __all__ = [
     "Index",
@@ -31,6 +32,8 @@ __all__ = [
     "available_backends",
     "score",
     "score_gather",
+    "get_num_threads",
+    "set_num_threads",
     "HypencoderModel",
 ]
 __version__ = "0.1.0"

@@ -18,9 +18,11 @@ from .qnet import SUPPORTED_DTYPES
 from .results import SearchResult, SearchStats
 from .scoring import as_vectors, check_backend, check_pair, check_qnets
 from .search.exact import exact_search
+from .threads import check_num_threads
 
 SEARCH_MODES = ("exact", "graph")
 MAX_K = 2**31 - 1  # results per query: the native kernels count them in 32 bits
+_LOAD_ATTEMPTS = 5  # reads of an index that saves keep replacing meanwhile
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -255,7 +257,8 @@ class Index:
 
     # ------------------------------------------------------------------ search
     def search(self, qnets: QNet, k: int, *, mode: str = "exact", backend: str = "auto",
-               block_size: int | None = None, **graph_options) -> SearchResult:
+               block_size: int | None = None, num_threads: int | None = None,
+               **graph_options) -> SearchResult:
         """Top-``k`` documents for each q-net, best first.
 
         Args:
@@ -269,6 +272,11 @@ class Index:
             block_size: documents per streamed block in exact search (an int in
                 ``1..65536``; None: the backend's choice). It changes speed and memory,
                 never a result.
+            num_threads: CPU threads of this call's native work (the ``cpu`` backend, the
+                native graph search), an int in ``1..1024``; None: the engine-wide number
+                (:func:`engine.set_num_threads`). A call splits its work over threads only
+                when the work pays for the hand-off; it never changes a result. Other
+                backends ignore it (torch has ``torch.set_num_threads``).
 
         Returns:
             :class:`SearchResult` with ``scores`` (Q, k) float32 and ``ids`` (Q, k) int64 on
@@ -288,13 +296,16 @@ class Index:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
         if qnets.dim != self.dim:
             raise ValueError(f"dimension mismatch: q-nets read {qnets.dim}-d vectors, the index holds {self.dim}-d")
+        if num_threads is not None:
+            num_threads = check_num_threads(num_threads)
         if self.vectors.device == qnets.device:
             check_pair(qnets, self.vectors)
         t0 = time.perf_counter()
         if mode == "exact":
             if graph_options:
                 raise TypeError(f"unexpected options for exact search: {sorted(graph_options)}")
-            scores, ids = exact_search(qnets, self.vectors, int(k), backend=backend, block_size=block_size)
+            scores, ids = exact_search(qnets, self.vectors, int(k), backend=backend, block_size=block_size,
+                                       num_threads=num_threads)
             be = backends.get_backend(backend, qnets.device)
             impl = "fused" if hasattr(be, "exact_topk") and self.vectors.device == qnets.device else "stream"
             stats = SearchStats("exact", backends.backend_name(be), impl,
@@ -306,7 +317,8 @@ class Index:
                 raise ValueError("graph search needs a graph: call index.build_graph() first")
             from .graph.search import graph_search
 
-            scores, ids, st = graph_search(self, qnets, int(k), backend=backend, **graph_options)
+            scores, ids, st = graph_search(self, qnets, int(k), backend=backend, num_threads=num_threads,
+                                           **graph_options)
             stats = SearchStats("graph", **st)
         if qnets.device.type == "cuda":
             torch.cuda.synchronize(qnets.device)
@@ -350,14 +362,34 @@ class Index:
         if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"index path must be a str or os.PathLike, got {type(path).__name__}")
         path = os.fspath(path)
-        m = storage.read_manifest(path)
+        # A save may replace the directory while it is read: every file is read through a
+        # name pinned to the directory opened first, and a version that a save removed
+        # meanwhile (its files gone) is left for the new one.
+        for attempt in range(_LOAD_ATTEMPTS):
+            with storage.pinned_dir(path) as root:
+                try:
+                    index = cls._load_dir(root, path, verify, mmap, populate)
+                except (storage.IndexFormatError, FileNotFoundError) as e:
+                    if root != path and attempt + 1 < _LOAD_ATTEMPTS and storage.replaced_since(path, root):
+                        continue
+                    if root == path:
+                        raise
+                    raise type(e)(str(e).replace(root, path)) from None
+            index.path = path
+            return index
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _load_dir(cls, root: str, path: str, verify: bool, mmap: bool, populate: bool) -> "Index":
+        """Index.load of the directory named ``root`` (``path``: the name it was opened by)."""
+        m = storage.read_manifest(root)
         files = m["files"]
         n = m["count"]
         for name in files:  # every listed file must be present, regular and intact
-            storage.check_file(path, name, files[name], verify)
+            storage.check_file(root, name, files[name], verify)
 
         def get(name):
-            t = storage.map_array(os.path.join(path, name), files[name])
+            t = storage.map_array(os.path.join(root, name), files[name])
             return t if mmap else t.clone()
 
         vectors = get("vectors.bin")
@@ -372,7 +404,7 @@ class Index:
             ids = _StringIds(offsets, blob)
         index = cls(vectors, ids, _checked=True)
         if mmap:
-            st = os.stat(os.path.join(path, "vectors.bin"))
+            st = os.stat(os.path.join(root, "vectors.bin"))
             index._vectors_file = (os.path.join(path, "vectors.bin"), dict(files["vectors.bin"]), vectors,
                                    vectors._version, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
         if m["graph"] is not None:
@@ -395,7 +427,6 @@ class Index:
             for t in (index.vectors, index.graph, *(getattr(index.codes, a) for a in ("codes",) if index.codes)):
                 if t is not None:
                     storage.populate(t)
-        index.path = path
         return index
 
 

@@ -21,10 +21,9 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def qnet_args(weights, biases, config) -> dict:
     """``weights``, ``biases`` and ``flags`` as every ``engine._C`` q-net entry point takes
-    them. float16 weights become float32 (the kernels compute in float32 and pack float32
-    or bfloat16 panels); one pass over the weights, small next to any scoring call."""
-    def conv(t):
-        return to_numpy(t.float() if t.dtype == torch.float16 else t)
-
-    return {"weights": [conv(w) for w in weights], "biases": [conv(b) for b in biases],
+    them (numpy views, no copies of contiguous tensors). float16 weights travel as they
+    are: the native call converts them to float32 itself, with the GIL released (a torch
+    conversion here would run on torch's intra-op threads, whose barriers cost
+    milliseconds when another process keeps a core busy, and numpy's is slow)."""
+    return {"weights": [to_numpy(w) for w in weights], "biases": [to_numpy(b) for b in biases],
             "flags": config.kernel_flags()}

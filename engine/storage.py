@@ -32,7 +32,8 @@ Saving never costs data:
 
 Reading trusts nothing: every manifest field is checked (:func:`read_manifest`) and every
 listed file must be a regular file (a FIFO or device is refused, never opened for a
-blocking read). No pickle anywhere.
+blocking read). No pickle anywhere. A reader that opens an index while a save replaces it
+reads one version whole: the old one or, after a retry, the new one (:func:`pinned_dir`).
 """
 
 from __future__ import annotations
@@ -165,6 +166,34 @@ def sha256_file(path: str, what: str = "file") -> str:
                 break
             h.update(b)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def pinned_dir(path: str) -> Iterator[str]:
+    """A name for the directory at ``path`` as it is now, that keeps naming that directory
+    if a save replaces ``path`` meanwhile (``/proc/self/fd/N`` of an open descriptor, on
+    Linux; elsewhere ``path`` itself). Reading an index through it never mixes the files
+    of two versions."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield path  # read_manifest reports what is wrong with path
+        return
+    try:
+        root = f"/proc/self/fd/{fd}"
+        yield root if os.path.isdir(root) else path
+    finally:
+        os.close(fd)
+
+
+def replaced_since(path: str, root: str) -> bool:
+    """Whether ``path`` names another directory than ``root`` (from :func:`pinned_dir`)
+    now: a save replaced it."""
+    try:
+        a, b = os.stat(path), os.stat(root)
+    except OSError:
+        return True
+    return (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino)
 
 
 # ---------------------------------------------------------------------------- save targets

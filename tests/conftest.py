@@ -7,6 +7,10 @@ import pytest
 # module imports triton.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Every native call that can split its work over threads does (the hand-off threshold of
+# csrc/parallel.h forced to 0), so that the tests' small data exercises the thread pool;
+# tests/test_serving.py checks the default threshold gives the same results.
+os.environ.setdefault("HYPENCODER_HANDOFF_US", "0")
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "debian-minilm"
 

@@ -1,6 +1,6 @@
 // Python entry points of the CPU kernels (engine._C.cpu_*): every array is validated here
-// (dtype, shape, contiguity, id range) before any kernel sees it; the GIL is released
-// while the kernels run.
+// (dtype, shape, contiguity, id range) before any kernel sees it; the kernels run in
+// native_call (GIL released, ISA held).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -14,6 +14,8 @@
 #include "cpu/kernel_ops.h"
 #include "cpu/qnet_kernel.h"
 #include "cpu/scan_ops.h"
+#include "native_call.h"
+#include "parallel.h"
 #include "qnet_args.h"
 
 namespace hyp {
@@ -22,20 +24,24 @@ namespace py = pybind11;
 
 namespace {
 
-// The optional prepacked q-nets of a call: None, or a PackedQNets made from a q-net of the
-// same shapes, dtype and flags under the ISA active now.
-const PackedQNets* packed_arg(const py::object& packed, const QNetArgs& a) {
+// The optional prepacked q-nets of a call: None or a CpuPackedQNets (TypeError else).
+const PackedQNets* packed_arg(const py::object& packed) {
   if (packed.is_none()) return nullptr;
   if (!py::isinstance<PackedQNets>(packed))
     throw py::type_error("packed: expected None or a CpuPackedQNets from cpu_pack_qnets, got " +
                          std::string(py::str(py::type::of(packed))));
-  const PackedQNets* p = packed.cast<const PackedQNets*>();
-  if (!p->matches(a.view))
-    throw std::invalid_argument(
-        "packed: packed from a q-net of other shapes, dtype or flags, or for another ISA; pack these weights again");
-  return p;
+  return packed.cast<const PackedQNets*>();
 }
 
+// Within the call (q-net widened, ISA held): the packing to use, or null to pack in the
+// call. One packed from a q-net of other shapes, dtype or flags is refused; one packed for
+// another ISA (the ISA changed since) is left unused.
+const PackedQNets* packed_for_call(const PackedQNets* p, const QNetArgs& a) {
+  if (!p) return nullptr;
+  if (!p->matches(a.view))
+    throw std::invalid_argument("packed: packed from a q-net of other shapes, dtype or flags; pack these weights again");
+  return p->for_active_isa() ? p : nullptr;
+}
 
 int64_t block_arg(int64_t block) {
   if (block < 0 || block > (1 << 16)) throw std::invalid_argument("block_size must be 0 (default) or in 1..65536");
@@ -53,11 +59,13 @@ void py_score_dense(py::list weights, py::list biases, py::dict flags, py::array
   check_writeable(out, "out");
   const int nt = threads_arg(num_threads);
   block = block_arg(block);
-  const PackedQNets* pk = packed_arg(packed, a);
+  const PackedQNets* pk = packed_arg(packed);
   float* o = static_cast<float*>(out.mutable_data());
   if (v.n == 0 || a.view.num_queries == 0) return;
-  py::gil_scoped_release release;
-  score_dense(a.view, v, o, nt, block, pk);
+  native_call([&] {
+    a.widen();
+    score_dense(a.view, v, o, nt, block, packed_for_call(pk, a));
+  });
 }
 
 void py_score_gather(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array ids, py::array out, int num_threads,
@@ -79,11 +87,13 @@ void py_score_gather(py::list weights, py::list biases, py::dict flags, py::arra
     if (id[i] < 0 || id[i] >= v.n)
       throw std::invalid_argument("ids out of range: found " + std::to_string(id[i]) + ", valid ids are 0.." +
                                   std::to_string(v.n - 1));
-  const PackedQNets* pk = packed_arg(packed, a);
+  const PackedQNets* pk = packed_arg(packed);
   float* o = static_cast<float*>(out.mutable_data());
   if (total == 0) return;
-  py::gil_scoped_release release;
-  score_gather(a.view, v, id, m, o, nt, block, pk);
+  native_call([&] {
+    a.widen();
+    score_gather(a.view, v, id, m, o, nt, block, packed_for_call(pk, a));
+  });
 }
 
 py::tuple py_exact_topk(py::list weights, py::list biases, py::dict flags, py::array vectors, int64_t k, int num_threads, int64_t block,
@@ -91,19 +101,19 @@ py::tuple py_exact_topk(py::list weights, py::list biases, py::dict flags, py::a
   QNetArgs a;
   parse_qnet(a, weights, biases, flags);
   const VectorsView v = parse_vectors(vectors, a.dims[0]);
-  if (k < 1) throw std::invalid_argument("k must be at least 1, got " + std::to_string(k));
+  k = k_arg(k);
   const int nt = threads_arg(num_threads);
   block = block_arg(block);
-  const PackedQNets* pk = packed_arg(packed, a);
+  const PackedQNets* pk = packed_arg(packed);
   const int64_t Q = a.view.num_queries;
   py::array_t<float> scores({Q, k});
   py::array_t<int64_t> ids({Q, k});
   float* s = scores.mutable_data();
   int64_t* i = ids.mutable_data();
-  {
-    py::gil_scoped_release release;
-    exact_topk(a.view, v, k, s, i, nt, block, pk);
-  }
+  native_call([&] {
+    a.widen();
+    exact_topk(a.view, v, k, s, i, nt, block, packed_for_call(pk, a));
+  });
   return py::make_tuple(scores, ids);
 }
 
@@ -111,15 +121,16 @@ std::unique_ptr<PackedQNets> py_pack_qnets(py::list weights, py::list biases, py
   QNetArgs a;
   parse_qnet(a, weights, biases, flags);
   const int nt = threads_arg(num_threads);
-  py::gil_scoped_release release;
-  return std::unique_ptr<PackedQNets>(new PackedQNets(a.view, nt));
+  return native_call([&] {
+    a.widen();
+    return std::unique_ptr<PackedQNets>(new PackedQNets(a.view, nt));
+  });
 }
 
 double py_fma_peak(int num_threads, double seconds) {
   const int nt = threads_arg(num_threads);
   if (!(seconds > 0) || !(seconds <= 60)) throw std::invalid_argument("seconds must be in (0, 60]");
-  py::gil_scoped_release release;
-  return fma_peak_gflops(nt, seconds);
+  return native_call([&] { return fma_peak_gflops(nt, seconds); });
 }
 
 // Single-query gather through the C++ contract (score_gather_query), for tests.
@@ -141,8 +152,10 @@ void py_score_gather_query(py::list weights, py::list biases, py::dict flags, in
       throw std::invalid_argument("ids out of range: found " + std::to_string(id[i]) + ", valid ids are 0.." +
                                   std::to_string(v.n - 1));
   float* o = static_cast<float*>(out.mutable_data());
-  py::gil_scoped_release release;
-  score_gather_query(a.view, q, v, id, m, o);
+  native_call([&] {
+    a.widen();
+    score_gather_query(a.view, q, v, id, m, o);
+  });
 }
 
 }  // namespace
@@ -159,14 +172,18 @@ void register_cpu_kernels(py::module_& m) {
   }, "The instruction set of each per-ISA function table every native path calls through now: 'qnet' "
      "(the fused q-net kernels of scoring, exact and graph search) and 'scan' (dot products, code "
      "scans and linearisation of graph search).");
-  m.def("cpu_set_isa", &set_active_isa, py::arg("name"),
-        "Use ISA `name` (auto, portable, avx2, avx512, avx512_bf16); ValueError if this CPU cannot.");
+  m.def("cpu_set_isa", [](const std::string& name) {
+          py::gil_scoped_release release;  // it may wait for calls in flight
+          set_isa_between_calls(name);
+        }, py::arg("name"),
+        "Use ISA `name` (auto, portable, avx2, avx512, avx512_bf16) from the next call on, once the calls in "
+        "flight have ended (calls that start meanwhile wait); ValueError if this CPU cannot.");
   m.def("cpu_kernel_name", [](const std::string& wdtype) {
     if (wdtype == "float32") return std::string(kernel_name(DType::F32));
     if (wdtype == "float16") return std::string(kernel_name(DType::F16));
     if (wdtype == "bfloat16") return std::string(kernel_name(DType::BF16));
     throw std::invalid_argument("wdtype must be float32, float16 or bfloat16");
-  });
+  }, py::arg("wdtype"), "Name of the kernel the active ISA uses for weights of dtype `wdtype`.");
   m.def("cpu_score_dense", &py_score_dense, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("vectors"), py::arg("out"),
         py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
         "Fused q-net scores of every (query, document) pair into out (Q, n) float32.");

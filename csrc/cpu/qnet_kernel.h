@@ -60,6 +60,8 @@ class PackedQNet {
   // As score_gather_query for the packed query: ids pre-validated by the caller (each in
   // [0, v.n)), v.d equal to the q-net's input width. Single-threaded.
   void score_gather(const VectorsView& v, const int64_t* ids, int64_t m, float* out) const;
+  // Multiply-adds (x2) of one document through the q-net: what sizes parallel work.
+  int64_t flops_per_row() const;
 
   struct Impl;
 
@@ -80,9 +82,11 @@ class PackedQNets {
 
   int64_t num_queries() const;
   size_t bytes() const;  // packed weights, all queries
-  // Whether this was packed from a q-net of the same shapes, dtype and flags as `qn`, for
-  // the ISA active now (the weight values themselves cannot be checked here).
+  // Whether this was packed from a q-net of the same shapes, dtype and flags as `qn` (the
+  // weight values themselves cannot be checked here).
   bool matches(const QNetView& qn) const;
+  // Whether it was packed for the ISA active now (a packing for another one is not used).
+  bool for_active_isa() const;
 
   struct Impl;
   const Impl& impl() const { return *impl_; }

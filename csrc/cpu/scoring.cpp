@@ -1,9 +1,8 @@
 // Scoring driver: packs q-net weights for the active ISA's block kernel, owns per-thread
-// buffers, and runs (query, block) pairs over OpenMP threads for the dense scan, the
-// gather scorer and exact top-k search.
-#include <omp.h>
-
+// buffers, and runs (query, block) pairs over the engine's threads (parallel.h) for the
+// dense scan, the gather scorer and exact top-k search.
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -12,6 +11,7 @@
 
 #include "cpu/kernel_ops.h"
 #include "cpu/qnet_kernel.h"
+#include "parallel.h"
 #include "topk.h"
 
 namespace hyp {
@@ -38,8 +38,6 @@ namespace {
 // from L3) more often per row and pay the cold first pass over each weight chunk more
 // often: 96 rows give 48 FLOP per weight byte fetched.
 constexpr int64_t kDefaultBlock = 96;
-// PackedQNets packs on one thread per this many bytes of packed weights (see there).
-constexpr size_t kPackBytesPerThread = size_t(4) << 20;
 // Queries packed at once are bounded by this many bytes of packed weights.
 constexpr size_t kPackBudget = size_t(64) << 20;
 
@@ -68,6 +66,13 @@ struct AlignedBuf {
 };
 
 size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+
+// FLOPs of one document through the q-net (what sizes parallel work).
+int64_t qnet_flops(const int64_t* dims, int num_layers) {
+  int64_t f = 0;
+  for (int i = 0; i <= num_layers; ++i) f += 2 * dims[i] * dims[i + 1];
+  return f;
+}
 
 // Offsets (in 64-byte units... in bytes, 64-aligned) of each part of one packed query.
 struct PackPlan {
@@ -350,24 +355,26 @@ void flags_of(const QNetView& qn, bool* f) {
   f[4] = qn.layer_norm_before_residual;
 }
 
-// Packs queries [q0, q0 + gq) of qn at base (pl.bytes apart) on the threads of the
-// enclosing parallel region (a work-shared loop: every thread of the team must call it).
+// Packs queries [q0, q0 + gq) of qn at base (pl.bytes apart) on up to `threads` threads,
+// one per min_part_micros() of packing work.
 void pack_group(const QNetView& qn, const PackPlan& pl, const PackTasks& tasks, const KernelOps& ops,
-                int64_t q0, int64_t gq, char* base, PackedLayer* layers, PackedQuery* views) {
+                int64_t q0, int64_t gq, char* base, PackedLayer* layers, PackedQuery* views, int threads) {
   const int64_t ntasks = static_cast<int64_t>(tasks.layer.size());
   const int64_t nl = std::max(1, qn.num_layers);
-#pragma omp for schedule(dynamic, 1)
-  for (int64_t t = 0; t < gq * ntasks; ++t) {
+  const int nt = threads_worth(threads, static_cast<double>(gq * pl.bytes) * kMicrosPerPackByte);
+  parallel_tasks(nt, gq * ntasks, [&](int, int64_t t) {
     const int64_t qi = t / ntasks, ti = t % ntasks;
     char* b = base + qi * pl.bytes;
     pack_task(qn, q0 + qi, pl, ops, tasks.layer[ti], tasks.index[ti], b);
     if (tasks.layer[ti] < 0) views[qi] = make_view(qn, pl, b, layers + qi * nl);
-  }
+  });
 }
 
 // Runs every (query, block) pair: `load(ws, q, start, rows, rp)` fills a block of `items`
-// rows of query q, `emit(tid, q, start, rows, scores)` consumes its scores. Without
-// `packed`, queries are packed in groups bounded by kPackBudget, each group on all threads.
+// rows of query q, `emit(participant, q, start, rows, scores)` consumes its scores.
+// Without `packed`, queries are packed in groups bounded by kPackBudget, each group on
+// the threads before its blocks run. Threads: at most num_threads, one per
+// min_part_micros() of the call's q-net work (parallel.h).
 template <class Load, class Emit>
 void run_pairs(const QNetView& qn, int64_t items, int num_threads, int64_t block,
                const PackedQNets* packed, Load load, Emit emit) {
@@ -375,8 +382,10 @@ void run_pairs(const QNetView& qn, int64_t items, int num_threads, int64_t block
   const PackPlan pl = packed ? packed->impl().plan : make_plan(qn, ops);
   const ForwardFn fwd = forward_for(ops, pl.format);
   const int64_t Q = qn.num_queries;
-  const Schedule sc = make_schedule(Q, items, num_threads, block, ops, pl.bytes);
-  const int64_t ntask = static_cast<int64_t>(sc.tasks.size());
+  const double micros = static_cast<double>(Q * items) *
+                        static_cast<double>(qnet_flops(qn.dims, qn.num_layers)) * kMicrosPerFlop;
+  const int nt = threads_worth(num_threads, micros);
+  const Schedule sc = make_schedule(Q, items, nt, block, ops, pl.bytes);
 
   PackTasks ptasks;
   AlignedBuf pbuf;
@@ -395,35 +404,25 @@ void run_pairs(const QNetView& qn, int64_t items, int num_threads, int64_t block
     own_views.resize(static_cast<size_t>(G));
     views = own_views.data();
   }
-  const int64_t npack = packed ? 0 : G * static_cast<int64_t>(ptasks.layer.size());
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, std::max(ntask, npack))));
-
-#pragma omp parallel num_threads(nt)
-  {
-    ThreadScratch& ts = scratch();
-    const Workspace ws = ts.ws(sc.max_rows, pl.max_width, pl.format == PackFormat::BF16_PAIRS);
-    float* scores = ts.score_buf(sc.max_rows);
-    const int tid = omp_get_thread_num();
-    // Queries [g0, g0 + G) are packed (or were, by the caller) before their blocks run.
-    for (int64_t g0 = 0; g0 < Q; g0 += G) {
-      const int64_t g1 = std::min(Q, g0 + G);
-      if (!packed)
-        pack_group(qn, pl, ptasks, ops, g0, g1 - g0, pbase, layers.data(), own_views.data());
-      // Tasks are query-major: this group's are a contiguous range.
-      const int64_t t0 = std::lower_bound(sc.tasks.begin(), sc.tasks.end(), g0,
-                                          [](const Task& t, int64_t q) { return t.q < q; }) - sc.tasks.begin();
-      const int64_t t1 = std::lower_bound(sc.tasks.begin(), sc.tasks.end(), g1,
-                                          [](const Task& t, int64_t q) { return t.q < q; }) - sc.tasks.begin();
-      auto run = [&](int64_t i) {
-        const Task& t = sc.tasks[i];
-        const int64_t rp = round_up(t.rows, ops.mr);
-        load(ws, t.q, t.start, t.rows, rp);
-        fwd(views[packed ? t.q : t.q - g0], ws, t.rows, scores);
-        emit(tid, t.q, t.start, t.rows, scores);
-      };
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t i = t0; i < t1; ++i) run(i);
-    }
+  // Queries [g0, g0 + G) are packed (or were, by the caller) before their blocks run.
+  for (int64_t g0 = 0; g0 < Q; g0 += G) {
+    const int64_t g1 = std::min(Q, g0 + G);
+    if (!packed) pack_group(qn, pl, ptasks, ops, g0, g1 - g0, pbase, layers.data(), own_views.data(), num_threads);
+    // Tasks are query-major: this group's are a contiguous range.
+    const int64_t t0 = std::lower_bound(sc.tasks.begin(), sc.tasks.end(), g0,
+                                        [](const Task& t, int64_t q) { return t.q < q; }) - sc.tasks.begin();
+    const int64_t t1 = std::lower_bound(sc.tasks.begin(), sc.tasks.end(), g1,
+                                        [](const Task& t, int64_t q) { return t.q < q; }) - sc.tasks.begin();
+    parallel_tasks(nt, t1 - t0, [&](int tid, int64_t i) {
+      ThreadScratch& ts = scratch();
+      const Workspace ws = ts.ws(sc.max_rows, pl.max_width, pl.format == PackFormat::BF16_PAIRS);
+      float* scores = ts.score_buf(sc.max_rows);
+      const Task& t = sc.tasks[t0 + i];
+      const int64_t rp = round_up(t.rows, ops.mr);
+      load(ws, t.q, t.start, t.rows, rp);
+      fwd(views[packed ? t.q : t.q - g0], ws, t.rows, scores);
+      emit(tid, t.q, t.start, t.rows, scores);
+    });
   }
 }
 
@@ -476,8 +475,8 @@ void exact_topk(const QNetView& qn, const VectorsView& v, int64_t k, float* out_
   const int64_t Q = qn.num_queries;
   const int64_t kk = std::min(k, std::max<int64_t>(v.n, 1));  // running list length
   const int T = std::max(1, num_threads);
-  // Per-thread running lists for every query: each thread's blocks of a query arrive in
-  // increasing id order (dynamic scheduling hands out increasing indices), which is what
+  // Per-participant running lists for every query: each participant's blocks of a query
+  // arrive in increasing id order (tasks are claimed in increasing order), which is what
   // topk_merge_row's tie rule relies on.
   std::vector<float> run_s(static_cast<size_t>(T * Q * kk), -std::numeric_limits<float>::infinity());
   std::vector<int64_t> run_i(static_cast<size_t>(T * Q * kk), -1);
@@ -516,9 +515,11 @@ struct PackedQNet::Impl {
   std::vector<PackedLayer> layers;
   PackedQuery view;
   ForwardFn fwd = nullptr;
+  int64_t flops = 0;
 
   void pack(const QNetView& qn, int64_t q, bool bf16 = false) {
     ops = &kernel_ops(active_isa());
+    flops = qnet_flops(qn.dims, qn.num_layers);
     plan = make_plan(qn, *ops, bf16);
     char* base = static_cast<char*>(buf.get(plan.bytes));
     const PackTasks t = make_tasks(qn, plan);
@@ -551,6 +552,8 @@ void PackedQNet::score_gather(const VectorsView& v, const int64_t* ids, int64_t 
   impl_->gather(v, ids, m, out);
 }
 
+int64_t PackedQNet::flops_per_row() const { return impl_->flops; }
+
 void score_gather_query(const QNetView& qn, int64_t q, const VectorsView& v, const int64_t* ids,
                         int64_t m, float* out) {
   thread_local PackedQNet::Impl impl;  // reuses its packing buffer across calls
@@ -572,15 +575,9 @@ PackedQNets::PackedQNets(const QNetView& qn, int num_threads) : impl_(new Impl) 
   im.views.resize(static_cast<size_t>(im.Q));
   char* base = static_cast<char*>(im.buf.get(std::max<size_t>(1, im.Q * im.plan.bytes)));
   const PackTasks tasks = make_tasks(qn, im.plan);
-  // One thread per kPackBytesPerThread of packed weights: packing 1 MB takes a fraction of
-  // a millisecond on one thread, while a parallel region ends at a barrier that waits for
-  // every thread; when the other core is busy that wait lasted 8-24 ms (a d = 384, L = 2
-  // q-net on two threads right after torch calls, against 0.3-0.5 ms on one thread).
-  const int64_t by_size = static_cast<int64_t>((im.Q * im.plan.bytes + kPackBytesPerThread - 1) / kPackBytesPerThread);
-  const int nt = static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>({static_cast<int64_t>(num_threads), by_size, im.Q * static_cast<int64_t>(tasks.layer.size())})));
-#pragma omp parallel num_threads(nt)
-  pack_group(qn, im.plan, tasks, *im.ops, 0, im.Q, base, im.layers.data(), im.views.data());
+  // Packing 1 MB takes a fraction of a millisecond on one thread: only large batches
+  // of q-nets are packed on several (pack_group's threshold).
+  pack_group(qn, im.plan, tasks, *im.ops, 0, im.Q, base, im.layers.data(), im.views.data(), num_threads);
 }
 PackedQNets::~PackedQNets() = default;
 int64_t PackedQNets::num_queries() const { return impl_->Q; }
@@ -590,24 +587,28 @@ bool PackedQNets::matches(const QNetView& qn) const {
   const Impl& im = *impl_;
   bool f[5];
   flags_of(qn, f);
-  return im.ops == &kernel_ops(active_isa()) && qn.num_queries == im.Q && qn.wdtype == im.wdtype &&
+  return qn.num_queries == im.Q && qn.wdtype == im.wdtype &&
          qn.eps == im.eps && std::equal(f, f + 5, im.flags) &&
          static_cast<size_t>(qn.num_layers + 2) == im.dims.size() &&
          std::equal(im.dims.begin(), im.dims.end(), qn.dims);
 }
 
+bool PackedQNets::for_active_isa() const { return impl_->ops == &kernel_ops(active_isa()); }
+
 double fma_peak_gflops(int num_threads, double seconds) {
   const KernelOps* ops = &kernel_ops(active_isa());
   if (!ops->fma_loop) ops = &kernel_ops_portable();
   const int nt = std::max(1, num_threads);
+  using Clock = std::chrono::steady_clock;
+  auto since = [](Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   // Calibrate the iteration count on one thread, then time all threads together; the
   // best of five rounds, so that a moment of load from other processes does not count.
   float sink = 0.0f;
   int64_t iters = 1 << 16;
   for (;;) {
-    const double t0 = omp_get_wtime();
+    const Clock::time_point t0 = Clock::now();
     ops->fma_loop(iters, &sink);
-    const double dt = omp_get_wtime() - t0;
+    const double dt = since(t0);
     if (dt > 0.01 || iters > (int64_t(1) << 40)) {
       iters = std::max<int64_t>(1, static_cast<int64_t>(iters * (seconds / 5) / std::max(dt, 1e-9)));
       break;
@@ -616,21 +617,16 @@ double fma_peak_gflops(int num_threads, double seconds) {
   }
   double best = 0.0;
   for (int round = 0; round < 5; ++round) {
-    int64_t flops = 0;
-    double t0 = 0.0, t1 = 0.0;
+    std::vector<int64_t> flops(static_cast<size_t>(nt), 0);
     std::vector<float> sinks(static_cast<size_t>(nt));
-#pragma omp parallel num_threads(nt) reduction(+ : flops)
-    {
-#pragma omp barrier
-#pragma omp single
-      t0 = omp_get_wtime();
-      flops += ops->fma_loop(iters, &sinks[omp_get_thread_num()]);
-#pragma omp barrier
-#pragma omp single
-      t1 = omp_get_wtime();
-    }
-    for (float f : sinks) sink += f;
-    best = std::max(best, static_cast<double>(flops) / (t1 - t0) / 1e9);
+    // One loop per participant: a helper wakes within microseconds of a loop that
+    // lasts a tenth of a second or more, so the loops overlap as with a barrier.
+    const Clock::time_point t0 = Clock::now();
+    parallel_tasks(nt, nt, [&](int, int64_t t) { flops[t] = ops->fma_loop(iters, &sinks[t]); });
+    const double dt = since(t0);
+    int64_t total = 0;
+    for (int t = 0; t < nt; ++t) total += flops[t], sink += sinks[t];
+    best = std::max(best, static_cast<double>(total) / dt / 1e9);
   }
   return sink == sink ? best : best;  // sink read: the loops' results are used
 }

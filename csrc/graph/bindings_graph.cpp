@@ -1,6 +1,7 @@
 // Python entry points of graph search (engine._C.graph_*): every array is validated here
-// (dtype, shape, contiguity, id ranges) before an algorithm of csrc/graph sees it, and the
-// GIL is released while it runs. One call runs a whole search of a query batch.
+// (dtype, shape, contiguity, id ranges) before an algorithm of csrc/graph sees it, which
+// then runs in native_call (GIL released, ISA held). One call runs a whole search of a
+// query batch.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -14,6 +15,7 @@
 #include "graph/linear.h"
 #include "graph/linearize.h"
 #include "graph/search.h"
+#include "native_call.h"
 #include "qnet_args.h"
 
 namespace hyp {
@@ -56,6 +58,13 @@ const float* parse_finite(const py::array& a, const char* name, std::vector<int6
 int64_t positive(int64_t v, const char* name, int64_t lo = 1) {
   if (v < lo) throw std::invalid_argument(std::string(name) + " must be at least " + std::to_string(lo));
   return v;
+}
+
+// A list length or count that cannot usefully exceed n documents (a top-m, a beam list, a
+// re-rank budget): at least lo, and clamped to max(n, 1), which changes no result and
+// keeps the sizes derived from it (2m buffers, m-element lists) from overflowing.
+int64_t bounded(int64_t v, const char* name, int64_t n, int64_t lo = 1) {
+  return std::min(positive(v, name, lo), std::max<int64_t>(n, 1));
 }
 
 // The codes tuple of engine/graph/codes.py: (codes, rotation, dims, bits, levels).
@@ -136,17 +145,16 @@ py::tuple py_paper_search(py::list weights, py::list biases, py::dict flags, py:
   const GraphView g = parse_graph(graph, v.n);
   const int64_t* ent = parse_ids(entries, "entries", {-1}, v.n);
   graph::PaperParams p;
-  p.k = positive(k, "k");
-  p.ncandidates = positive(ncandidates, "ncandidates");
+  p.k = k_arg(k);
+  p.ncandidates = bounded(ncandidates, "ncandidates", v.n);
   p.max_iter = positive(max_iter, "max_iter");
   p.early_stop = early_stop;
   const int nt = threads_arg(num_threads);
   Output out(h.view.num_queries, p.k);
-  bool ok;
-  {
-    py::gil_scoped_release release;
-    ok = graph::paper_search(h.view, v, g, ent, entries.shape(0), p, nt, out.view, out.st.data());
-  }
+  const bool ok = native_call([&] {
+    h.widen();
+    return graph::paper_search(h.view, v, g, ent, entries.shape(0), p, nt, out.view, out.st.data());
+  });
   raise_bad_graph(ok, v.n);
   return out.result();
 }
@@ -167,24 +175,23 @@ py::tuple py_default_search(py::list weights, py::list biases, py::dict flags, p
     cv = parse_codes(codes.cast<py::tuple>(), v.n, v.d);
     p.use_codes = true;
   }
-  p.k = positive(k, "k");
-  p.ef = positive(ef, "ef");
-  p.ef_lin = positive(ef_lin, "ef_lin");
-  p.width = positive(width, "width");
+  p.k = k_arg(k);
+  p.ef = bounded(ef, "ef", v.n);
+  p.ef_lin = bounded(ef_lin, "ef_lin", v.n);
+  p.width = bounded(width, "width", v.n);
   p.max_steps = positive(max_steps, "max_steps", 0);
   p.passes = positive(passes, "passes");
   if (p.passes > 2) throw std::invalid_argument("passes must be 1 or 2");
-  p.shortlist = positive(shortlist, "shortlist", 0);
-  p.rerank = positive(rerank, "rerank", 0);
+  p.shortlist = bounded(shortlist, "shortlist", v.n, 0);
+  p.rerank = bounded(rerank, "rerank", v.n, 0);
   p.bf16 = bf16;
   const int nt = threads_arg(num_threads);
   Output out(h.view.num_queries, p.k);
-  bool ok;
-  {
-    py::gil_scoped_release release;
-    ok = graph::default_search(h.view, v, g, p.use_codes ? &cv : nullptr, mp, sp, samples.shape(0), p, nt,
-                               out.view, out.st.data());
-  }
+  const bool ok = native_call([&] {
+    h.widen();
+    return graph::default_search(h.view, v, g, p.use_codes ? &cv : nullptr, mp, sp, samples.shape(0), p, nt,
+                                 out.view, out.st.data());
+  });
   raise_bad_graph(ok, v.n);
   return out.result();
 }
@@ -205,14 +212,13 @@ py::tuple py_linear_topk(py::array vectors, py::array w, int64_t m, int num_thre
   const int64_t Q = w.shape(0);
   const VectorsView v = parse_vectors(vectors, w.shape(1));
   const float* wp = parse_finite(w, "w", {Q, v.d});
-  positive(m, "m");
+  m = bounded(m, "m", v.n);
   const int nt = threads_arg(num_threads);
   std::vector<std::vector<Scored>> rows(static_cast<size_t>(Q));
-  {
-    py::gil_scoped_release release;
+  native_call([&] {
     const cpu::ScanOps& ops = cpu::scan_ops(active_isa());
     for (int64_t q = 0; q < Q; ++q) graph::linear_topk(ops, v, wp + q * v.d, m, nt, rows[q]);
-  }
+  });
   return ranked(rows, std::min(m, v.n));
 }
 
@@ -229,14 +235,13 @@ py::tuple py_rows_topk(py::array vectors, py::array ids, py::array w, int64_t m,
     if (std::adjacent_find(row.begin(), row.end()) != row.end())
       throw std::invalid_argument("ids: query " + std::to_string(q) + " lists a document twice");
   }
-  positive(m, "m");
+  m = bounded(m, "m", S);
   const int nt = threads_arg(num_threads);
   std::vector<std::vector<Scored>> rows(static_cast<size_t>(Q));
-  {
-    py::gil_scoped_release release;
+  native_call([&] {
     const cpu::ScanOps& ops = cpu::scan_ops(active_isa());
     for (int64_t q = 0; q < Q; ++q) graph::rows_topk(ops, v, ip + q * S, S, wp + q * v.d, m, nt, rows[q]);
-  }
+  });
   return ranked(rows, std::min(m, S));
 }
 
@@ -247,24 +252,24 @@ py::tuple py_codes_topk(py::tuple codes, py::array vectors, py::array w, int64_t
   const VectorsView v = parse_vectors(vectors, w.shape(1));
   const float* wp = parse_finite(w, "w", {Q, v.d});
   const CodesView c = parse_codes(codes, v.n, v.d);
-  positive(m, "m");
-  positive(rerank, "rerank", 0);
+  m = bounded(m, "m", v.n);
+  rerank = bounded(rerank, "rerank", v.n, 0);
   const int nt = threads_arg(num_threads);
   std::vector<std::vector<Scored>> rows(static_cast<size_t>(Q));
-  {
-    py::gil_scoped_release release;
+  native_call([&] {
     const cpu::ScanOps& ops = cpu::scan_ops(active_isa());
     for (int64_t q = 0; q < Q; ++q) graph::codes_topk(ops, c, v, wp + q * v.d, rerank, m, nt, rows[q]);
-  }
+  });
   return ranked(rows, std::min(m, v.n));
 }
 
 py::array_t<uint8_t> py_codes_lut(py::tuple codes, int64_t n, py::array w) {
   check_shape(w, "w", {-1});
   const float* wp = parse_finite(w, "w", {w.shape(0)});
-  const CodesView c = parse_codes(codes, n, w.shape(0));
+  const CodesView c = parse_codes(codes, count_arg(n, "n"), w.shape(0));
   py::array_t<uint8_t> lut({c.nsub, int64_t(16)});
-  graph::build_lut(c, wp, lut.mutable_data());
+  uint8_t* lp = lut.mutable_data();
+  native_call([&] { graph::build_lut(c, wp, lp); });
   return lut;
 }
 
@@ -274,15 +279,13 @@ py::array_t<uint16_t> py_codes_sums(py::array codes, py::array lut, int64_t n) {
   const int64_t nsub = lut.shape(0);
   if (nsub < 4 || nsub % 4 != 0 || nsub > 256) throw std::invalid_argument("lut: rows must be a multiple of 4 in 4..256");
   check_kind(codes, "codes", Kind::U8);
-  positive(n, "n", 0);
+  count_arg(n, "n");
   const int64_t nb = (n + cpu::kCodeBlock - 1) / cpu::kCodeBlock;
   check_shape(codes, "codes", {nb, nsub / 2, cpu::kCodeBlock});
   py::array_t<uint16_t> out(nb * cpu::kCodeBlock);
-  {
-    py::gil_scoped_release release;
-    cpu::scan_ops(active_isa()).lut_scan(static_cast<const uint8_t*>(codes.data()), nb, nsub,
-                                         static_cast<const uint8_t*>(lut.data()), out.mutable_data());
-  }
+  const uint8_t *cp = static_cast<const uint8_t*>(codes.data()), *lp = static_cast<const uint8_t*>(lut.data());
+  uint16_t* op = out.mutable_data();
+  native_call([&] { cpu::scan_ops(active_isa()).lut_scan(cp, nb, nsub, lp, op); });
   return out;
 }
 
@@ -295,11 +298,11 @@ py::tuple py_linearize(py::list weights, py::list biases, py::dict flags, py::ar
   py::array_t<bool> ok(Q);
   float* gp = g.mutable_data();
   bool* okp = ok.mutable_data();
-  {
-    py::gil_scoped_release release;
+  native_call([&] {
+    h.widen();
     graph::LinearizeScratch s;
     for (int64_t q = 0; q < Q; ++q) okp[q] = graph::linearize(h.view, q, ap + q * d, relaxed, gp + q * d, s);
-  }
+  });
   return py::make_tuple(g, ok);
 }
 

@@ -3,14 +3,13 @@
 // steps are split over threads. Pure C++: no Python types.
 #pragma once
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
 #include "cpu/qnet_kernel.h"
+#include "parallel.h"
 #include "ranking.h"
 
 namespace hyp {
@@ -73,28 +72,30 @@ struct Entry {
   bool expanded;
 };
 
-// Runs fn(lo, hi) over [0, m) split into at most `threads` equal parts of at least
-// `min_part` items (one part, on the calling thread, when that is all it is worth).
+// Runs fn(lo, hi) over [0, m) split into equal parts on up to `threads` threads when
+// the work (`item_micros` per item) pays for handing parts off (see parallel.h), each
+// part at least `min_part` items; else one part, on the calling thread.
 template <class F>
-void split_range(int threads, int64_t m, int64_t min_part, F fn) {
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, m / std::max<int64_t>(1, min_part)));
-  if (parts <= 1) {
+void split_range(int threads, int64_t m, int64_t min_part, double item_micros, F fn) {
+  const Parts pp = plan_parts(threads, m, item_micros, min_part);
+  if (pp.tasks <= 1) {
     if (m > 0) fn(int64_t(0), m);
     return;
   }
-  const int64_t per = (m + parts - 1) / parts;
-#pragma omp parallel for num_threads(static_cast<int>(parts)) schedule(static, 1)
-  for (int64_t p = 0; p < parts; ++p) {
+  const int64_t per = (m + pp.tasks - 1) / pp.tasks;
+  parallel_tasks(pp.threads, pp.tasks, [&](int, int64_t p) {
     const int64_t lo = p * per, hi = std::min(m, lo + per);
     if (lo < hi) fn(lo, hi);
-  }
+  });
 }
 
-// Scores ids[0..m) with one packed query on `threads` threads (a document's score does
-// not depend on the part it is scored in).
+// Scores ids[0..m) with one packed query on up to `threads` threads (a document's score
+// does not depend on the part it is scored in; parts of at least 16 rows keep the
+// kernel's blocks full).
 inline void score_ids(const PackedQNet& net, const VectorsView& v, const int64_t* ids, int64_t m, float* out,
                       int threads) {
-  split_range(threads, m, 32, [&](int64_t lo, int64_t hi) { net.score_gather(v, ids + lo, hi - lo, out + lo); });
+  split_range(threads, m, 16, static_cast<double>(net.flops_per_row()) * kMicrosPerFlop,
+              [&](int64_t lo, int64_t hi) { net.score_gather(v, ids + lo, hi - lo, out + lo); });
 }
 
 // Threads over queries when there are enough of them, else over each query's steps.
@@ -106,9 +107,9 @@ inline Split split_threads(int64_t Q, int nt) {
   return {1, nt};
 }
 
-// Runs body(state, q) for every query q, each thread with its own state = init(): on
-// `outer` threads over the queries, or on the calling thread alone when outer is 1 (no
-// enclosing parallel region, so the steps of a query may open their own).
+// Runs body(state, q) for every query q, each participant with its own state = init():
+// on `outer` threads over the queries, or on the calling thread alone when outer is 1
+// (the steps of a query may then split their own work).
 template <class Init, class Body>
 void for_queries(int64_t Q, int outer, Init init, Body body) {
   if (outer <= 1) {
@@ -116,12 +117,8 @@ void for_queries(int64_t Q, int outer, Init init, Body body) {
     for (int64_t q = 0; q < Q; ++q) body(state, q);
     return;
   }
-#pragma omp parallel num_threads(outer)
-  {
-    auto state = init();
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t q = 0; q < Q; ++q) body(state, q);
-  }
+  PerParticipant<decltype(init())> states(outer);
+  parallel_tasks(outer, Q, [&](int p, int64_t q) { body(states.get(p, init), q); });
 }
 
 // Where a batch search writes: (Q, width) scores and ids, padded with (-inf, -1).

@@ -1,7 +1,5 @@
 #include "graph/linear.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -30,23 +28,25 @@ void linear_topk(const cpu::ScanOps& ops, const VectorsView& v, const float* w, 
   if (v.n == 0 || m <= 0) return;
   constexpr int64_t kChunk = 2048;  // rows per scheduled task: many per thread at 1M rows
   const int64_t chunks = (v.n + kChunk - 1) / kChunk;
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
-  std::vector<TopM<float>> tops(static_cast<size_t>(nt), TopM<float>(m));
-#pragma omp parallel num_threads(nt)
-  {
-    TopM<float>& mine = tops[omp_get_thread_num()];
-    std::vector<int64_t> rows(kChunk);
-    std::vector<float> sc(kChunk);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t lo = c * kChunk, hi = std::min(v.n, lo + kChunk);
-      std::iota(rows.begin(), rows.begin() + (hi - lo), lo);
-      ops.dots(v.dtype, v.data, v.d, rows.data(), hi - lo, w, sc.data());
-      for (int64_t r = 0; r < hi - lo; ++r) mine.offer(sc[r], lo + r);
-    }
-  }
+  const int nt = std::min<int64_t>(
+      chunks, threads_worth(threads, static_cast<double>(v.n * v.d * (v.dtype == DType::F32 ? 4 : 2)) * kMicrosPerRowByte));
+  struct Mine {
+    TopM<float> top;
+    std::vector<int64_t> rows;
+    std::vector<float> sc;
+  };
+  auto init = [&] { return Mine{TopM<float>(m), std::vector<int64_t>(kChunk), std::vector<float>(kChunk)}; };
+  PerParticipant<Mine> mine(nt);
+  parallel_tasks(nt, chunks, [&](int p, int64_t c) {
+    Mine& me = mine.get(p, init);
+    const int64_t lo = c * kChunk, hi = std::min(v.n, lo + kChunk);
+    std::iota(me.rows.begin(), me.rows.begin() + (hi - lo), lo);
+    ops.dots(v.dtype, v.data, v.d, me.rows.data(), hi - lo, w, me.sc.data());
+    for (int64_t r = 0; r < hi - lo; ++r) me.top.offer(me.sc[r], lo + r);
+  });
   std::vector<TopM<float>::Item> all;
-  for (auto& t : tops) all.insert(all.end(), t.h.begin(), t.h.end());
+  for (auto& t : mine.all())
+    if (t) all.insert(all.end(), t->top.h.begin(), t->top.h.end());
   best_of(all, m, out);
 }
 
@@ -55,7 +55,8 @@ void rows_topk(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* ids
   out.clear();
   if (S == 0 || m <= 0) return;
   std::vector<float> sc(static_cast<size_t>(S));
-  split_range(threads, S, 256, [&](int64_t lo, int64_t hi) {
+  split_range(threads, S, 256, static_cast<double>(v.d * (v.dtype == DType::F32 ? 4 : 2)) * kMicrosPerRowByte,
+              [&](int64_t lo, int64_t hi) {
     ops.dots(v.dtype, v.data, v.d, ids + lo, hi - lo, w, sc.data() + lo);
   });
   std::vector<Scored> all(static_cast<size_t>(S));
@@ -108,29 +109,26 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
   constexpr int64_t kChunkBlocks = 256;  // 8192 documents per task
   constexpr int kBins = 1 << 16;         // every uint16 sum
   const int64_t chunks = (nblocks + kChunkBlocks - 1) / kChunkBlocks;
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
-  // Pass 1: every document's sum, and a histogram of the sums per thread. The selection
-  // is then a threshold: the `rerank` best are every document above it and the lowest ids
-  // at it, the exact top under (sum desc, id asc) without sorting anything.
+  const int nt = std::min<int64_t>(chunks, threads_worth(threads, static_cast<double>(c.n * pairs) * kMicrosPerCodeByte));
+  // Pass 1: every document's sum, and a histogram of the sums per participant. The
+  // selection is then a threshold: the `rerank` best are every document above it and the
+  // lowest ids at it, the exact top under (sum desc, id asc) without sorting anything.
   std::vector<uint16_t> sums(static_cast<size_t>(nblocks * cpu::kCodeBlock));
-  std::vector<std::vector<uint32_t>> hist(static_cast<size_t>(nt));
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<uint32_t>& h = hist[omp_get_thread_num()];
-    h.assign(kBins, 0);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      const int64_t b0 = ch * kChunkBlocks, nb = std::min(kChunkBlocks, nblocks - b0);
-      uint16_t* s = sums.data() + b0 * cpu::kCodeBlock;
-      ops.lut_scan(c.codes + b0 * pairs * cpu::kCodeBlock, nb, c.nsub, lut.data(), s);
-      const int64_t count = std::min(nb * cpu::kCodeBlock, c.n - b0 * cpu::kCodeBlock);
-      for (int64_t i = 0; i < count; ++i) ++h[s[i]];
-    }
-  }
+  auto zeros = [] { return std::vector<uint32_t>(kBins, 0); };
+  PerParticipant<std::vector<uint32_t>> hist(nt);
+  parallel_tasks(nt, chunks, [&](int p, int64_t ch) {
+    std::vector<uint32_t>& h = hist.get(p, zeros);
+    const int64_t b0 = ch * kChunkBlocks, nb = std::min(kChunkBlocks, nblocks - b0);
+    uint16_t* s = sums.data() + b0 * cpu::kCodeBlock;
+    ops.lut_scan(c.codes + b0 * pairs * cpu::kCodeBlock, nb, c.nsub, lut.data(), s);
+    const int64_t count = std::min(nb * cpu::kCodeBlock, c.n - b0 * cpu::kCodeBlock);
+    for (int64_t i = 0; i < count; ++i) ++h[s[i]];
+  });
   int64_t above = 0, cut = kBins - 1;
   for (; cut > 0; --cut) {
     int64_t at = 0;
-    for (int t = 0; t < nt; ++t) at += hist[t][cut];
+    for (const auto& h : hist.all())
+      if (h) at += (*h)[cut];
     if (above + at >= rerank) break;
     above += at;
   }
@@ -139,14 +137,13 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
   // storage order; the first `at_cut` of the latter complete the set.
   const uint16_t thr = static_cast<uint16_t>(cut);
   std::vector<std::vector<int64_t>> over(static_cast<size_t>(chunks)), equal(static_cast<size_t>(chunks));
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t ch = 0; ch < chunks; ++ch) {
+  parallel_tasks(nt, chunks, [&](int, int64_t ch) {
     const int64_t lo = ch * kChunkBlocks * cpu::kCodeBlock, hi = std::min(c.n, lo + kChunkBlocks * cpu::kCodeBlock);
     for (int64_t i = lo; i < hi; ++i) {
       const uint16_t si = sums[i];
       if (si >= thr) (si > thr ? over[ch] : equal[ch]).push_back(i);
     }
-  }
+  });
   std::vector<int64_t> ids;  // in storage order: fewer page and TLB misses in the re-rank
   ids.reserve(static_cast<size_t>(rerank));
   int64_t left = at_cut;

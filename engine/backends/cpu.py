@@ -3,8 +3,9 @@
 One build runs on any x86-64: the kernel's instruction set (portable, avx2, avx512,
 avx512_bf16) is chosen at run time from the CPU, or forced with the environment variable
 ``HYPENCODER_CPU_ISA`` (read at import; a name the CPU cannot run makes the backend
-unavailable with that reason) or :func:`set_isa`. Threads: ``torch.get_num_threads()``
-unless a call gives ``num_threads``.
+unavailable with that reason) or :func:`set_isa`. Threads: the engine-wide number
+(:func:`engine.set_num_threads`, see :mod:`engine.threads`) unless a call gives
+``num_threads``; the kernels split a call over threads only when its work pays for it.
 
 Tensors travel to C++ as numpy views (bfloat16 as uint16), copied only when they are not
 contiguous. Accumulation is float32 for every dtype.
@@ -14,12 +15,16 @@ laid out in column panels, which costs a pass over all of them (186 us for a d =
 q-net, 4 ms for d = 768, L = 6, a quarter of the compute of a 256-document call with 8
 such queries). Calls that score the same weight tensors again (graph search over one
 q-net, benchmarks, repeated scoring of a batch) reuse the packing. An entry is found by the
-weight and bias tensor objects themselves (the cache holds references, so their ids cannot
-be reused) and is valid while each tensor's version counter, shape, dtype and storage
-pointer are unchanged, i.e. until an in-place change such as ``w.add_(1)`` or
-``w.copy_(...)``. Writes that bypass the version counter (through ``w.data``, a numpy view
-of the same memory) are not seen: call :func:`clear_pack_cache` after them. The cache
-holds at most ``HYPENCODER_CPU_PACK_CACHE_MB`` (default 256) MiB, least recently used out.
+weight and bias tensor objects themselves (through weak references: an entry goes when its
+q-net's tensors are freed, so a service scoring a new q-net per request holds no packing
+beyond the requests in flight) and is valid while each tensor's version counter, shape,
+dtype and storage pointer are unchanged, i.e. until an in-place change such as
+``w.add_(1)`` or ``w.copy_(...)``. Writes that bypass the version counter (through
+``w.data``, a numpy view of the same memory) are not seen: call :func:`clear_pack_cache`
+after them. The cache holds at most ``HYPENCODER_CPU_PACK_CACHE_MB`` (default 256) MiB,
+least recently used out.
+Threads that miss the same entry at once wait for one packing (:class:`engine.once.KeyedBuilds`);
+a packing made for an ISA that has been switched since is not used by the kernels.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from __future__ import annotations
 import collections
 import os
 import threading
+import weakref
 
 import numpy as np
 import torch
 
+from .. import threads as _threads_mod
 from ..native_args import qnet_args, to_numpy
+from ..once import KeyedBuilds
 
 try:
     from .. import _C
@@ -80,7 +88,10 @@ def supported_isas() -> list[str]:
 
 
 def set_isa(name: str) -> None:
-    """Force ``name`` (``"auto"``: the best this CPU supports); ValueError if it cannot."""
+    """Force ``name`` (``"auto"``: the best this CPU supports); ValueError if it cannot.
+
+    Safe while other threads search: it waits until the native calls in flight have ended
+    and holds new ones back meanwhile, so every call runs on one ISA from start to end."""
     _C.cpu_set_isa(name)
 
 
@@ -88,6 +99,8 @@ _np = to_numpy
 _qnet_args = qnet_args
 
 _PACK_LOCK = threading.Lock()
+_PACK_BUILDS = KeyedBuilds()
+_DEAD_KEYS: list = []  # keys whose tensors were freed (appended by weakref callbacks)
 _PACK_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 _pack_cache_limit = int(float(os.environ.get("HYPENCODER_CPU_PACK_CACHE_MB", "256")) * (1 << 20))
 
@@ -109,6 +122,7 @@ def set_pack_cache_limit(nbytes: int) -> None:
 def pack_cache_info() -> dict:
     """``{"entries": ..., "bytes": ..., "limit": ...}`` of the packed-weight cache."""
     with _PACK_LOCK:
+        _forget_dead()
         return {
             "entries": len(_PACK_CACHE),
             "bytes": sum(e[2].nbytes for e in _PACK_CACHE.values()),
@@ -116,7 +130,18 @@ def pack_cache_info() -> dict:
         }
 
 
+def _forget_dead() -> None:
+    """Drop the entries whose tensors were freed (under _PACK_LOCK). A callback only
+    records the key: it may run inside any allocation, even one made under this lock."""
+    while _DEAD_KEYS:
+        key = _DEAD_KEYS.pop()
+        e = _PACK_CACHE.get(key)
+        if e is not None and any(r() is None for r in e[0]):
+            del _PACK_CACHE[key]
+
+
 def _evict() -> None:
+    _forget_dead()
     total = sum(e[2].nbytes for e in _PACK_CACHE.values())
     while _PACK_CACHE and total > _pack_cache_limit:
         _, e = _PACK_CACHE.popitem(last=False)
@@ -130,34 +155,45 @@ def _state(t: torch.Tensor) -> tuple:
 
 
 def _prepare(weights, biases, config, nt: int):
-    """(keyword arguments of the q-net for _C, its cached packing or None). On a cache hit
-    the arguments come from the cache too (numpy views made when it was packed, valid while
-    the tensors are unchanged), which saves ~15 us of conversion per call."""
+    """(keyword arguments of the q-net for _C, its cached packing or None)."""
     flags = tuple(config.kernel_flags().items())
+    args = _qnet_args(weights, biases, config)
     # Packed fp32 panels take about as many bytes as the weights in fp32; a q-net batch
     # that would not fit is left to the call, which packs in bounded groups of queries.
     if _pack_cache_limit <= 0 or sum(w.numel() for w in weights) * 4 > _pack_cache_limit:
-        return _qnet_args(weights, biases, config), None
+        return args, None
     tensors = tuple(weights) + tuple(biases)
     key = (tuple(id(t) for t in tensors), flags, _C.cpu_isa())
     state = tuple(_state(t) for t in tensors)
-    with _PACK_LOCK:
-        e = _PACK_CACHE.get(key)
-        if e is not None and e[1] == state and all(a is b for a, b in zip(e[0], tensors)):
-            _PACK_CACHE.move_to_end(key)
-            return e[3], e[2]
-    args = _qnet_args(weights, biases, config)
-    packed = _C.cpu_pack_qnets(**args, num_threads=nt)
-    with _PACK_LOCK:
-        if packed.nbytes <= _pack_cache_limit:
-            _PACK_CACHE[key] = (tensors, state, packed, args)
-            _PACK_CACHE.move_to_end(key)
-            _evict()
+
+    def lookup():
+        with _PACK_LOCK:
+            _forget_dead()
+            e = _PACK_CACHE.get(key)
+            if e is not None and e[1] == state and all(r() is t for r, t in zip(e[0], tensors)):
+                _PACK_CACHE.move_to_end(key)
+                return e[2]
+        return None
+
+    packed = lookup()
+    if packed is not None:
+        return args, packed
+    with _PACK_BUILDS.lock(key):
+        packed = lookup()  # packed by another thread meanwhile
+        if packed is not None:
+            return args, packed
+        packed = _C.cpu_pack_qnets(**args, num_threads=nt)
+        refs = tuple(weakref.ref(t, lambda _, k=key: _DEAD_KEYS.append(k)) for t in tensors)
+        with _PACK_LOCK:
+            if packed.nbytes <= _pack_cache_limit:
+                _PACK_CACHE[key] = (refs, state, packed)
+                _PACK_CACHE.move_to_end(key)
+                _evict()
     return args, packed
 
 
 def _threads(num_threads) -> int:
-    return int(num_threads) if num_threads is not None else max(1, torch.get_num_threads())
+    return _threads_mod.resolve(num_threads)
 
 
 def _out(out, shape):

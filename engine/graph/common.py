@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..once import cached
 from ..qnet import QNet
 from .codes import corpus_mean as _corpus_mean
 
@@ -20,17 +21,17 @@ def entry_points(index, count: int, salt: int = 0) -> torch.Tensor:
     """``min(count, n)`` distinct documents drawn uniformly once per index, sorted by id.
 
     Fixed by the graph's seed (``index.graph_params["seed"]``), so the same index gives
-    the same entry points in every run; cached on the index object."""
+    the same entry points in every run; cached on the index object (built once)."""
     n = len(index)
     count = min(int(count), n)
     seed = int(index.graph_params.get("seed", 0))
-    cache = index.__dict__.setdefault("_graph_entry_cache", {})
-    key = (seed, count, salt, n)
-    if key not in cache:
+
+    def build():
         rng = np.random.default_rng([seed, salt, 0x6E7])
         ids = np.sort(rng.choice(n, size=count, replace=False)) if count < n else np.arange(n)
-        cache[key] = torch.from_numpy(ids.astype(np.int64))
-    return cache[key]
+        return torch.from_numpy(ids.astype(np.int64))
+
+    return cached(index, "_graph_entry_cache", (seed, count, salt, n), build)
 
 
 def corpus_mean(index) -> torch.Tensor:
@@ -38,10 +39,9 @@ def corpus_mean(index) -> torch.Tensor:
     computed once and cached on the index."""
     if getattr(index, "codes", None) is not None:
         return index.codes.mean
-    m = index.__dict__.get("_graph_mean")
-    if m is None:
-        m = index._graph_mean = _corpus_mean(index.vectors)
-    return m
+    vectors = index.vectors
+    return cached(index, "_graph_mean_cache", id(vectors), lambda: (vectors, _corpus_mean(vectors)),
+                  valid=lambda hit: hit[0] is vectors)[1]
 
 
 def device_graph(index, device) -> torch.Tensor:
@@ -49,17 +49,18 @@ def device_graph(index, device) -> torch.Tensor:
     device and cached on the index (copying 8.8M x 32 ids per search would cost more
     than the search)."""
     device = torch.device(device)
-    cache = index.__dict__.setdefault("_graph_device_cache", {})
-    key = (str(device), id(index.graph))
-    hit = cache.get(key)
-    if hit is None or hit[0] is not index.graph:
-        g = index.graph
-        n = len(index)
+    g = index.graph
+    n = len(index)
+
+    def build():
         if g.numel() and (int(g.min()) < -1 or int(g.max()) >= n):
             raise ValueError(f"graph holds a neighbour id outside [-1, {n})")
-        cache.clear()  # one graph at a time: a replaced graph frees its copies
-        cache[key] = hit = (g, g.to(device, torch.int64))
-    return hit[1]
+        stale = index.__dict__.get("_graph_device_cache", {})
+        for key in [k for k, hit in stale.items() if hit[0] is not g]:
+            del stale[key]  # one graph at a time: a replaced graph frees its copies
+        return (g, g.to(device, torch.int64))
+
+    return cached(index, "_graph_device_cache", (str(device), id(g)), build, valid=lambda hit: hit[0] is g)[1]
 
 
 def sort_by_key(scores: torch.Tensor, ids: torch.Tensor, *extra: torch.Tensor):

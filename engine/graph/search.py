@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import backends
+from .. import backends, threads
 from . import native, torch_impl
 from .params import PerQuery, make_params
 
@@ -67,7 +67,7 @@ def _choose(impl: str, backend: str, device: torch.device):
 
 
 def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "auto", preset: str = "default",
-                 params=None, **options):
+                 params=None, num_threads: int | None = None, **options):
     """Approximate top-``k`` of ``index`` for every q-net over its neighbour graph.
 
     Args:
@@ -78,6 +78,8 @@ def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "au
         preset: ``"default"`` or ``"paper"``.
         params: :class:`DefaultSearchParams` / :class:`PaperSearchParams`, or keyword
             options of the same names (``ef=64``).
+        num_threads: threads of the native implementation (None: the engine-wide
+            number, :mod:`engine.threads`).
 
     Returns:
         ``(scores (Q, k) float32, ids (Q, k) int64, stats dict)``: unfilled slots hold
@@ -88,6 +90,7 @@ def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "au
         ``backend`` and ``impl``.
     """
     p = make_params(preset, params, **options)
+    nt = threads.resolve(num_threads)
     if index.graph is None:
         raise ValueError("graph search needs a graph: call index.build_graph() first")
     if index.vectors.device != qnets.device:
@@ -113,11 +116,11 @@ def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "au
         counters = {f: zero for f in ("documents_scored", "steps", "linear_rows", "coded_rows", "fallback")}
     elif preset == "paper":
         run = mod.paper_search
-        s, i, counters = run(index, qnets, k, p, torch.get_num_threads() if be is None else be)
+        s, i, counters = run(index, qnets, k, p, nt if be is None else be)
     else:
         use_codes = candidates == "codes"
         s, i, counters = mod.default_search(index, qnets, k, p, use_codes, precision == "bf16",
-                                            torch.get_num_threads() if be is None else be)
+                                            nt if be is None else be)
     per = PerQuery(**{f: counters[f].cpu().tolist() for f in ("documents_scored", "steps", "linear_rows",
                                                               "coded_rows", "fallback")})
     stats = {

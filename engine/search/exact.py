@@ -62,8 +62,11 @@ def check_block_size(block_size, n: int) -> int | None:
 
 
 def exact_search(qnets, vectors: torch.Tensor, k: int, *, backend: str = "auto",
-                 block_size: int | None = None):
+                 block_size: int | None = None, num_threads: int | None = None):
     """Top-``k`` documents of ``vectors`` (n, d) for every q-net, best first.
+
+    ``num_threads`` (validated by the caller): threads of the ``cpu`` backend's scan (None:
+    the engine-wide number); other backends do not take it.
 
     Returns ``(scores, ids)``: (Q, k) float32 and (Q, k) int64 row indices on the q-nets'
     device; ties go to the lower index; slots beyond n hold score -inf and id -1.
@@ -76,7 +79,8 @@ def exact_search(qnets, vectors: torch.Tensor, k: int, *, backend: str = "auto",
     be = backends.get_backend(backend, device)
     block = block_size or min(DEFAULT_BLOCK, max(n, 1))
     if hasattr(be, "exact_topk") and vectors.device == device:
-        return be.exact_topk(qnets.weights, qnets.biases, qnets.config, vectors, k, block_size)
+        extra = {"num_threads": num_threads} if num_threads is not None and be.name == "cpu" else {}
+        return be.exact_topk(qnets.weights, qnets.biases, qnets.config, vectors, k, block_size, **extra)
 
     run_s = torch.full((Q, k), float("-inf"), dtype=torch.float32, device=device)
     run_i = torch.full((Q, k), -1, dtype=torch.int64, device=device)
