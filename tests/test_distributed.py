@@ -234,6 +234,9 @@ def test_shard_command(syn, tmp_path, capsys):
     assert "3 shards" in capsys.readouterr().out
     m = read_sharded_manifest(tmp_path / "s")
     assert [s.count for s in m.shards] == [80, 80, 80] and m.ids == "int"
+    assert cli_main(["info", str(tmp_path / "s"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "3 shards" in out and "rows 160..240 Index(n=80" in out and "checksums: ok" in out
     assert cli_main(["shard", str(tmp_path / "j"), "--join", str(tmp_path / "s" / "shard-00002"),
                      str(tmp_path / "s" / "shard-00000")]) == 0
     assert [s.offset for s in read_sharded_manifest(tmp_path / "j").shards] == [0, 80]

@@ -223,6 +223,8 @@ class ShardedSearcher:
         return self._broadcast_qnets(qnets if comm.rank == src else None, request, src), request
 
     def _broadcast_qnets(self, qnets: QNet | None, request: dict, src: int) -> QNet:
+        if self.comm.size == 1:
+            return qnets.to(self.device)
         dims, Q = request["dims"], request["queries"]
         dtype = {v: k for k, v in _DTYPE_NAMES.items()}[request["dtype"]]
         shapes = [(Q, a, b) for a, b in zip(dims[:-1], dims[1:])] + [(Q, b) for b in dims[1:-1]]
@@ -231,7 +233,7 @@ class ShardedSearcher:
             flat = torch.cat([t.reshape(-1) for t in qnets.weights + qnets.biases])
         else:
             flat = torch.empty(sum(sizes), dtype=dtype)
-        if self.comm.size > 1 and flat.numel():  # as bytes: every backend moves uint8
+        if flat.numel():  # as bytes: every backend moves uint8
             flat = self.comm.broadcast(flat.view(torch.uint8), src, "broadcasting the q-nets").view(dtype)
         parts = [p.reshape(s) for p, s in zip(torch.split(flat, sizes), shapes)]
         L = len(dims) - 2
