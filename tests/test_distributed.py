@@ -188,6 +188,8 @@ def test_sharded_graph_recall_on_debian(debian_dir, tmp_path):
     shard_index(single, tmp_path / "sharded", num_shards=2)
     m = read_sharded_manifest(tmp_path / "sharded")
     assert all(s.graph and s.codes for s in m.shards)
+    params = Index.load(m.shard_dir(1)).graph_params  # rebuilt the way the source's graph was
+    assert (params["method"], params["dims"], params["degree"]) == ("cluster", 96, 32)
     spec = {"scenario": "suite", "timeout": 120, "indexes": {"d": str(tmp_path / "sharded")},
             "qnets": {"q": str(tmp_path / "q.safetensors")},
             "jobs": [{"name": "g", "index": "d", "qnets": "q", "k": 10, "mode": "graph"}]}
