@@ -16,7 +16,7 @@ cached under /tmp. Baseline, same run: the single index searched in this process
 3. The scaling table: latency and memory per rank predicted for 8.8M, 100M and 1B
    documents of width 768 on N ranks (CPU hosts or GPUs), assumptions printed with it.
 
-    python bench/bench_sharded.py [--procs 1,2,4] [--queries 16] [--json out.json]
+    python -m bench.bench_sharded [--procs 1,2,4] [--queries 16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)  # the checkout's engine, here and in the ranks
+sys.path.insert(0, REPO)  # the checkout's engine (also when run as a file)
 
 import engine  # noqa: E402
 from engine.distributed import ShardedSearcher, shard_index  # noqa: E402
+from engine.graph.params import DefaultSearchParams  # noqa: E402
 
 DEBIAN = os.path.join(REPO, "..", "shared", "data", "debian-minilm")
 CACHE = os.environ.get("HYP_BENCH_CACHE", "/tmp/hyp_shard_bench")
@@ -97,7 +98,7 @@ def worker(spec_path: str) -> None:
         spec = json.load(f)
     init_from_env("cpu", timeout=600)
     rank, size = dist.get_rank(), dist.get_world_size()
-    s = ShardedSearcher.open(spec["index"], timeout=600)
+    s = ShardedSearcher.open(spec["index"], timeout=600, populate=True)
     q = qnets(spec["queries"])
     mine = lambda qq: qq if rank == 0 else None  # noqa: E731  (q-nets broadcast from rank 0)
     s.search(mine(q[:2]), K, mode="graph")  # page in, entry points
@@ -146,8 +147,8 @@ def sweep(path: str, procs: int, queries: int, exact_batch1: int) -> dict:
             port = sock.getsockname()[1]
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(procs),
                    OMP_NUM_THREADS=str(max(1, 2 // procs)), PYTHONPATH=REPO)
-        ps = [subprocess.Popen([sys.executable, __file__, "--worker", os.path.join(tmp, "spec.json")],
-                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(procs)]
+        cmd = [sys.executable, "-m", "bench.bench_sharded", "--worker", os.path.join(tmp, "spec.json")]
+        ps = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), cwd=REPO) for r in range(procs)]
         if any(p.wait() for p in ps):
             raise SystemExit(f"a rank of the {procs}-process run failed")
         with open(spec["out"]) as f:
@@ -289,7 +290,7 @@ def model_table(shard, lin, coll, base) -> tuple[list, list]:
         f"{1e3 * a_lin:.1f} ms + {1e9 * b_lin:.1f} ns per row per query (least squares over "
         + ", ".join(f"{n / 1e3:,.0f}k rows: {1e3 * t:.1f} ms" for n, t in lin) + ")",
         f"graph search, beam (full search minus the search without beam steps), one core, on the Debian shards "
-        f"(q-net [384, 384, 384, 1], ef 32; median over the three sizes: {1e3 * beam_384:.1f} ms), times "
+        f"(q-net [384, 384, 384, 1]; median over the three sizes: {1e3 * beam_384:.1f} ms), times "
         f"{ratio:.1f} for the q-net [768, 768, 768, 1] ({F768 / 1e6:.2f} MFLOP per document): {1e3 * beam:.1f} ms; "
         f"graph search scores about {scored:.0f} documents per query whatever the shard size",
         "graph latency: one core per query on every rank; throughput: every core of every rank busy "
@@ -383,6 +384,7 @@ def main() -> None:
     print("# linear stage of graph search (max_steps=0), one thread, synthetic width 768, fastest of 8 queries x 3")
     table(["rows", "ms"], [[f"{n:,d}", f"{1e3 * t:.1f}"] for n, t in lin])
     mrows, assumptions = model_table(shard, lin, coll, base)
+    assumptions.insert(0, f"graph search: the default parameters, {DefaultSearchParams()}")
     print("# scaling model: width 768, k = 10, batch 1 (assumptions below)")
     table(["documents", "ranks N", "rank", "GB per rank", "graph ms (q-nets on every rank)",
            "graph ms (q-nets broadcast)", "graph q/s", "exact s"], mrows)

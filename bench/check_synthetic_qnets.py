@@ -1,5 +1,5 @@
-"""Do synthetic q-nets behave like trained ones? The measurements of
-../shared/docs/search-findings.md on the real set, repeated on synthetic data.
+"""Do synthetic q-nets behave like trained ones? The measurements of docs/search.md
+("Synthetic q-nets") on the real set, repeated on synthetic data.
 
 For each kind of q-net: the share of the exact top-10 found in the top-M documents by the
 first-order linearisation at the corpus mean (M = 100 / 300 / 1000), and the mean L2
@@ -7,7 +7,7 @@ distance between a query's exact top-10 documents relative to random pairs. Trai
 q-nets (debian-minilm): 0.78 / 0.94 / 0.997 and 3.10 / 3.90 = 0.79; random Gaussian
 q-nets: 0.34 / 0.55 / 0.76.
 
-    python bench/check_synthetic_qnets.py [--queries 32]
+    python -m bench.check_synthetic_qnets [--queries 32]
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import time
 import torch
 
 import engine
-from engine.graph.beam import linearise
-
-import graph_data as gd
+from bench import graph_data as gd
+from engine.graph.linearize import linearize
 
 
 def measure(name: str, vectors: torch.Tensor, qnets: engine.QNet, ms=(100, 300, 1000)) -> dict:
@@ -28,7 +27,7 @@ def measure(name: str, vectors: torch.Tensor, qnets: engine.QNet, ms=(100, 300, 
     t = time.perf_counter()
     scores = engine.score(qnets, x)  # exact, (Q, n)
     top10 = scores.topk(10, dim=1).indices
-    w = linearise(qnets, x.mean(0))
+    w, _ = linearize(qnets, x.mean(0))
     lin = w @ x.T
     row = {"q-nets": name}
     for m in ms:

@@ -1,4 +1,4 @@
-"""Dev-set retrieval quality of the debian-minilm checkpoint through the engine (issue 6).
+"""Dev-set retrieval quality of the debian-minilm checkpoint through the engine.
 
 Reproduces the README's setting of the 0.3876 MRR@10 -- queries tokenized at 32 tokens in
 batches of 50, q-nets in float32, docs.f16.npy upcast to float32, exact search -- and, with

@@ -21,7 +21,7 @@
 #       ~14 Triton compilations (autotuning bounded to two tiles by
 #       HYPENCODER_TRITON_AUTOTUNE=2) ~45 s, the 8.8M corpus ~3 s, timed runs ~45 s (a
 #       62.6 TFLOP scan is 0.1-1.3 s per backend and call: 4 calls each, fewer when slow)
-#   2 bench/bench_graph.py --gpu           100 s    its own rows, flushed as measured
+#   2 bench.bench_graph --gpu              100 s    its own rows, flushed as measured
 #   3 pytest on the GPU test files   the rest, >= 75 s  quick grid (HYPENCODER_KERNEL_GRID=quick),
 #       ~60 specialisations at ~3 s: partial, streamed test by test (-v)
 #   total of the caps                      345 s  <= 6 min
@@ -116,13 +116,12 @@ dry_flag=()
 (( DRY )) && dry_flag=(--dry-run)
 step "${caps[0]}" bench_gpu.txt "$PY" bench/bench_gpu.py --out "$OUT" --budget $(( caps[0] - 15 )) "${dry_flag[@]}"
 
-# 2. Graph search at 8.8M on the device (case (c) of bench/bench_graph.py); a failure or a
+# 2. Graph search at 8.8M on the device (bench/bench_graph.py --gpu); a failure or a
 # timeout here leaves the later steps running.
 if (( DRY )); then
-  step "${caps[1]}" bench_graph.txt "$PY" bench/bench_graph.py --gpu-dry-run --png "$OUT/graph_gpu.png"
+  step "${caps[1]}" bench_graph.txt "$PY" -m bench.bench_graph --gpu-dry-run
 else
-  step "${caps[1]}" bench_graph.txt "$PY" bench/bench_graph.py --gpu --gpu-n "${GPU_N:-8800000}" \
-    --png "$OUT/graph_gpu.png"
+  step "${caps[1]}" bench_graph.txt "$PY" -m bench.bench_graph --gpu --gpu-n "${GPU_N:-8800000}"
 fi
 
 # 3. The GPU-specific tests (kernels against the reference, the backends' own checks).

@@ -1,5 +1,5 @@
-"""Data for the graph benchmarks, with the slow parts (graphs, exact ground truth)
-cached under /tmp so that reruns are quick."""
+"""Data for the graph benchmarks, with the slow parts (indexes with their graphs, exact
+ground truth) cached under /tmp so that reruns are quick."""
 
 from __future__ import annotations
 
@@ -44,20 +44,14 @@ def synthetic(n: int, dim: int, layers: int, num_queries: int, *, seed: int = 0,
 
 
 def index_with_graph(name: str, vectors: torch.Tensor, degree: int, **build_kwargs) -> engine.Index:
-    """An in-memory index whose graph is built once and cached as a .npy file."""
-    idx = engine.Index.from_vectors(vectors)
-    f = _path(f"graph-{name}-R{degree}.npz")
-    if os.path.exists(f):
-        z = np.load(f, allow_pickle=False)
-        params = {k[2:]: (z[k].item()) for k in z.files if k.startswith("p_")}
-        idx.set_graph(torch.from_numpy(z["neighbors"]), params)
-    else:
+    """An index with its graph and candidate codes, built once and saved under the cache."""
+    path = _path(f"index-{name}-R{degree}")
+    if not os.path.exists(os.path.join(path, "manifest.json")):
         t = time.perf_counter()
-        idx.build_graph(degree, progress=True, **build_kwargs)
+        idx = engine.Index.from_vectors(vectors).build_graph(degree, progress=True, **build_kwargs)
         print(f"built graph {name} R={degree} in {time.perf_counter() - t:.1f}s: {idx.graph_params}")
-        np.savez(f, neighbors=idx.graph.numpy(),
-                 **{f"p_{k}": np.asarray(v) for k, v in idx.graph_params.items()})
-    return idx
+        idx.save(path)
+    return engine.Index.load(path)
 
 
 def _qnet_key(q: engine.QNet) -> str:

@@ -84,7 +84,8 @@ def read_qrels(path) -> dict[str, dict[str, int]]:
 def run_from_result(query_ids: Sequence[str], doc_ids: Sequence[Sequence], scores) -> dict[str, dict[str, float]]:
     """A run ``{qid: {docid: score}}`` from per-query ranked ids (None = padding, skipped)
     and a ``(Q, k)`` score tensor (as :meth:`engine.Index.search` and
-    :meth:`engine.Index.external_ids` give them)."""
+    :meth:`engine.Index.external_ids` give them). An id that an index gives several
+    documents appears once, at its best rank (a run judges ids, not rows)."""
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().float().cpu().tolist()
     if not (len(query_ids) == len(doc_ids) == len(scores)):
@@ -99,10 +100,7 @@ def run_from_result(query_ids: Sequence[str], doc_ids: Sequence[Sequence], score
         for d, s in zip(ids, ss):
             if d is None:
                 continue
-            if str(d) in docs:
-                raise ValueError(f"query {qid}: document id {d!r} appears twice in one result list "
-                                 "(the index's ids must be unique)")
-            docs[str(d)] = float(s)
+            docs.setdefault(str(d), float(s))  # rows come best first: the first is the best
         run[str(qid)] = docs
     return run
 

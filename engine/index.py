@@ -27,11 +27,12 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _normalise_ids(ids, n: int):
-    """External ids: None, an int64 array, or a list of str; unique, integers within int64.
+    """External ids: None, an int64 array, or a list of str; integers within int64.
 
+    An id may repeat: real collections hold distinct documents under one id (the
+    debian-minilm set has 13 such pairs); a run lists each id once, at its best rank.
     Raises ``TypeError`` for other kinds (floats, bools, a mix, a single string) and
-    ``ValueError`` for a wrong count, an integer outside int64 or a repeated id (two
-    documents under one id would merge into one line of a run).
+    ``ValueError`` for a wrong count or an integer outside int64.
     """
     if ids is None:
         return None
@@ -67,21 +68,7 @@ def _normalise_ids(ids, n: int):
             out = np.asarray([int(i) for i in ids], dtype=np.int64)
         else:
             raise TypeError("ids must be all str or all int")
-    _check_unique(out)
     return out
-
-
-def _check_unique(ids) -> None:
-    if isinstance(ids, np.ndarray):
-        uniq, counts = np.unique(ids, return_counts=True)
-        if len(uniq) != len(ids):
-            raise ValueError(f"ids must be unique: id {int(uniq[counts > 1][0])} is given more than once")
-    elif len(set(ids)) != len(ids):
-        seen = set()
-        for i in ids:
-            if i in seen:
-                raise ValueError(f"ids must be unique: id {i!r} is given more than once")
-            seen.add(i)
 
 
 def check_search_args(qnets, k, mode, backend, dim: int):
@@ -353,11 +340,16 @@ class Index:
         self.path = os.fspath(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, verify: bool = False, mmap: bool = True) -> "Index":
+    def load(cls, path: str | os.PathLike, *, verify: bool = False, mmap: bool = True,
+             populate: bool = False) -> "Index":
         """Open an index directory.
 
-        Arrays are memory-mapped (``mmap=True``): opening reads only the manifest. Sizes
-        are always checked; ``verify=True`` also checks every file's SHA-256 (reads all).
+        Arrays are memory-mapped (``mmap=True``): opening reads only the manifest, and a
+        search reads the pages it touches (a page fault each, the first time).
+        ``populate=True`` maps every page at once instead (reading the files; the index
+        then resides in memory, about its size on disk): what a service that searches a
+        large index at low latency wants. Sizes are always checked; ``verify=True`` also
+        checks every file's SHA-256 (reads all).
         Raises ``FileNotFoundError`` for a missing directory and
         :class:`engine.storage.IndexFormatError` (a ``ValueError``) for an unknown version,
         a malformed manifest, or a missing, truncated, tampered or non-regular file.
@@ -406,6 +398,10 @@ class Index:
             except ValueError as e:
                 raise storage.IndexFormatError(f"{path}: {e}") from None
             index.codes = codes
+        if populate and mmap:
+            for t in (index.vectors, index.graph, *(getattr(index.codes, a) for a in ("codes",) if index.codes)):
+                if t is not None:
+                    storage.populate(t)
         index.path = path
         return index
 

@@ -16,8 +16,8 @@ class SearchStats:
     loop of ``engine._C``; ``"torch"``: torch ops on any device; for exact search the
     backend's own scan or ``"stream"``). seconds: wall time of the call.
     documents_scored: q-net evaluations over all queries. For graph search also: preset,
-    candidates (``"codes"``, ``"scan"`` or ``None`` for the paper preset), linear_rows
-    (stored rows read for exact ``x . w``), coded_rows (documents whose compressed codes
+    candidates (``"codes"``, ``"scan"`` or ``None`` for the paper preset), precision (how
+    the default scored its candidates: ``"exact"`` or ``"bf16"``), linear_rows (stored rows read for exact ``x . w``), coded_rows (documents whose compressed codes
     were scanned), steps (mean beam steps per query), fallbacks (queries whose q-net had a
     degenerate gradient), per_query (the counters of each query) and params (the typed
     search parameters used).
@@ -30,6 +30,7 @@ class SearchStats:
     documents_scored: int = 0
     preset: str | None = None
     candidates: str | None = None
+    precision: str | None = None
     linear_rows: int = 0
     coded_rows: int = 0
     steps: float = 0.0

@@ -1,6 +1,6 @@
 """Deterministic synthetic data with the structure of real embeddings and trained q-nets.
 
-Document vectors (compare ``../shared/data/debian-minilm``: all-MiniLM-L6-v2 vectors have
+Document vectors (compare the debian-minilm data set: all-MiniLM-L6-v2 vectors have
 norm about 3, a shared mean of norm about 1.2 and a centred spectrum decaying from about
 0.64 to 0.09 by the 200th direction) are drawn as::
 
@@ -14,8 +14,8 @@ shared mean direction. Generation goes chunk by chunk, each chunk seeded by
 Q-nets (:func:`qnets`) have the trained ones' scale (weight std about 0.7, first-bias std
 about 3) and their structure: each query has an intent direction in document space, and
 the score is a smooth, mostly monotone function of it (random Gaussian q-nets rank almost
-without regard to where documents lie, unlike trained ones; see
-``../shared/docs/search-findings.md``).
+without regard to where documents lie, unlike trained ones; see docs/search.md,
+"Synthetic q-nets").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """An independent, deliberately plain implementation of the q-net spec
-(../shared/docs/hypencoder.md): one document at a time, explicit loops over layers, layer
+(docs/hypencoder.md): one document at a time, explicit loops over layers, layer
 norm written out. Tests compare the engine's scorers to it."""
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def test_merge_topk_rule():
 
 def test_one_process_searcher_equals_index(syn):
     d, src, q = syn
-    one = ShardedSearcher.open(d / "uneven")
+    one = ShardedSearcher.open(d / "uneven", populate=True)
     assert sorted(one.local) == [0, 1, 2, 3] and len(one) == 240
     for k in (1, 7, 101, 241):
         r, ref = one.search(q["q16"], k), src.search(q["q16"], k)
@@ -335,8 +335,9 @@ def test_shard_index_arguments_and_targets(syn, tmp_path):
     shard_index(src, tmp_path / "s", num_shards=2)
     m = shard_index(Index.from_vectors(src.vectors[:5]), tmp_path / "s", num_shards=8)
     assert [s.count for s in m.shards] == [1] * 5 + [0] * 3 and len(os.listdir(tmp_path / "s")) == 9
-    with pytest.raises(ValueError, match="must be unique across the shards"):
-        join_shards(tmp_path / "j", [d / "two" / "shard-00000", d / "two" / "shard-00000"])
+    with pytest.raises(ValueError, match="has dim 16, the first shard"):
+        Index.from_vectors(torch.zeros(3, 16)).save(tmp_path / "narrow")
+        join_shards(tmp_path / "j", [d / "two" / "shard-00000", tmp_path / "narrow"])
 
 
 def test_empty_index_with_graph_round_trips(tmp_path):

@@ -227,7 +227,7 @@ def test_paper_entry_points_fixed_by_seed(small):
 def test_default_finds_exact_top10(small, impl, candidates):
     idx, q = small
     ex = idx.search(q, 10)
-    r = idx.search(q, 10, mode="graph", impl=impl, candidates=candidates, ef=32, passes=1)
+    r = idx.search(q, 10, mode="graph", impl=impl, candidates=candidates, ef=8, passes=1)
     assert recall(r.ids, ex.ids) >= 0.95
     # Scores returned are the q-net's own scores of the returned documents.
     ref = engine.score_gather(q, idx.vectors, r.ids)
@@ -721,7 +721,7 @@ def test_out_of_range_neighbour_is_a_value_error(impl):
     x = engine.synthetic.vectors(40, 8, seed=9)
     idx = engine.Index.from_vectors(x).build_graph(4, code_bytes=4)
     idx.graph = idx.graph.clone()
-    idx.graph[3, 1] = 1000  # damaged after the checks of set_graph
+    idx.graph[:, 1] = 1000  # damaged after the checks of set_graph
     q = engine.synthetic.qnets(2, [8, 8, 1], seed=1)
     with pytest.raises(ValueError, match="neighbour"):
         idx.search(q, 5, mode="graph", impl=impl, ef=40)
@@ -738,3 +738,84 @@ def test_device_graph_cached_until_the_graph_changes():
     idx.set_graph(torch.flip(idx.graph, [1]).contiguous(), idx.graph_params)
     g2 = device_graph(idx, "cpu")
     assert g2 is not g and torch.equal(g2, idx.graph.long())
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
+def test_cpu_isa_governs_every_native_function_table(small):
+    """HYPENCODER_CPU_ISA / set_isa select the table of every native path: the q-net
+    kernels and the graph search's scan kernels (dot products, codes, linearisation)."""
+    from engine import _C
+    from engine.backends import cpu
+
+    idx, q = small
+    ref = idx.search(q, 10, mode="graph", ef=16)
+    try:
+        for name in cpu.supported_isas():
+            cpu.set_isa(name)
+            tables = _C.cpu_kernel_tables()
+            assert tables["qnet"] == name
+            assert tables["scan"] == {"avx512_bf16": "avx512"}.get(name, name)
+            r = idx.search(q, 10, mode="graph", ef=16)
+            assert recall(r.ids, ref.ids) >= 0.95  # other rounding, the same search
+    finally:
+        cpu.set_isa("auto")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_candidates_return_exact_scores(impl):
+    """precision="bf16" scores candidates with bf16-rounded weights and activations, then
+    the final list exactly: every returned score is the q-net's own, the ranking exact
+    among what was found, and the documents found nearly those of an exact search."""
+    x = engine.synthetic.vectors(3000, 32, seed=5, dtype=torch.bfloat16)
+    idx = engine.Index.from_vectors(x).build_graph(12, code_bytes=8)
+    q = engine.synthetic.qnets(4, [32, 32, 32, 1], seed=7, corpus_seed=5)
+    opts = dict(mode="graph", impl=impl, ef=16)
+    r = idx.search(q, 16, precision="bf16", **opts)
+    ref = engine.score_gather(q, idx.vectors, r.ids)
+    torch.testing.assert_close(r.scores, ref, rtol=1e-5, atol=1e-5)
+    assert (r.scores[:, :-1] >= r.scores[:, 1:]).all()
+    assert r.stats.precision == "bf16"  # asked for (kernels without a bf16 dot use float32)
+    b = idx.search(q, 16, precision="exact", **opts)
+    assert recall(r.ids, b.ids) >= 0.9
+    ex = idx.search(q, 10)
+    assert recall(r.ids[:, :10], ex.ids) >= 0.9
+
+
+def test_precision_auto_and_reported(small):
+    idx, q = small  # float32 vectors: exact
+    assert idx.search(q, 10, mode="graph").stats.precision == "exact"
+    assert idx.search(q, 10, mode="graph", preset="paper", num_entry_points=20).stats.precision is None
+    low = engine.Index.from_vectors(idx.vectors.to(torch.bfloat16)).build_graph(8, code_bytes=8)
+    want = "bf16" if engine.graph.native.bf16_dot() else "exact"
+    assert low.search(q, 10, mode="graph").stats.precision == (want if len(IMPLS) > 1 else "exact")
+    assert low.search(q, 10, mode="graph", impl="torch").stats.precision == "exact"
+    with pytest.raises(ValueError, match="precision"):
+        idx.search(q, 10, mode="graph", precision="fp8")
+
+
+def test_populated_load_is_the_same_index(tmp_path, small):
+    idx, q = small
+    idx.save(tmp_path / "i")
+    lazy = engine.Index.load(tmp_path / "i")
+    eager = engine.Index.load(tmp_path / "i", populate=True)
+    assert torch.equal(lazy.vectors, eager.vectors) and torch.equal(lazy.graph, eager.graph)
+    a = lazy.search(q, 10, mode="graph")
+    b = eager.search(q, 10, mode="graph")
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.scores, b.scores)
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
+@pytest.mark.parametrize("rerank", [1, 37, 500, 2999])
+def test_native_codes_keep_the_best_estimates_ties_by_id(coded, rerank):
+    """The re-ranked set is exactly the top `rerank` table sums under (sum desc, id asc),
+    ties at the cut included; threads change nothing."""
+    from engine import _C
+
+    x, codes, w = coded
+    for q in range(2):
+        lut = _C.graph_codes_lut(codes.native(), 3000, w[q].numpy())
+        sums = _C.graph_codes_sums(codes.codes.numpy(), lut, 3000)[:3000].astype(np.int64)
+        order = sorted(range(3000), key=lambda i: (-sums[i], i))[:rerank]
+        for nt in (1, 2):
+            _, got = _C.graph_codes_topk(codes.native(), _np(x), w[q : q + 1].numpy(), rerank, rerank, nt)
+            assert set(got[0].tolist()) == set(order)

@@ -11,7 +11,9 @@
 
 #include "array_check.h"
 #include "cpu/isa.h"
+#include "cpu/kernel_ops.h"
 #include "cpu/qnet_kernel.h"
+#include "cpu/scan_ops.h"
 #include "qnet_args.h"
 
 namespace hyp {
@@ -149,6 +151,14 @@ void register_cpu_kernels(py::module_& m) {
   m.def("cpu_isa", [] { return std::string(isa_name(active_isa())); },
         "The instruction set the CPU kernels use now.");
   m.def("cpu_supported_isas", &supported_isa_names, "Instruction sets this CPU can run, weakest first.");
+  m.def("cpu_kernel_tables", [] {
+    py::dict d;
+    d["qnet"] = isa_name(cpu::kernel_ops(active_isa()).isa);
+    d["scan"] = isa_name(cpu::scan_ops(active_isa()).isa);
+    return d;
+  }, "The instruction set of each per-ISA function table every native path calls through now: 'qnet' "
+     "(the fused q-net kernels of scoring, exact and graph search) and 'scan' (dot products, code "
+     "scans and linearisation of graph search).");
   m.def("cpu_set_isa", &set_active_isa, py::arg("name"),
         "Use ISA `name` (auto, portable, avx2, avx512, avx512_bf16); ValueError if this CPU cannot.");
   m.def("cpu_kernel_name", [](const std::string& wdtype) {

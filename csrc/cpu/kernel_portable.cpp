@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/half.h"
 #include "cpu/kernel_ops.h"
 
 namespace hyp {
@@ -66,28 +67,6 @@ static int64_t fma_loop(int64_t iters, float* sink) {
   return iters * 12 * 2 * VW;
 }
 
-static inline float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
-  if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (man << 13);  // inf / nan
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112u) << 23) | (man << 13);
-  } else if (man == 0) {
-    bits = sign;
-  } else {  // subnormal half: normalise
-    int e = -1;
-    do {
-      ++e;
-      man <<= 1;
-    } while (!(man & 0x400u));
-    bits = sign | ((112u - e) << 23) | ((man & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 static void convert_row(DType dtype, const void* src, float* dst, int64_t n) {
   const uint16_t* s = static_cast<const uint16_t*>(src);
   if (dtype == DType::F32) {
@@ -95,10 +74,7 @@ static void convert_row(DType dtype, const void* src, float* dst, int64_t n) {
   } else if (dtype == DType::F16) {
     for (int64_t j = 0; j < n; ++j) dst[j] = half_to_float(s[j]);
   } else {
-    for (int64_t j = 0; j < n; ++j) {
-      const uint32_t b = static_cast<uint32_t>(s[j]) << 16;
-      std::memcpy(dst + j, &b, 4);
-    }
+    for (int64_t j = 0; j < n; ++j) dst[j] = bfloat16_to_float(s[j]);
   }
 }
 

@@ -135,11 +135,29 @@ void lut_scan(const uint8_t* codes, int64_t nblocks, int64_t nsub, const uint8_t
   }
 }
 
+void axpy(int64_t n, float a, const float* x, float* y) {
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] = std::fma(a, x[i], y[i]);
+}
+
+float dot(int64_t n, const float* x, const float* y) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc);
+  float tail[8];
+  _mm256_storeu_ps(tail, acc);
+  for (; i < n; ++i) tail[i & 7] = std::fma(x[i], y[i], tail[i & 7]);
+  return hsum(_mm256_loadu_ps(tail));
+}
+
 }  // namespace
 }  // namespace scan_avx2
 
 const ScanOps& scan_ops_avx2() {
-  static const ScanOps ops{Isa::Avx2, &scan_avx2::dots, &scan_avx2::lut_scan};
+  static const ScanOps ops{Isa::Avx2, &scan_avx2::dots, &scan_avx2::lut_scan, &scan_avx2::axpy, &scan_avx2::dot};
   return ops;
 }
 

@@ -139,11 +139,34 @@ void lut_scan(const uint8_t* codes, int64_t nblocks, int64_t nsub, const uint8_t
   }
 }
 
+void axpy(int64_t n, float a, const float* x, float* y) {
+  const __m512 va = _mm512_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+  if (i < n) {
+    const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(y + i, k, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i)));
+  }
+}
+
+float dot(int64_t n, const float* x, const float* y) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), acc);
+  if (i < n) {
+    const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
 }  // namespace
 }  // namespace scan_avx512
 
 const ScanOps& scan_ops_avx512() {
-  static const ScanOps ops{Isa::Avx512, &scan_avx512::dots, &scan_avx512::lut_scan};
+  static const ScanOps ops{Isa::Avx512, &scan_avx512::dots, &scan_avx512::lut_scan, &scan_avx512::axpy,
+                           &scan_avx512::dot};
   return ops;
 }
 

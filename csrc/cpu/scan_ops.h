@@ -28,6 +28,10 @@ struct ScanOps {
   // multiple of 4), out[doc] = sum_j lut[j * 16 + code(doc, j)] in uint16 (exact while
   // the sum stays below 65536: nsub * 255 < 65536 for nsub <= 256).
   void (*lut_scan)(const uint8_t* codes, int64_t nblocks, int64_t nsub, const uint8_t* lut, uint16_t* out);
+  // y[i] += a * x[i] for i < n (the linearisation's forward pass, row by row).
+  void (*axpy)(int64_t n, float a, const float* x, float* y);
+  // sum_i x[i] * y[i] (its backward pass).
+  float (*dot)(int64_t n, const float* x, const float* y);
 };
 
 const ScanOps& scan_ops_portable();

@@ -2,46 +2,18 @@
 // tested against, and what HYPENCODER_CPU_ISA=portable selects.
 #include <cstring>
 
+#include "cpu/half.h"
 #include "cpu/scan_ops.h"
 
 namespace hyp {
 namespace cpu {
 namespace {
 
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ffu, bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      exp = 127 - 15 + 1;
-      while (!(mant & 0x400u)) {
-        mant <<= 1;
-        --exp;
-      }
-      bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 inline float load_one(DType t, const void* base, int64_t i) {
   switch (t) {
     case DType::F32: return static_cast<const float*>(base)[i];
     case DType::F16: return half_to_float(static_cast<const uint16_t*>(base)[i]);
-    case DType::BF16: {
-      const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(base)[i]) << 16;
-      float f;
-      std::memcpy(&f, &bits, 4);
-      return f;
-    }
+    case DType::BF16: return bfloat16_to_float(static_cast<const uint16_t*>(base)[i]);
   }
   return 0.f;
 }
@@ -73,10 +45,20 @@ void lut_scan(const uint8_t* codes, int64_t nblocks, int64_t nsub, const uint8_t
   }
 }
 
+void axpy(int64_t n, float a, const float* x, float* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+float dot(int64_t n, const float* x, const float* y) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = 0; i < n; ++i) acc[i & 7] += x[i] * y[i];
+  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
 }  // namespace
 
 const ScanOps& scan_ops_portable() {
-  static const ScanOps ops{Isa::Portable, &dots, &lut_scan};
+  static const ScanOps ops{Isa::Portable, &dots, &lut_scan, &axpy, &dot};
   return ops;
 }
 

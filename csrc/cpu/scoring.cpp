@@ -80,10 +80,12 @@ struct PackPlan {
   int64_t max_width = 0;  // padded: the workspace row length
 };
 
-PackPlan make_plan(const QNetView& qn, const KernelOps& ops) {
+// bf16: pack bf16 pairs (weights rounded to bf16) whatever the weights' dtype, where the
+// ISA has a bf16 dot product; otherwise bf16 weights get bf16 pairs and the rest fp32.
+PackPlan make_plan(const QNetView& qn, const KernelOps& ops, bool bf16 = false) {
   PackPlan pl;
   pl.nr = ops.nr;
-  pl.format = (qn.wdtype == DType::BF16 && ops.forward_bf16) ? PackFormat::BF16_PAIRS : PackFormat::F32;
+  pl.format = ((qn.wdtype == DType::BF16 || bf16) && ops.forward_bf16) ? PackFormat::BF16_PAIRS : PackFormat::F32;
   const int L = qn.num_layers;
   size_t off = 0;
   auto take = [&](size_t b) {
@@ -106,6 +108,14 @@ PackPlan make_plan(const QNetView& qn, const KernelOps& ops) {
   pl.last_off = take(static_cast<size_t>(qn.dims[L]) * 4);
   pl.bytes = off;
   return pl;
+}
+
+// float32 to bfloat16, rounded to nearest even (weights are finite: checked on entry).
+inline uint16_t bf16_round(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
 }
 
 // Packing is split into tasks so that large q-nets pack on all threads: fp32 panels by
@@ -153,15 +163,21 @@ void pack_task(const QNetView& qn, int64_t q, const PackPlan& pl, const KernelOp
   const char* src = static_cast<const char*>(qn.weights[layer]) + q * in * out * es;
   if (pl.format == PackFormat::F32) {
     const int64_t op = pl.out_pad[layer], k0 = p * kPackRows, k1 = std::min(in, k0 + kPackRows);
-    thread_local std::vector<float> row;
-    row.assign(static_cast<size_t>(op), 0.0f);
     float* dst = reinterpret_cast<float*>(base + pl.w_off[layer]);
+    thread_local std::vector<float> row;
+    row.assign(static_cast<size_t>(op), 0.0f);  // columns beyond `out` stay zero
     for (int64_t k = k0; k < k1; ++k) {
-      ops.convert_row(qn.wdtype, src + k * out * es, row.data(), out);
+      // float32 rows are read in place; other dtypes are converted into `row` first.
+      const float* r = row.data();
+      if (qn.wdtype == DType::F32 && out == op) {
+        r = reinterpret_cast<const float*>(src + k * out * es);
+      } else {
+        ops.convert_row(qn.wdtype, src + k * out * es, row.data(), out);
+      }
       for (int64_t c = 0; c < op; c += nr)
-        std::memcpy(dst + c * in + k * nr, row.data() + c, static_cast<size_t>(nr) * sizeof(float));
+        std::memcpy(dst + c * in + k * nr, r + c, static_cast<size_t>(nr) * sizeof(float));
     }
-  } else {  // BF16_PAIRS from bf16 weights: bits copied, k and columns zero-padded
+  } else if (qn.wdtype == DType::BF16) {  // BF16_PAIRS from bf16 weights: bits copied, k and columns zero-padded
     const int64_t c0 = p * nr, cols = std::min<int64_t>(nr, out - c0);
     const int64_t ip = pl.in_pad[layer];
     uint16_t* dst = reinterpret_cast<uint16_t*>(base + pl.w_off[layer]) + p * ip * nr;
@@ -172,6 +188,17 @@ void pack_task(const QNetView& qn, int64_t q, const PackPlan& pl, const KernelOp
           const int64_t k = 2 * kk + t;
           dst[(kk * nr + j) * 2 + t] = (k < in && j < cols) ? s[k * out + c0 + j] : uint16_t(0);
         }
+  } else {  // BF16_PAIRS from float32 / float16 weights: rounded to the nearest bf16
+    const int64_t c0 = p * nr, cols = std::min<int64_t>(nr, out - c0);
+    const int64_t ip = pl.in_pad[layer];
+    uint16_t* dst = reinterpret_cast<uint16_t*>(base + pl.w_off[layer]) + p * ip * nr;
+    thread_local std::vector<float> row;
+    row.assign(static_cast<size_t>(out), 0.0f);
+    std::fill(dst, dst + ip * nr, uint16_t(0));
+    for (int64_t k = 0; k < in; ++k) {
+      ops.convert_row(qn.wdtype, src + (k * out + c0) * es, row.data(), cols);
+      for (int64_t j = 0; j < cols; ++j) dst[((k / 2) * nr + j) * 2 + (k & 1)] = bf16_round(row[j]);
+    }
   }
 }
 
@@ -490,9 +517,9 @@ struct PackedQNet::Impl {
   PackedQuery view;
   ForwardFn fwd = nullptr;
 
-  void pack(const QNetView& qn, int64_t q) {
+  void pack(const QNetView& qn, int64_t q, bool bf16 = false) {
     ops = &kernel_ops(active_isa());
-    plan = make_plan(qn, *ops);
+    plan = make_plan(qn, *ops, bf16);
     char* base = static_cast<char*>(buf.get(plan.bytes));
     const PackTasks t = make_tasks(qn, plan);
     for (size_t i = 0; i < t.layer.size(); ++i) pack_task(qn, q, plan, *ops, t.layer[i], t.index[i], base);
@@ -516,7 +543,8 @@ struct PackedQNet::Impl {
   }
 };
 
-PackedQNet::PackedQNet(const QNetView& qn, int64_t q) : impl_(new Impl) { impl_->pack(qn, q); }
+PackedQNet::PackedQNet(const QNetView& qn, int64_t q, bool bf16) : impl_(new Impl) { impl_->pack(qn, q, bf16); }
+bool PackedQNet::bf16() const { return impl_->plan.format == PackFormat::BF16_PAIRS; }
 PackedQNet::~PackedQNet() = default;
 
 void PackedQNet::score_gather(const VectorsView& v, const int64_t* ids, int64_t m, float* out) const {

@@ -154,7 +154,7 @@ py::tuple py_paper_search(py::list weights, py::list biases, py::dict flags, py:
 py::tuple py_default_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
                             py::array mean, py::array samples, py::object codes, int64_t k, int64_t ef,
                             int64_t ef_lin, int64_t width, int64_t max_steps, int64_t passes, int64_t shortlist,
-                            int64_t rerank, int num_threads) {
+                            int64_t rerank, bool bf16, int num_threads) {
   QNetArgs h;
   parse_qnet(h, weights, biases, flags);
   const VectorsView v = parse_vectors(vectors, h.dims[0]);
@@ -176,6 +176,7 @@ py::tuple py_default_search(py::list weights, py::list biases, py::dict flags, p
   if (p.passes > 2) throw std::invalid_argument("passes must be 1 or 2");
   p.shortlist = positive(shortlist, "shortlist", 0);
   p.rerank = positive(rerank, "rerank", 0);
+  p.bf16 = bf16;
   const int nt = threads_arg(num_threads);
   Output out(h.view.num_queries, p.k);
   bool ok;
@@ -312,7 +313,7 @@ void register_graph(py::module_& m) {
   m.def("graph_default_search", &py_default_search, py::arg("weights"), py::arg("biases"), py::arg("flags"),
         py::arg("vectors"), py::arg("graph"), py::arg("mean"), py::arg("samples"), py::arg("codes"), py::arg("k"),
         py::arg("ef"), py::arg("ef_lin"), py::arg("width"), py::arg("max_steps"), py::arg("passes"),
-        py::arg("shortlist"), py::arg("rerank"), py::arg("num_threads"),
+        py::arg("shortlist"), py::arg("rerank"), py::arg("bf16"), py::arg("num_threads"),
         "The default graph search of a query batch: (scores (Q, k), ids (Q, k), stats (Q, 5) int64: scored, "
         "steps, linear rows, coded rows, fallback).");
   m.def("graph_linear_topk", &py_linear_topk, py::arg("vectors"), py::arg("w"), py::arg("m"), py::arg("num_threads"),

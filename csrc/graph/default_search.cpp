@@ -44,6 +44,20 @@ class Beam {
     }
   }
 
+  // Scores every entry of the list again (with an exact q-net after a bf16 search) and
+  // sorts it again.
+  template <class Score>
+  void rescore(Score& score) {
+    const int64_t m = static_cast<int64_t>(list_.size());
+    if (m == 0) return;
+    fresh_.resize(m);
+    sc_.resize(m);
+    for (int64_t j = 0; j < m; ++j) fresh_[j] = list_[j].id;
+    score(fresh_.data(), m, sc_.data());
+    for (int64_t j = 0; j < m; ++j) list_[j].s = sc_[j];
+    std::sort(list_.begin(), list_.end(), better<Entry>);
+  }
+
   const std::vector<Entry>& list() const { return list_; }
   int64_t scored() const { return scored_; }
   int64_t steps() const { return steps_; }
@@ -110,7 +124,7 @@ bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g
       std::vector<float>&w = S.w, &at = S.at;
       std::vector<Scored>&lin = S.lin, &lin2 = S.lin2;
       std::vector<int64_t>& ids = S.ids;
-      PackedQNet net(qn, q);
+      PackedQNet net(qn, q, p.bf16);
       auto score = [&](const int64_t* x, int64_t m, float* o) { score_ids(net, v, x, m, o, sp.inner); };
       vis.next();
       QueryStats st;
@@ -147,6 +161,11 @@ bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g
           beam.add(ids.data(), static_cast<int64_t>(ids.size()), score);
           beam.run(p.max_steps, score);
         }
+      }
+      if (net.bf16() && qn.wdtype != DType::BF16) {  // the results carry their exact scores
+        PackedQNet exact(qn, q);
+        auto exact_score = [&](const int64_t* x, int64_t m, float* o) { score_ids(exact, v, x, m, o, sp.inner); };
+        beam.rescore(exact_score);
       }
       if (!beam.graph_ok()) ok.store(false, std::memory_order_relaxed);
       st.scored = beam.scored();

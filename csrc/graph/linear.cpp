@@ -101,37 +101,68 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
                 int64_t rerank, int64_t m, int threads, std::vector<Scored>& out) {
   out.clear();
   if (c.n == 0 || m <= 0) return;
-  rerank = std::max(rerank, m);
+  rerank = std::min(c.n, std::max(rerank, m));
   std::vector<uint8_t> lut(static_cast<size_t>(c.nsub * 16));
   build_lut(c, w, lut.data());
   const int64_t pairs = c.nsub / 2, nblocks = (c.n + cpu::kCodeBlock - 1) / cpu::kCodeBlock;
-  constexpr int64_t kChunkBlocks = 128;  // 4096 documents per task
+  constexpr int64_t kChunkBlocks = 256;  // 8192 documents per task
+  constexpr int kBins = 1 << 16;         // every uint16 sum
   const int64_t chunks = (nblocks + kChunkBlocks - 1) / kChunkBlocks;
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
-  std::vector<TopM<uint16_t>> tops(static_cast<size_t>(nt), TopM<uint16_t>(rerank));
+  // Pass 1: every document's sum, and a histogram of the sums per thread. The selection
+  // is then a threshold: the `rerank` best are every document above it and the lowest ids
+  // at it, the exact top under (sum desc, id asc) without sorting anything.
+  std::vector<uint16_t> sums(static_cast<size_t>(nblocks * cpu::kCodeBlock));
+  std::vector<std::vector<uint32_t>> hist(static_cast<size_t>(nt));
 #pragma omp parallel num_threads(nt)
   {
-    TopM<uint16_t>& mine = tops[omp_get_thread_num()];
-    std::vector<uint16_t> sums(kChunkBlocks * cpu::kCodeBlock);
+    std::vector<uint32_t>& h = hist[omp_get_thread_num()];
+    h.assign(kBins, 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const int64_t b0 = ch * kChunkBlocks, nb = std::min(kChunkBlocks, nblocks - b0);
-      ops.lut_scan(c.codes + b0 * pairs * cpu::kCodeBlock, nb, c.nsub, lut.data(), sums.data());
-      const int64_t first = b0 * cpu::kCodeBlock, count = std::min(nb * cpu::kCodeBlock, c.n - first);
-      // A thread's chunks come in increasing order, so after a cut only a strictly larger
-      // sum can enter: one compare per document in the common case.
-      for (int64_t i = 0; i < count; ++i)
-        if (!mine.cut || sums[i] > mine.worst.s) mine.offer(sums[i], first + i);
+      uint16_t* s = sums.data() + b0 * cpu::kCodeBlock;
+      ops.lut_scan(c.codes + b0 * pairs * cpu::kCodeBlock, nb, c.nsub, lut.data(), s);
+      const int64_t count = std::min(nb * cpu::kCodeBlock, c.n - b0 * cpu::kCodeBlock);
+      for (int64_t i = 0; i < count; ++i) ++h[s[i]];
     }
   }
-  std::vector<TopM<uint16_t>::Item> all;
-  for (auto& t : tops) all.insert(all.end(), t.h.begin(), t.h.end());
-  const int64_t keep = std::min<int64_t>(rerank, static_cast<int64_t>(all.size()));
-  std::nth_element(all.begin(), all.begin() + (keep - 1), all.end(), better<TopM<uint16_t>::Item>);
-  std::vector<int64_t> ids(static_cast<size_t>(keep));
-  for (int64_t j = 0; j < keep; ++j) ids[j] = all[j].id;
-  std::sort(ids.begin(), ids.end());  // rows in storage order: fewer page and TLB misses
-  rows_topk(ops, v, ids.data(), keep, w, m, threads, out);
+  int64_t above = 0, cut = kBins - 1;
+  for (; cut > 0; --cut) {
+    int64_t at = 0;
+    for (int t = 0; t < nt; ++t) at += hist[t][cut];
+    if (above + at >= rerank) break;
+    above += at;
+  }
+  const int64_t at_cut = rerank - above;  // documents taken with sum == cut, lowest ids first
+  // Pass 2, by chunks on the threads: the ids above the cut and those at it, each list in
+  // storage order; the first `at_cut` of the latter complete the set.
+  const uint16_t thr = static_cast<uint16_t>(cut);
+  std::vector<std::vector<int64_t>> over(static_cast<size_t>(chunks)), equal(static_cast<size_t>(chunks));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t lo = ch * kChunkBlocks * cpu::kCodeBlock, hi = std::min(c.n, lo + kChunkBlocks * cpu::kCodeBlock);
+    for (int64_t i = lo; i < hi; ++i) {
+      const uint16_t si = sums[i];
+      if (si >= thr) (si > thr ? over[ch] : equal[ch]).push_back(i);
+    }
+  }
+  std::vector<int64_t> ids;  // in storage order: fewer page and TLB misses in the re-rank
+  ids.reserve(static_cast<size_t>(rerank));
+  int64_t left = at_cut;
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    size_t a = 0, b = 0;  // merge the two sorted lists of the chunk, taking `left` of the second
+    while (a < over[ch].size() || b < equal[ch].size()) {
+      const bool take_equal = b < equal[ch].size() && (a == over[ch].size() || equal[ch][b] < over[ch][a]);
+      if (!take_equal) {
+        ids.push_back(over[ch][a++]);
+      } else {
+        if (left > 0) ids.push_back(equal[ch][b]), --left;
+        ++b;
+      }
+    }
+  }
+  rows_topk(ops, v, ids.data(), static_cast<int64_t>(ids.size()), w, m, threads, out);
 }
 
 }  // namespace graph

@@ -1,5 +1,9 @@
 #include "graph/linearize.h"
 
+#include "cpu/half.h"
+#include "cpu/isa.h"
+#include "cpu/scan_ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -12,43 +16,12 @@ namespace {
 float to_float(DType t, const void* p, int64_t i) {
   if (t == DType::F32) return static_cast<const float*>(p)[i];
   const uint16_t h = static_cast<const uint16_t*>(p)[i];
-  uint32_t bits;
-  if (t == DType::BF16) {
-    bits = static_cast<uint32_t>(h) << 16;
-  } else {  // float16
-    const uint32_t sign = (h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ffu;
-    if (exp == 0) {
-      if (mant == 0) {
-        bits = sign;
-      } else {
-        exp = 127 - 15 + 1;
-        while (!(mant & 0x400u)) {
-          mant <<= 1;
-          --exp;
-        }
-        bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
-      }
-    } else if (exp == 31) {
-      bits = sign | 0x7f800000u | (mant << 13);
-    } else {
-      bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-    }
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
+  return t == DType::BF16 ? bfloat16_to_float(h) : half_to_float(h);
 }
 
 void load_row(DType t, const void* base, int64_t offset, int64_t n, float* out) {
   if (t == DType::F32) {
     std::memcpy(out, static_cast<const float*>(base) + offset, static_cast<size_t>(n) * sizeof(float));
-  } else if (t == DType::BF16) {
-    const uint16_t* h = static_cast<const uint16_t*>(base) + offset;
-    for (int64_t i = 0; i < n; ++i) {
-      const uint32_t bits = static_cast<uint32_t>(h[i]) << 16;
-      std::memcpy(out + i, &bits, 4);
-    }
   } else {
     for (int64_t i = 0; i < n; ++i) out[i] = to_float(t, base, offset + i);
   }
@@ -83,6 +56,7 @@ bool linearize(const QNetView& qn, int64_t q, const float* at, bool relaxed, flo
   const int L = qn.num_layers;
   const int64_t* dims = qn.dims;
   const DType t = qn.wdtype;
+  const cpu::ScanOps& ops = cpu::scan_ops(active_isa());
   int64_t width = 0, total = dims[0];
   for (int i = 0; i <= L + 1; ++i) width = std::max(width, dims[i]);
   for (int i = 1; i <= L; ++i) total += dims[i];
@@ -94,6 +68,12 @@ bool linearize(const QNetView& qn, int64_t q, const float* at, bool relaxed, flo
   std::vector<int64_t> off(L + 2, 0);
   for (int i = 1; i <= L + 1; ++i) off[i] = off[i - 1] + dims[i - 1];
   std::memcpy(s.acts.data(), at, dims[0] * sizeof(float));
+  // A weight row as floats: the row itself for float32 weights, else converted into s.row.
+  auto row_of = [&](const void* base, int64_t offset, int64_t n) -> const float* {
+    if (t == DType::F32) return static_cast<const float*>(base) + offset;
+    load_row(t, base, offset, n, s.row.data());
+    return s.row.data();
+  };
   // Forward, keeping what the backward pass needs.
   for (int i = 0; i < L; ++i) {
     const int64_t in = dims[i], out = dims[i + 1];
@@ -101,9 +81,8 @@ bool linearize(const QNetView& qn, int64_t q, const float* at, bool relaxed, flo
     float* y = s.acts.data() + off[i + 1];
     load_row(t, qn.biases[i], q * out, out, y);
     for (int64_t k = 0; k < in; ++k) {
-      load_row(t, qn.weights[i], (q * in + k) * out, out, s.row.data());
-      const float xk = x[k];
-      for (int64_t o = 0; o < out; ++o) y[o] += xk * s.row[o];
+      if (x[k] == 0.f) continue;  // relu zeros: nothing to add
+      ops.axpy(out, x[k], row_of(qn.weights[i], (q * in + k) * out, out), y);
     }
     float* mask = s.masks.data() + off[i + 1];
     for (int64_t o = 0; o < out; ++o) {
@@ -138,12 +117,7 @@ bool linearize(const QNetView& qn, int64_t q, const float* at, bool relaxed, flo
     if (ln_before) layer_norm_back(gb.data(), s.normed.data() + 2 * off[i + 1], out, s.sigma[2 * i]);
     const float* mask = s.masks.data() + off[i + 1];
     for (int64_t o = 0; o < out; ++o) gb[o] *= mask[o];
-    for (int64_t k = 0; k < in; ++k) {
-      load_row(t, qn.weights[i], (q * in + k) * out, out, s.row.data());
-      float acc = 0.f;
-      for (int64_t o = 0; o < out; ++o) acc += s.row[o] * gb[o];
-      gin[k] += acc;
-    }
+    for (int64_t k = 0; k < in; ++k) gin[k] += ops.dot(out, row_of(qn.weights[i], (q * in + k) * out, out), gb.data());
     std::copy(gin.begin(), gin.begin() + in, gb.begin());
   }
   bool nonzero = false, finite = true;

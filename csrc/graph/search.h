@@ -45,6 +45,7 @@ struct DefaultParams {
   int64_t shortlist = 0;  // rows of the first linear list kept for the second pass
   int64_t rerank = 0;     // codes: approximate candidates re-ranked exactly
   bool use_codes = false;
+  bool bf16 = false;      // score candidates with bf16 weights (then the final list exactly)
 };
 
 bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g, const CodesView* codes,

@@ -36,9 +36,11 @@ def run(args) -> int:
         m = read_manifest(args.index)
         print(f"format version: {m['version']}")
         for name, e in sorted(m["files"].items()):
-            print(f"  {name:18s} {e['size']:>14,d} bytes  {e['dtype']} {e['shape']}")
+            print(f"  {name:24s} {e['size']:>14,d} bytes  {e['dtype']} {e['shape']}")
         if m.get("graph"):
             print(f"graph: {json.dumps(m['graph'])}")
+        if m.get("codes"):
+            print(f"candidate codes: {json.dumps(m['codes'])}")
         if args.verify:
             print("checksums: ok")
     return 0

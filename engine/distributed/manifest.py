@@ -166,10 +166,11 @@ def shard_manifest_sha256(shard_dir: str) -> str:
     return storage.sha256_file(os.path.join(shard_dir, storage.MANIFEST), storage.MANIFEST)
 
 
-def open_shard(m: ShardedManifest, i: int, *, verify: bool = False, mmap: bool = True):
+def open_shard(m: ShardedManifest, i: int, *, verify: bool = False, populate: bool = False):
     """Shard ``i`` of ``m`` as an :class:`engine.Index` (memory-mapped), after checking that
     it is the index the manifest names: its manifest's SHA-256, its row count, width,
-    dtype, id kind, graph and codes; ``verify`` also checks every file's SHA-256.
+    dtype, id kind, graph and codes; ``verify`` also checks every file's SHA-256;
+    ``populate`` maps every page at once (see :meth:`engine.Index.load`).
 
     Raises :class:`ShardCheckError` naming the shard and what failed.
     """
@@ -181,7 +182,7 @@ def open_shard(m: ShardedManifest, i: int, *, verify: bool = False, mmap: bool =
         if sha != e.manifest_sha256:
             raise ShardCheckError(f"{where}: its manifest.json has SHA-256 {sha[:16]}..., the sharded manifest "
                                   f"names {e.manifest_sha256[:16]}... (the shard was replaced or changed)")
-        index = Index.load(m.shard_dir(i), verify=verify, mmap=mmap)
+        index = Index.load(m.shard_dir(i), verify=verify, populate=populate)
     except ShardCheckError:
         raise
     except (OSError, ValueError) as err:

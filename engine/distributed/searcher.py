@@ -112,16 +112,17 @@ class ShardedSearcher:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path, *, group=None, device=None, verify: bool = False, timeout: float | None = None
-             ) -> "ShardedSearcher":
+    def open(cls, path, *, group=None, device=None, verify: bool = False, populate: bool = False,
+             timeout: float | None = None) -> "ShardedSearcher":
         """Open the sharded index at ``path`` on every rank of ``group`` (a collective).
 
         Each rank opens its shards (:func:`shards_of_rank`, memory-mapped) and checks them
         against the manifest (:func:`engine.distributed.manifest.open_shard`; ``verify``
-        also checks every file's SHA-256); the ranks check that they read the same
-        manifest. ``device``: where the local shards' vectors go (default: stay
-        memory-mapped on the CPU). ``timeout``: seconds any one collective of this
-        searcher may take (None: the group's timeout).
+        also checks every file's SHA-256; ``populate`` maps every page at once, as a
+        service that wants no page faults in its searches does); the ranks check that
+        they read the same manifest. ``device``: where the local shards' vectors go
+        (default: stay memory-mapped on the CPU). ``timeout``: seconds any one collective
+        of this searcher may take (None: the group's timeout).
 
         Raises :class:`ShardCheckError` (a ``ValueError``) on every rank when any rank's
         shard fails its checks (naming the rank, the shard and why), and
@@ -133,7 +134,7 @@ class ShardedSearcher:
             dev = as_device(device) if device is not None else dev
             m = read_sharded_manifest(path)
             for i in shards_of_rank(len(m.shards), comm.size, comm.rank):
-                ix = open_shard(m, i, verify=verify)
+                ix = open_shard(m, i, verify=verify, populate=populate)
                 local[i] = ix if ix.device == dev else ix.to(dev)
         except Exception as e:  # reported to every rank below
             error = e

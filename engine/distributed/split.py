@@ -3,7 +3,6 @@ built one by one (:func:`join_shards`)."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -180,8 +179,8 @@ def join_shards(out, shard_dirs, *, verify: bool = False) -> ShardedManifest:
     in row order; they stay where they are and are named by their path relative to
     ``out``).
 
-    Every shard must hold vectors of one width and dtype and one kind of ids; stored ids
-    must be unique across all of them. ``verify`` checks every file's SHA-256. Raises
+    Every shard must hold vectors of one width and dtype and one kind of ids. ``verify``
+    checks every file's SHA-256. Raises
     ``ValueError`` naming the shard that does not fit, and
     :class:`engine.storage.SaveTargetError` for an ``out`` that may not be replaced.
     """
@@ -200,7 +199,6 @@ def join_shards(out, shard_dirs, *, verify: bool = False) -> ShardedManifest:
                            ("ids", ix.ids_kind, first.ids_kind)):
             if a != b:
                 raise ValueError(f"shard {p} has {what} {a}, the first shard {shard_dirs[0]} has {b}")
-    _check_unique_ids(shard_dirs, indexes)
 
     def build(tmp, target):
         entries, offset = [], 0
@@ -212,17 +210,3 @@ def join_shards(out, shard_dirs, *, verify: bool = False) -> ShardedManifest:
                                tuple(entries)).to_json()
 
     return _write(target, build)
-
-
-def _check_unique_ids(paths, indexes) -> None:
-    """Stored ids must be unique over all shards (each shard's own are)."""
-    if indexes[0].ids_kind == "none":
-        return
-    seen: dict = {}
-    for i, ix in enumerate(indexes):
-        ids = ix._ids
-        for v in ids.tolist() if isinstance(ids, np.ndarray) else ids:
-            other = seen.setdefault(v, i)
-            if other != i:
-                raise ValueError(f"id {json.dumps(v)} is in shard {other} ({paths[other]}) and in shard {i} "
-                                 f"({paths[i]}): ids must be unique across the shards")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 CANDIDATES = ("auto", "codes", "scan")
+PRECISIONS = ("auto", "exact", "bf16")
 
 
 def _int(name: str, v, lo: int = 1) -> int:
@@ -42,25 +43,36 @@ class DefaultSearchParams:
         ``"auto"`` (codes when the index has them).
     rerank: code estimates re-ranked exactly (default: ``rerank_factor * ef_lin``, at
         least 4096 and at most n).
+    The defaults were chosen on the measurements of bench/RESULTS.md ("Graph search at
+    scale"); ``ef`` alone moves along the latency-recall curve.
     lin_factor: linear candidates scored by the q-net, ``ef_lin = lin_factor * ef``.
-    width: documents expanded per beam step; max_steps: beam steps per pass.
+    width: documents expanded per beam step; max_steps: beam steps per pass (few: with
+        ``lin_factor * ef`` linear candidates and the second pass, further steps found
+        almost nothing more on the Debian and synthetic sets; see bench/RESULTS.md).
     passes: 2 linearises again at the best document found and continues from the first
         list under the new direction; 1 stops after the first pass.
     shortlist: rows of the first linear list kept for the second pass, as a share of n
         (at least ``8 * ef_lin``).
     num_samples: documents scored when a q-net has no usable direction at all.
+    precision: how candidates are scored by the q-net during the search: ``"exact"`` (in the
+        q-nets' own precision, as exact search does), ``"bf16"`` (weights and activations
+        rounded to bfloat16, about twice the throughput where the CPU has a bf16 dot product;
+        the final list is then scored again exactly, so every returned score is exact and
+        only the choice of candidates sees the rounding) or ``"auto"`` (bf16 when the
+        vectors are bf16 or float16 and the CPU has a bf16 dot product, else exact).
     """
 
-    ef: int = 32
+    ef: int = 16
     candidates: str = "auto"
     rerank: int | None = None
-    rerank_factor: float = 128.0
-    lin_factor: float = 4.0
-    width: int = 4
-    max_steps: int = 256
+    rerank_factor: float = 32.0
+    lin_factor: float = 16.0
+    width: int = 2
+    max_steps: int = 2
     passes: int = 2
     shortlist: float = 0.002
     num_samples: int = 1024
+    precision: str = "auto"
 
     def __post_init__(self):
         _int("ef", self.ef)
@@ -76,6 +88,8 @@ class DefaultSearchParams:
             raise ValueError(f"passes must be 1 or 2, got {self.passes}")
         _number("shortlist", self.shortlist, 0.0, 1.0)
         _int("num_samples", self.num_samples)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def ef_lin(self) -> int:
         return max(1, int(math.ceil(self.lin_factor * self.ef)))

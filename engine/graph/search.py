@@ -15,7 +15,9 @@ Presets (the typed parameters are in :mod:`.params`):
   scores the best ``ef_lin`` of them and a best-first beam search with the q-net on the
   neighbour graph refines them (list ``ef``, the speed/recall knob); (4) with
   ``passes=2``, linearise again at the best document found, rank the first pass's top
-  ``shortlist`` rows by the new direction and continue the beam from its best ``ef_lin``.
+  ``shortlist`` rows by the new direction and continue the beam from its best ``ef_lin``;
+  (5) with ``precision="bf16"`` the candidates were scored in bf16: score the final list
+  again exactly, so that every returned score is the q-net's own.
 
 Implementations (same names and semantics): :mod:`.native` (the C++ loop of
 ``engine._C``, CPU tensors, the cpu backend's kernels) and :mod:`.torch_impl` (batched
@@ -24,9 +26,12 @@ native one for CPU tensors when the backend is ``"auto"`` or ``"cpu"``, the torc
 otherwise; an explicit conflict (``impl="native"`` with ``backend="torch"``, or with
 CUDA tensors) raises.
 
-A default search on CPU passes through 3 modules of this package (this one, ``params``,
-``native``) plus ``common`` for the cached entry points and mean, and crosses into C++
-once per query batch.
+Path of a default search on CPU: ``Index.search`` (validation) -> this module (typed
+parameters from :mod:`.params`, the implementation chosen once) -> :mod:`.native` (numpy
+views of the arrays, the index's cached entry points and mean from :mod:`.common`) -> one
+call into C++ for the whole query batch. The search work runs in 3 modules and crosses
+into C++ once; before this layout it went through 8 modules and crossed into C++ 4 times
+(the linear scan, the beam, the shortlist and the second beam, each repacking the q-net).
 """
 
 from __future__ import annotations
@@ -89,8 +94,12 @@ def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "au
         raise ValueError(f"q-nets are on {qnets.device} but the index is on {index.vectors.device}")
     mod, be_name, be = _choose(impl, backend, qnets.device)
     Q, n = qnets.num_queries, len(index)
-    candidates = None
+    candidates = precision = None
     if preset == "default":
+        precision = p.precision
+        if precision == "auto":
+            low = index.vectors.dtype in (torch.bfloat16, torch.float16)
+            precision = "bf16" if low and mod is native and native.bf16_dot() else "exact"
         candidates = p.candidates
         if candidates == "auto":
             candidates = "codes" if getattr(index, "codes", None) is not None else "scan"
@@ -107,7 +116,7 @@ def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "au
         s, i, counters = run(index, qnets, k, p, torch.get_num_threads() if be is None else be)
     else:
         use_codes = candidates == "codes"
-        s, i, counters = mod.default_search(index, qnets, k, p, use_codes,
+        s, i, counters = mod.default_search(index, qnets, k, p, use_codes, precision == "bf16",
                                             torch.get_num_threads() if be is None else be)
     per = PerQuery(**{f: counters[f].cpu().tolist() for f in ("documents_scored", "steps", "linear_rows",
                                                               "coded_rows", "fallback")})
@@ -116,6 +125,7 @@ def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "au
         "impl": mod.NAME,
         "backend": be_name,
         "candidates": candidates,
+        "precision": precision,
         "documents_scored": int(sum(per.documents_scored)),
         "steps": float(sum(per.steps)) / max(1, Q),
         "linear_rows": int(sum(per.linear_rows)),

@@ -144,7 +144,10 @@ def _direction(qnets, at):
     return w, ok, fell
 
 
-def default_search(index, qnets, k: int, p, use_codes: bool, be):
+def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
+    exact_qnets = qnets
+    if bf16 and qnets.dtype != torch.bfloat16:
+        qnets = qnets.to(dtype=torch.bfloat16)  # candidates scored in bf16, the final list exactly
     vectors = index.vectors
     dev = qnets.device
     Q, n = qnets.num_queries, len(index)
@@ -181,6 +184,11 @@ def default_search(index, qnets, k: int, p, use_codes: bool, be):
             state, sc2, st2 = beam(be, qnets, vectors, graph, ef_q, p.width, p.max_steps, entries=second,
                                    state=state)
             scored, steps = scored + sc2, steps + st2
+    if qnets is not exact_qnets:
+        ls, li = state[0], state[1]
+        ls = score_ids(be, exact_qnets, vectors, li)
+        ls, li = sort_by_key(ls, li)
+        state = (ls, li) + tuple(state[2:])
     s, i = state[0][:, :k].contiguous(), state[1][:, :k].contiguous()
     if s.shape[1] < k:
         s = torch.cat([s, s.new_full((Q, k - s.shape[1]), float("-inf"))], 1)

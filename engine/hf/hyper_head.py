@@ -2,7 +2,7 @@
 
 Pure torch (no transformers), with parameter names equal to the checkpoint's
 ``query_encoder.<name>`` tensors so that a checkpoint loads with ``load_state_dict``.
-The math is in ../shared/docs/hypencoder.md ("The hypernetwork").
+The math is in docs/hypencoder.md ("The hypernetwork").
 """
 
 from __future__ import annotations
