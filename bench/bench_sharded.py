@@ -10,9 +10,10 @@ cached under /tmp. Baseline, same run: the single index searched in this process
    all_gather of the results and the request (broadcast of the q-nets); recall@10 of
    graph search against exact.
 2. Costs measured for the model: the search of one shard by one thread at three shard
-   sizes (per-shard latency against rows), the part of graph search that grows with the
-   shard at width 768 on a synthetic corpus of up to 1M rows (codes built once, cached),
-   all_gather of the result words and broadcast of q-nets between 2 and 4 ranks.
+   sizes (per-shard latency against rows); the linear stage of graph search (no beam
+   steps) at width 768 on a synthetic corpus of up to 1M rows and, for its slope per
+   row, on a 128-wide one of up to 4M rows (codes built once, cached); all_gather of the
+   result words and broadcast of q-nets between 2 and 4 ranks.
 3. The scaling table: latency and memory per rank predicted for 8.8M, 100M and 1B
    documents of width 768 on N ranks (CPU hosts or GPUs), assumptions printed with it.
 
@@ -190,34 +191,44 @@ def per_shard(paths: list, q, exact_queries: int) -> list:
     return out
 
 
-def linear_stage(sizes, queries: int) -> list:
-    """Per-query time of the part of graph search that grows with the shard, at width
-    768, on one thread: the default search with no beam steps (``max_steps=0``: the
-    linearisation, the pass over the codes, the exact re-rank, the second pass's
-    shortlist) over prefixes of a synthetic corpus whose codes are built once. A one-column
-    placeholder graph stands in (no beam step reads it). Returns ``(rows, s/query)``: the
-    fastest of 3 runs of each of the queries."""
-    from engine.graph.codes import LinearCodes
-
-    n_max = max(sizes)
-    path = os.path.join(CACHE, f"syn{n_max}x768")
+def _codes_corpus(n: int, dim: int):
+    """A synthetic ``n x dim`` bf16 index with 64-byte codes and a one-column placeholder
+    graph (no beam step reads it when ``max_steps=0``), built once into CACHE."""
+    path = os.path.join(CACHE, f"syn{n}x{dim}")
     if not os.path.exists(path):
         t = time.perf_counter()
-        engine.synthetic.write_index(path, n_max, 768, seed=0)
+        engine.synthetic.write_index(path, n, dim, seed=0)
         ix = engine.Index.load(path).build_codes(64)
-        ix.set_graph(torch.zeros((n_max, 1), dtype=torch.int32), {"placeholder": True})
+        ix.set_graph(torch.zeros((n, 1), dtype=torch.int32), {"placeholder": True})
         ix.save(path)
-        print(f"# built the {n_max:,d} x 768 codes in {time.perf_counter() - t:.0f} s", flush=True)
-    full = engine.Index.load(path)
+        print(f"# built the {n:,d} x {dim} codes in {time.perf_counter() - t:.0f} s", flush=True)
+    return engine.Index.load(path)
+
+
+def _prefix(full, n: int):
+    """The first ``n`` rows of ``full`` (n a multiple of 32) with their codes, no copy."""
+    from engine.graph.codes import LinearCodes
+
     c = full.codes
-    q = engine.synthetic.qnets(queries, [768, 768, 768, 1], seed=1, corpus_seed=0)
+    ix = engine.Index(full.vectors[:n], graph=full.graph[:n], graph_params={})
+    ix.codes = LinearCodes(c.codes[: -(-n // 32)], c.rotation, c.dims, c.bits, c.levels, c.mean, n, c.params)
+    return ix
+
+
+def linear_stage(sizes, queries: int, dim: int) -> list:
+    """Per-query time of the linear stage of graph search (the default search with no
+    beam steps, ``max_steps=0``: the linearisation, the pass over the codes, the exact
+    re-rank, the second pass's shortlist) over prefixes of a synthetic ``dim``-wide corpus
+    whose 64-byte codes are built once, on one thread. Returns ``(rows, s/query)``: the
+    fastest of 3 runs of each of the queries."""
+    full = _codes_corpus(max(sizes), dim)
+    q = engine.synthetic.qnets(queries, [dim, dim, dim, 1], seed=1, corpus_seed=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = []
     try:
         for n in sizes:
-            ix = engine.Index(full.vectors[:n], graph=full.graph[:n], graph_params={})
-            ix.codes = LinearCodes(c.codes[: -(-n // 32)], c.rotation, c.dims, c.bits, c.levels, c.mean, n, c.params)
+            ix = _prefix(full, n)
             ix.search(q[:1], K, mode="graph", max_steps=0)
             # The fastest of 3 runs of every query: the slope is a few ms per million rows,
             # less than what a loaded machine adds to single runs.
@@ -243,17 +254,20 @@ BYTES_PER_DOC = 768 * 2 + 64 + 32 * 4  # bf16 vectors, 64 B codes, R = 32 int32 
 QNET_BYTES = (768 * 768 * 2 + 768 * 3) * 4  # one fp32 q-net [768, 768, 768, 1]
 
 
-def model_table(shard, lin, coll, base) -> tuple[list, list]:
+def model_table(shard, lin, scan, coll, base) -> tuple[list, list]:
     """Rows of the scaling table and the assumptions behind them.
 
-    One core per query per rank (graph search at batch 1 runs a query on one thread):
-    ``t1(n) = a_lin + b_lin n + beam``, the linear stage fitted at width 768 over
-    ``lin``, the beam (full search minus the search without beam steps, Debian, one core)
-    scaled by the q-net's arithmetic from width 384 to 768. Exact search splits a query's
-    rows over every core of the rank.
+    One core per query per rank: ``t1(n) = a_lin + b_lin n + beam``. ``b_lin`` is the
+    slope of the linear stage over ``scan`` (a narrow corpus of up to 4M rows: the codes
+    are 64 bytes per row whatever the width, and the slope stands out of the noise only
+    over millions of rows), ``a_lin`` what the width-768 measurements ``lin`` leave once
+    the slope is taken off, the beam (full search minus the search without beam steps,
+    Debian, one core) scaled by the q-net's arithmetic from width 384 to 768. Exact search
+    splits a query's rows over every core of the rank.
     """
     ratio = F768 / F384
-    a_lin, b_lin = fit_line(*zip(*lin))
+    b_lin = fit_line(*zip(*scan))[1]
+    a_lin = float(np.median([t - b_lin * n for n, t in lin]))
     beam_384 = float(np.median([max(g - g0, 0.0) for _, g, g0, _ in shard]))
     beam = ratio * beam_384
     e_row = ratio * float(np.median([e / n for n, _, _, e in shard]))
@@ -286,9 +300,11 @@ def model_table(shard, lin, coll, base) -> tuple[list, list]:
     gl = {k: v["s"] for k, v in coll.items()}
     assumptions = [
         f"graph search, linear stage (the search without beam steps: linearisation, pass over the 64-byte codes, "
-        f"exact re-rank, shortlist), one core, width 768, measured here on a synthetic corpus: "
-        f"{1e3 * a_lin:.1f} ms + {1e9 * b_lin:.1f} ns per row per query (least squares over "
-        + ", ".join(f"{n / 1e3:,.0f}k rows: {1e3 * t:.1f} ms" for n, t in lin) + ")",
+        f"exact re-rank, shortlist), one core: {1e3 * a_lin:.1f} ms + {1e9 * b_lin:.1f} ns per row per query; "
+        "the slope by least squares over a synthetic 128-wide corpus ("
+        + ", ".join(f"{n / 1e6:g}M rows: {1e3 * t:.1f} ms" for n, t in scan) + "), the fixed part from the "
+        "width-768 q-nets on a synthetic 768-wide corpus ("
+        + ", ".join(f"{n / 1e6:g}M rows: {1e3 * t:.1f} ms" for n, t in lin) + ")",
         f"graph search, beam (full search minus the search without beam steps), one core, on the Debian shards "
         f"(q-net [384, 384, 384, 1]; median over the three sizes: {1e3 * beam_384:.1f} ms), times "
         f"{ratio:.1f} for the q-net [768, 768, 768, 1] ({F768 / 1e6:.2f} MFLOP per document): {1e3 * beam:.1f} ms; "
@@ -347,7 +363,8 @@ def main() -> None:
         return float(np.mean([len(set(r) & t) / K for r, t in zip(ids, truth)]))
 
     runs = {p: sweep(paths[p], p, args.queries, args.exact_batch1) for p in procs}
-    lin = linear_stage([125_000, 250_000, 500_000, 1_000_000], 8)
+    lin = linear_stage([125_000, 250_000, 500_000, 1_000_000], 8, 768)
+    scan = linear_stage([500_000, 1_000_000, 2_000_000, 4_000_000], 8, 128)
     shard = per_shard([engine.distributed.read_sharded_manifest(paths[p]).shard_dir(0) for p in (4, 2)] + [single],
                       q, args.exact_batch1)
     load1 = os.getloadavg()
@@ -381,9 +398,10 @@ def main() -> None:
     print("# one shard searched by one thread (median over the queries of the fastest of 3 runs), Debian")
     table(["rows", "graph ms", "graph without beam ms", "exact ms"],
           [[f"{n:,d}", f"{1e3 * g:.2f}", f"{1e3 * g0:.2f}", f"{1e3 * e:.1f}"] for n, g, g0, e in shard])
-    print("# linear stage of graph search (max_steps=0), one thread, synthetic width 768, fastest of 8 queries x 3")
-    table(["rows", "ms"], [[f"{n:,d}", f"{1e3 * t:.1f}"] for n, t in lin])
-    mrows, assumptions = model_table(shard, lin, coll, base)
+    print("# linear stage of graph search (max_steps=0), one thread, synthetic corpora, fastest of 8 queries x 3")
+    table(["width", "rows", "ms"], [[w, f"{n:,d}", f"{1e3 * t:.1f}"] for w, pts in ((768, lin), (128, scan))
+                                    for n, t in pts])
+    mrows, assumptions = model_table(shard, lin, scan, coll, base)
     assumptions.insert(0, f"graph search: the default parameters, {DefaultSearchParams()}")
     print("# scaling model: width 768, k = 10, batch 1 (assumptions below)")
     table(["documents", "ranks N", "rank", "GB per rank", "graph ms (q-nets on every rank)",
@@ -392,7 +410,8 @@ def main() -> None:
         print(f"- {a}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"baseline": base, "runs": runs, "per_shard": shard, "linear_stage": lin, "model": mrows,
+            json.dump({"baseline": base, "runs": runs, "per_shard": shard, "linear_stage": lin, "scan": scan,
+                       "model": mrows,
                        "assumptions": assumptions}, f, indent=1)
 
 
