@@ -73,6 +73,24 @@ def _normalise_ids(ids, n: int):
     return out
 
 
+def check_search_args(qnets, k, mode, backend, dim: int):
+    """The checks of a search's arguments (one index or a sharded one): ``(qnets, backend)``
+    as the search reads them. Raises ``TypeError`` / ``ValueError`` naming the argument."""
+    qnets = check_qnets(qnets)
+    backend = check_backend(backend)
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 0 < k <= MAX_K:
+        raise ValueError(f"k must be positive and at most {MAX_K}, got {k}")
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be a str, got {type(mode).__name__}")
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+    if qnets.dim != dim:
+        raise ValueError(f"dimension mismatch: q-nets read {qnets.dim}-d vectors, the index holds {dim}-d")
+    return qnets, backend
+
+
 class _StringIds:
     """String ids read lazily from the offsets + UTF-8 blob files."""
 
@@ -284,18 +302,7 @@ class Index:
         """
         import time
 
-        qnets = check_qnets(qnets)
-        backend = check_backend(backend)
-        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
-        if not 0 < k <= MAX_K:
-            raise ValueError(f"k must be positive and at most {MAX_K}, got {k}")
-        if not isinstance(mode, str):
-            raise TypeError(f"mode must be a str, got {type(mode).__name__}")
-        if mode not in SEARCH_MODES:
-            raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
-        if qnets.dim != self.dim:
-            raise ValueError(f"dimension mismatch: q-nets read {qnets.dim}-d vectors, the index holds {self.dim}-d")
+        qnets, backend = check_search_args(qnets, k, mode, backend, self.dim)
         if num_threads is not None:
             num_threads = check_num_threads(num_threads)
         if self.vectors.device == qnets.device:

@@ -55,6 +55,8 @@ import numpy as np
 import torch
 
 FORMAT = "hypencoder-engine-index"
+# A sharded index (engine/distributed): a manifest of this format naming ordinary indexes.
+SHARDED_FORMAT = "hypencoder-engine-sharded-index"
 VERSION = 2  # written
 READABLE_VERSIONS = (1, 2)
 # The candidate codes' arrays (engine/graph/codes.py): attribute -> (file, dtype).
@@ -106,6 +108,8 @@ def write_array(path: str, rows: Iterable[torch.Tensor] | torch.Tensor) -> dict:
     with open(path, "wb") as f:
         for chunk in chunks:
             a = _np_view(chunk)
+            if a.size == 0:  # nothing to write (an empty shard's graph or codes)
+                continue
             step = max(1, _CHUNK_BYTES // max(1, a[:1].nbytes)) if a.ndim else 1
             for s in range(0, max(len(a), 1) if a.ndim else 1, step):
                 b = memoryview(np.ascontiguousarray(a[s : s + step] if a.ndim else a)).cast("B")
@@ -210,12 +214,13 @@ def _looks_like_our_index(path: str) -> bool:
         return False
 
 
-def save_target(path) -> str:
+def save_target(path, check=None) -> str:
     """The directory a save of ``path`` writes: checked, with symlinks resolved.
 
     Raises ``TypeError`` for a path that is not a str/PathLike, ``ValueError`` for an empty
     one, and :class:`SaveTargetError` for a target that exists and is neither an empty
     directory nor an index of ours, or that is (or holds) the current directory.
+    ``check(real, shown)``: what may be replaced (default :func:`check_replaceable`).
     """
     if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"index path must be a str or os.PathLike, got {type(path).__name__}")
@@ -232,7 +237,7 @@ def save_target(path) -> str:
     if real == cwd or cwd.startswith(real.rstrip(os.sep) + os.sep) or real == os.sep:
         raise SaveTargetError(f"index path {p!r} is the current directory or contains it; "
                               "name a directory of its own")
-    check_replaceable(real, shown=p)
+    (check or check_replaceable)(real, shown=p)
     return real
 
 
@@ -331,17 +336,18 @@ def temp_dir(target: str) -> Iterator[str]:
             os.close(fd)
 
 
-def commit_dir(tmp: str, target: str, manifest: dict) -> None:
+def commit_dir(tmp: str, target: str, manifest: dict, check=None) -> None:
     """Write the manifest last, fsync, then put ``tmp`` in place of ``target``.
 
-    ``target`` is checked again right before the swap: files that appeared there while the
-    index was being written are never deleted.
+    ``target`` is checked again right before the swap (``check``, default
+    :func:`check_replaceable`): files that appeared there while the index was being
+    written are never deleted.
     """
     path = os.path.join(tmp, MANIFEST)
     write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
     _fsync_dir(tmp)
     parent = os.path.dirname(target)
-    check_replaceable(target)
+    (check or check_replaceable)(target)
     if os.path.lexists(target):
         if _exchange(tmp, target):
             _fsync_dir(parent)
@@ -422,6 +428,9 @@ def read_manifest(path: str) -> dict:
         m = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise IndexFormatError(f"{mpath} is not valid JSON: {type(e).__name__}: {e}") from None
+    if isinstance(m, dict) and m.get("format") == SHARDED_FORMAT:
+        raise IndexFormatError(f"{path} is a sharded index: search it with engine.distributed.ShardedSearcher "
+                               "or `python -m engine search` (under torchrun for one process per shard)")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise IndexFormatError(f"{mpath}: manifest field 'format' is not {FORMAT!r}: not an index of this engine")
     if m.get("version") not in READABLE_VERSIONS or not _is_int(m.get("version")):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     p = sub.add_parser("info", help="describe an index and the available backends")
-    p.add_argument("index", nargs="?", help="index directory")
+    p.add_argument("index", nargs="?", help="index directory (or sharded index directory)")
     p.add_argument("--verify", action="store_true", help="check every file's SHA-256")
     p.set_defaults(run=run)
 
@@ -26,7 +26,11 @@ def run(args) -> int:
         print(f"cpu ISA: {cpu.isa()}")
     except Exception:
         pass
-    if args.index:
+    from ..distributed.manifest import is_sharded
+
+    if args.index and is_sharded(args.index):
+        _sharded_info(args.index, args.verify)
+    elif args.index:
         index = Index.load(args.index, verify=args.verify)
         print(f"index: {index}")
         m = read_manifest(args.index)
@@ -40,3 +44,15 @@ def run(args) -> int:
         if args.verify:
             print("checksums: ok")
     return 0
+
+
+def _sharded_info(path: str, verify: bool) -> None:
+    """The sharded manifest and every shard, each opened and checked against it."""
+    from ..distributed.manifest import open_shard, read_sharded_manifest
+
+    m = read_sharded_manifest(path)
+    print(f"sharded index: n={m.count}, dim={m.dim}, dtype={m.dtype}, ids={m.ids}, {len(m.shards)} shards")
+    for i, s in enumerate(m.shards):
+        print(f"  shard {i}: rows {s.offset}..{s.offset + s.count} {open_shard(m, i, verify=verify)}  ({s.path})")
+    if verify:
+        print("checksums: ok")
