@@ -150,13 +150,17 @@ void register_cpu_kernels(py::module_& m) {
         "The instruction set the CPU kernels use now.");
   m.def("cpu_supported_isas", &supported_isa_names, "Instruction sets this CPU can run, weakest first.");
   m.def("cpu_set_isa", &set_active_isa, py::arg("name"),
-        "Use ISA `name` (auto, portable, avx2, avx512, avx512_bf16); ValueError if this CPU cannot.");
-  m.def("cpu_kernel_name", [](const std::string& wdtype) {
-    if (wdtype == "float32") return std::string(kernel_name(DType::F32));
-    if (wdtype == "float16") return std::string(kernel_name(DType::F16));
-    if (wdtype == "bfloat16") return std::string(kernel_name(DType::BF16));
-    throw std::invalid_argument("wdtype must be float32, float16 or bfloat16");
-  });
+        "Use ISA `name` (auto, portable, avx2, avx512, avx512_bf16, amx, amx_emulated); ValueError if this "
+        "CPU cannot.");
+  m.def("cpu_isa_status", [](const std::string& name) {
+    for (int i = 0; i <= static_cast<int>(Isa::AmxEmulated); ++i)
+      if (name == isa_name(static_cast<Isa>(i))) return isa_status(static_cast<Isa>(i));
+    throw std::invalid_argument("unknown CPU ISA '" + name + "'");
+  }, py::arg("name"), "\"ok\", or why this process cannot run ISA `name` here.");
+  m.def("cpu_has_bf16_kernel", &has_bf16_kernel,
+        "Whether the active ISA computes q-nets flagged bf16 in bf16 (AMX, AVX512-BF16).");
+  m.def("cpu_kernel_name", [](bool bf16) { return std::string(kernel_name(bf16)); }, py::arg("bf16"),
+        "The kernel the active ISA runs for q-nets computed in bf16 (True) or fp32 (False).");
   m.def("cpu_score_dense", &py_score_dense, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("vectors"), py::arg("out"),
         py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
         "Fused q-net scores of every (query, document) pair into out (Q, n) float32.");

@@ -48,7 +48,7 @@ def _result(out):
 
 def paper_search(index, qnets, k: int, p, num_threads: int):
     _C, _ = _module()
-    w, b, flags = _qnet_args(qnets.weights, qnets.biases, qnets.config).values()
+    w, b, flags = _qnet_args(qnets.weights, qnets.biases, qnets.config, index.vectors.dtype).values()
     ent = entry_points(index, p.num_entry_points)
     return _result(_C.graph_paper_search(w, b, flags, to_numpy(index.vectors), _graph(index), to_numpy(ent), int(k),
                                          p.ncandidates, p.max_iter, p.early_stop, num_threads))
@@ -56,7 +56,7 @@ def paper_search(index, qnets, k: int, p, num_threads: int):
 
 def default_search(index, qnets, k: int, p, use_codes: bool, num_threads: int):
     _C, _ = _module()
-    w, b, flags = _qnet_args(qnets.weights, qnets.biases, qnets.config).values()
+    w, b, flags = _qnet_args(qnets.weights, qnets.biases, qnets.config, index.vectors.dtype).values()
     n = len(index)
     ef_lin = p.ef_lin()
     keep = p.shortlist_rows(n) if p.passes > 1 else ef_lin
