@@ -300,3 +300,11 @@ def test_amx_isa_selection(restore):
         assert cpu.isa() == "amx_emulated" and cpu.kernel_name(True).startswith("amx_emulated")
     with pytest.raises(ValueError, match="unknown"):
         cpu.isa_status("amx2")
+
+
+def test_info_shows_isa_and_precision():
+    env = {"HYPENCODER_CPU_PRECISION": "bf16"}
+    out = subprocess.run([sys.executable, "-m", "engine", "info"], env=dict(os.environ, **env),
+                         capture_output=True, text=True, check=True).stdout
+    assert f"cpu ISA: {cpu.isa()}" in out and f"amx: {cpu.isa_status('amx')}" in out
+    assert f"cpu precision: bf16 (every q-net: {cpu.kernel_name(True)})" in out
