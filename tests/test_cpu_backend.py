@@ -461,7 +461,10 @@ def test_isa_names_and_errors(restore_isa):
             with pytest.raises(ValueError, match="not supported"):
                 cpu.set_isa(name)
     cpu.set_isa("auto")
-    assert cpu.isa() == cpu.supported_isas()[-1]
+    # the best supported, except that Intel CPUs without AMX take avx512 over avx512_bf16
+    # (their vdpbf16ps is slower than fp32 FMA)
+    best = cpu.supported_isas()[-1]
+    assert cpu.isa() == best or (best, cpu.isa()) == ("avx512_bf16", "avx512")
 
 
 def _run_with_env(isa: str) -> str:

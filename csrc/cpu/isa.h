@@ -26,8 +26,10 @@ std::string isa_status(Isa isa);
 // Names of every ISA this CPU can run, weakest first (AmxEmulated excluded).
 std::vector<std::string> supported_isa_names();
 
-// The ISA in use: the best the CPU supports, unless HYPENCODER_CPU_ISA names another
-// (read once, at first use; an unknown or unsupported name throws std::invalid_argument).
+// The ISA in use: the best the CPU supports (AMX, else AVX512-BF16 except on Intel CPUs,
+// where its bf16 dot product is slower than the fp32 FMA kernel, else AVX-512, AVX2), unless
+// HYPENCODER_CPU_ISA names another (read once, at first use; an unknown or unsupported
+// name throws std::invalid_argument).
 Isa active_isa();
 
 // Forces `name` for the rest of the process ("auto": back to the best supported).

@@ -3,7 +3,9 @@
 One build runs on any x86-64: the kernel's instruction set (portable, avx2, avx512,
 avx512_bf16, amx) is chosen at run time from the CPU, or forced with the environment
 variable ``HYPENCODER_CPU_ISA`` (read at import; a name the CPU cannot run makes the
-backend unavailable with that reason) or :func:`set_isa`. ``amx`` needs AMX-TILE and
+backend unavailable with that reason) or :func:`set_isa`. The automatic choice skips
+``avx512_bf16`` on Intel CPUs, whose vdpbf16ps is slower than the fp32 FMA kernel (on AMD
+Zen 4 it is twice as fast); there bf16 is AMX's. ``amx`` needs AMX-TILE and
 AMX-BF16 and, on Linux, the kernel's permission for tile data, which the first use asks
 for. ``amx_emulated`` (by name only) runs the AMX kernel with its tile instructions in
 C++, to test it on CPUs without AMX. Threads: ``torch.get_num_threads()`` unless a call
