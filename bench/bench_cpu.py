@@ -57,6 +57,21 @@ from engine import QNet, QNetConfig
 from engine.backends import cpu
 
 
+def cpu_model() -> str:
+    """The CPU's model name, family and model (Linux), else what platform knows."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                info.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    if "model name" in info:
+        return f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+    return platform.processor() or platform.machine()
+
+
 def best_of(fns, reps, max_time=4.0, clock=time.perf_counter):
     """Best time of each fn over `reps` interleaved repetitions (so that load from other
     processes hits all alike); stops early, after two, once max_time has passed."""
@@ -221,7 +236,7 @@ def main():
     reps = args.reps or (3 if args.quick else 8)
     work = 0.3e9 if args.quick else 0.6e9  # FLOPs per timed call (sets n for dense)
 
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    print(f"# machine: {cpu_model()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {nt} threads, cpu backend ISA {cpu.isa()} "
           f"(supported: {', '.join(cpu.supported_isas())}); load average at start "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")

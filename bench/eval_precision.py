@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -88,7 +87,9 @@ def main(argv=None) -> int:
     qrels = read_qrels(data / "qrels.dev.tsv")
     t = time.perf_counter()
     qids, qn = encode(data, args.limit)
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+    from bench_cpu import cpu_model
+
+    print(f"# machine: {cpu_model()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, ISA {cpu.isa()} (supported: "
           f"{', '.join(cpu.supported_isas())}; amx: {cpu.isa_status('amx')}); load average "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
