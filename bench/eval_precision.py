@@ -7,9 +7,11 @@ float32 path converts exactly). Each precision policy (``fp32``, ``bf16``; see
 engine.native_args) runs exact top-1000 search over all 58,285 documents. Printed: MRR@10,
 nDCG@10 and Recall@1000 of each (ir-measures), and of the bf16 run against the fp32 one:
 recall@10 (the share of fp32's top 10 that bf16 also returns in its top 10, averaged
-over queries), the share of queries whose top 1 is the same, and the largest score
-difference relative to the largest |score| of the query. Also the kernel each path ran
-and its search time (only indicative on a shared machine).
+over queries), the share of queries whose top 1 is the same, and the score differences
+on fp32's top 10 (bf16 rescoring the same documents) in score units and relative to the
+spread of the query's fp32 top-k scores (a query's best scores can sit near zero: the
+scores span about -50..50 over the corpus). Also the kernel each path ran and its search
+time (only indicative on a shared machine).
 
 With ``--kernels``, one more check on a subset: the same q-nets scored over the first
 ``--kernel-docs`` documents by every bf16 kernel this machine can run (avx512_bf16,
@@ -116,7 +118,9 @@ def main(argv=None) -> int:
     ids10 = f32["ids"][:, :10].contiguous()
     s_b = cpu.score_gather(qn.weights, qn.biases, qn.config, vectors, ids10)
     cpu.set_precision("auto")
-    rel = ((s_b - f32["scores"][:, :10]).abs().max(dim=1).values / f32["scores"][:, :10].abs().max(dim=1).values)
+    diff = (s_b - f32["scores"][:, :10]).abs().max(dim=1).values
+    spread = f32["scores"][:, 0] - f32["scores"][:, -1]
+    rel = diff / spread
 
     print("\n| precision | kernel | MRR@10 | nDCG@10 | Recall@1000 | search s |")
     print("|---|---|---|---|---|---|")
@@ -126,9 +130,12 @@ def main(argv=None) -> int:
               f"| {r['seconds']:.1f} |")
     print(f"\nbf16 against fp32, {len(top10)} queries: recall@10 {np.mean(top10):.4f} (min {min(top10):.1f}), "
           f"same top 1 {same1:.4f}, MRR@10 {b16['metrics']['MRR@10'] - f32['metrics']['MRR@10']:+.4f}; "
-          f"score difference on fp32's top 10, relative to the query's largest |score|: median "
-          f"{float(rel.median()):.2e}, max {float(rel.max()):.2e}")
+          f"largest score difference on fp32's top 10 per query: median {float(diff.median()):.3g}, max "
+          f"{float(diff.max()):.3g} (score units; the top-{args.k} scores of a query span {float(spread.median()):.3g} "
+          f"at the median), relative to that span: median {float(rel.median()):.2e}, max {float(rel.max()):.2e}")
     summary = {"queries": len(top10), "recall10_vs_fp32": float(np.mean(top10)), "same_top1": same1,
+               "score_diff_median": float(diff.median()), "score_diff_max": float(diff.max()),
+               "topk_spread_median": float(spread.median()),
                "score_rel_diff_median": float(rel.median()), "score_rel_diff_max": float(rel.max()),
                **{p: {**r["metrics"], "seconds": r["seconds"], "kernel": r["kernel"]} for p, r in res.items()}}
 

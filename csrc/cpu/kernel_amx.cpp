@@ -99,7 +99,7 @@ static void forward_bf16(const PackedQuery& pq, const Workspace& ws, int64_t row
 
 const KernelOps& kernel_ops_amx() {
   static const KernelOps ops{Isa::Amx, amx::kTileRows, amx::NR, &amx::forward_f32, &amx::forward_bf16,
-                             &amx::convert_row, &amx::fma_loop, static_cast<int>(amx::kTileK)};
+                             &amx::convert_row, &amx::fma_loop, static_cast<int>(amx::kTileK), amx::kAmxBlock};
   return ops;
 }
 

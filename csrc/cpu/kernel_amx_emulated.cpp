@@ -95,7 +95,7 @@ const KernelOps& kernel_ops_amx_emulated() {
   static const KernelOps ops{Isa::AmxEmulated, amx_emulated::kTileRows, amx_emulated::NR,
                              &amx_emulated::forward_f32, &amx_emulated::forward_bf16,
                              &amx_emulated::convert_row, &amx_emulated::fma_loop,
-                             static_cast<int>(amx_emulated::kTileK)};
+                             static_cast<int>(amx_emulated::kTileK), amx_emulated::kAmxBlock};
   return ops;
 }
 

@@ -67,6 +67,8 @@ struct KernelOps {
   int64_t (*fma_loop)(int64_t iters, float* sink) = nullptr;
   // BF16_PAIRS panels pad k to a multiple of this.
   int k_align = 2;
+  // Rows per kernel call when the caller gives none (0: the driver's default).
+  int64_t block = 0;
 };
 
 const KernelOps& kernel_ops_portable();

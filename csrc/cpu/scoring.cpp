@@ -253,7 +253,7 @@ void load_rows(const KernelOps& ops, const VectorsView& v, const int64_t* ids, i
 }
 
 int64_t block_rows(int64_t block, const KernelOps& ops) {
-  return round_up(block > 0 ? block : kDefaultBlock, ops.mr);
+  return round_up(block > 0 ? block : ops.block > 0 ? ops.block : kDefaultBlock, ops.mr);
 }
 
 // One thread's share of the rows of a query: (first row, rows).
