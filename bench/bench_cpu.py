@@ -3,18 +3,27 @@
 Prints, for L in {2, 6}, d in {384, 768}, Q in {1, 8}, dense scoring and gather scoring
 (m = 512 and 4096), in bf16 (weights and vectors) and fp32: documents/s and GFLOP/s of the
 cpu backend and of the best PyTorch implementation timed in the same run, the ratio, and
-the kernel's fraction of this machine's peak, two ways: the plain fp32 GEMM peak
-(torch.matmul 2048^3, best of several) and the theoretical FMA peak (a register-only FMA
-loop, ``cpu.fma_peak_gflops``). Both peaks are measured at the start, between groups of
-rows and at the end; the table divides by the largest reading of each.
+the kernel's fraction of this machine's peak, three ways: the plain fp32 GEMM peak
+(torch.matmul 2048^3, best of several), the theoretical FMA peak (a register-only FMA
+loop, ``cpu.fma_peak_gflops``) and, for bf16 rows, the bf16 GEMM peak (torch.matmul
+2048^3 in bf16: oneDNN, AMX tiles where the CPU has them). The peaks are measured at the
+start, between groups of rows and at the end; the table divides by the largest reading of
+each. The cpu backend runs its default precision policy: bf16 rows take its bfloat16
+kernel (AMX, AVX512-BF16) where the CPU has one, fp32 rows its exact fp32 kernel; the
+header names both. ``--isa`` runs the table under another instruction set.
+
+Dense rows score ``work / FLOPs per document`` documents (a few hundred for d = 768,
+L = 6), unless ``--dense-n`` says how many; ``--targets`` uses 16,384 (at a few hundred
+documents torch's bf16 GEMM does not reach its AMX rate: that measures call overhead).
 
 PyTorch candidates per row, the best (fastest) one is the baseline:
   * ``native``: per-layer (b)addmm over blocks in the row's dtype;
   * ``fp32`` (bf16 rows only): the weights converted to fp32 once, outside the timing (as
     the cpu backend's packed weights are cached), the documents converted per call, then
     MKL fp32; torch's own bf16 matmul runs at ~1 GFLOP/s on CPUs without native bf16, so
-    this is the best torch can do there. ``native`` bf16 is timed on a prefix of the
-    documents (its docs/s does not depend on n at these sizes) so that the table finishes.
+    this is the best torch can do there. On such CPUs (bf16 GEMM peak under half the fp32
+    one) ``native`` bf16 is timed on a prefix of the documents (its docs/s does not depend
+    on n at these sizes) so that the table finishes; elsewhere on all of them.
 The cpu backend is timed warm (its packed-weight cache holds the q-net, as in graph
 search or any repeated scoring); the ``cold`` lines time a first call with a new q-net
 (the cache cleared before each call, so packing is included).
@@ -48,6 +57,21 @@ from engine import QNet, QNetConfig
 from engine.backends import cpu
 
 
+def cpu_model() -> str:
+    """The CPU's model name, family and model (Linux), else what platform knows."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                info.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    if "model name" in info:
+        return f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+    return platform.processor() or platform.machine()
+
+
 def best_of(fns, reps, max_time=4.0, clock=time.perf_counter):
     """Best time of each fn over `reps` interleaved repetitions (so that load from other
     processes hits all alike); stops early, after two, once max_time has passed."""
@@ -72,13 +96,16 @@ class Peaks:
     def __init__(self, gemm_size, reps, clock=time.perf_counter, threads=None):
         self.a = torch.randn(gemm_size, gemm_size)
         self.b = torch.randn(gemm_size, gemm_size)
+        self.a16, self.b16 = self.a.bfloat16(), self.b.bfloat16()
         self.reps, self.clock, self.threads = reps, clock, threads
-        self.gemm = self.fma = 0.0
+        self.gemm = self.fma = self.gemm_bf16 = 0.0
 
     def measure(self):
         n = self.a.shape[0]
-        (t,) = best_of([lambda: torch.matmul(self.a, self.b)], self.reps, clock=self.clock)
+        (t, t16) = best_of([lambda: torch.matmul(self.a, self.b), lambda: torch.matmul(self.a16, self.b16)],
+                           self.reps, clock=self.clock)
         self.gemm = max(self.gemm, 2 * n**3 / t / 1e9)
+        self.gemm_bf16 = max(self.gemm_bf16, 2 * n**3 / t16 / 1e9)
         self.fma = max(self.fma, cpu.fma_peak_gflops(self.threads, seconds=0.6))
         return self
 
@@ -149,22 +176,23 @@ def fmt_row(r):
     return out
 
 
-def time_row(op, dt, qn, qn32_conv, vec, ids, items, reps, work, clock=time.perf_counter, nt=None, max_time=6.0):
+def time_row(op, dt, qn, qn32_conv, vec, ids, items, reps, work, clock=time.perf_counter, nt=None, max_time=6.0,
+             slow_bf16=True):
     """(cpu time, cold cpu time or None, best torch time, name of the best torch variant)
-    for one row; torch native bf16 is timed on a prefix of the documents (see the module
-    docstring) and scaled."""
+    for one row; with ``slow_bf16`` torch native bf16 is timed on a prefix of the
+    documents (see the module docstring) and scaled."""
     W, B, C = qn.weights, qn.biases, qn.config
     kw = {} if nt is None else {"num_threads": nt}
     Q = qn.num_queries
     fpd = qn.flops_per_document()
     if op == "dense":
         f_cpu = lambda: cpu.score_dense(W, B, C, vec, **kw)
-        n_t = items if dt == torch.float32 else max(64, min(items, int(work / 8 / (Q * fpd))))
+        n_t = items if dt == torch.float32 or not slow_bf16 else max(64, min(items, int(work / 8 / (Q * fpd))))
         vec_t = vec[:n_t]
         f_nat = lambda: torch_dense(qn, vec_t)
         f_f32 = lambda: torch_dense_f32(qn32_conv, vec)
     else:
-        n_t = items if dt == torch.float32 else max(64, min(items, int(work / 8 / (Q * fpd))))
+        n_t = items if dt == torch.float32 or not slow_bf16 else max(64, min(items, int(work / 8 / (Q * fpd))))
         ids_t = ids[:, :n_t]
         f_cpu = lambda: cpu.score_gather(W, B, C, vec, ids, **kw)
         f_nat = lambda: torch_gather(qn, vec, ids_t)
@@ -194,19 +222,29 @@ def main():
                     help="only the acceptance rows (gather m=512 d=384 L=2 Q=1; dense d=768 L=6 Q=1 and Q=8), "
                          "each with 25x the repetitions over up to 30 s, peaks re-measured after every row")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    ap.add_argument("--dense-n", type=int, default=None,
+                    help="documents of the dense rows (default: from the work per call; 16384 with --targets)")
+    ap.add_argument("--isa", default=None, help="the cpu backend's instruction set (default: automatic)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.isa:
+        cpu.set_isa(args.isa)
+    if args.targets and args.dense_n is None:
+        args.dense_n = 16384
     nt = torch.get_num_threads()
     reps = args.reps or (3 if args.quick else 8)
     work = 0.3e9 if args.quick else 0.6e9  # FLOPs per timed call (sets n for dense)
 
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    print(f"# machine: {cpu_model()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {nt} threads, cpu backend ISA {cpu.isa()} "
           f"(supported: {', '.join(cpu.supported_isas())}); load average at start "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"# cpu backend kernels (precision {cpu.precision()}): fp32 rows {cpu.kernel_name(False)}, bf16 rows "
+          f"{cpu.kernel_name(cpu.uses_bf16(torch.bfloat16, torch.bfloat16))}; amx: {cpu.isa_status('amx')}")
     peaks = Peaks(1536 if args.quick else 2048, max(3, reps // 2)).measure()
-    print(f"# peaks at start: fp32 GEMM {peaks.gemm:.1f} GFLOP/s, FMA {peaks.fma:.1f} GFLOP/s", flush=True)
+    print(f"# peaks at start: fp32 GEMM {peaks.gemm:.1f} GFLOP/s, FMA {peaks.fma:.1f} GFLOP/s, "
+          f"bf16 GEMM {peaks.gemm_bf16:.1f} GFLOP/s", flush=True)
 
     Ls, ds, Qs, ms = (2, 6), (384, 768), (1, 8), (512, 4096)
     dtypes = (torch.bfloat16, torch.float32)
@@ -215,7 +253,7 @@ def main():
     targets = (("gather", 2, 384, 1, 512), ("dense", 6, 768, 1, None), ("dense", 6, 768, 8, None))
     n_peaks = 2 + len(Ls) * len(ds)
     cols = ("op", "dtype", "L", "d", "Q", "n|m", "cpu docs/s", "cpu GFLOP/s", "torch best", "torch GFLOP/s",
-            "ratio", "% GEMM peak", "% FMA peak")
+            "ratio", "% GEMM peak", "% FMA peak", "% bf16 GEMM peak")
     rows, cold = [], []
     for L in Ls:
         for d in ds:
@@ -224,7 +262,7 @@ def main():
             for Q in Qs:
                 qn32 = make_qnet(Q, d, L, torch.float32)
                 fpd = qn32.flops_per_document()
-                n = max(256, int(work / (Q * fpd)))
+                n = max(256, int(work / (Q * fpd)), args.dense_n or 0)
                 vec32 = torch.randn(n, d)
                 for op, m in [("dense", None)] + [("gather", m) for m in ms]:
                     if args.targets and (op, L, d, Q, m) not in targets:
@@ -238,7 +276,8 @@ def main():
                         qn, vec = qn32.to(dtype=dt), vec32.to(dt)
                         t_cpu, t_t, name, f_cold = time_row(op, dt, qn, qn.to(dtype=torch.float32), vec, ids,
                                                             items, reps * (mult if target else 1), work,
-                                                            max_time=mt if target else 6.0)
+                                                            max_time=mt if target else 6.0,
+                                                            slow_bf16=peaks.gemm_bf16 < 0.5 * peaks.gemm)
                         flops = Q * items * fpd
                         rows.append([op, str(dt).replace("torch.", ""), L, d, Q, items, Q * items / t_cpu,
                                      flops / t_cpu / 1e9, name, flops / t_t / 1e9, t_t / t_cpu])
@@ -252,10 +291,11 @@ def main():
             peaks.measure()  # between groups of rows
     peaks.measure()
     print(f"\n# peaks (largest of {n_peaks} readings through the run): "
-          f"fp32 GEMM {peaks.gemm:.1f} GFLOP/s, FMA {peaks.fma:.1f} GFLOP/s; "
+          f"fp32 GEMM {peaks.gemm:.1f} GFLOP/s, FMA {peaks.fma:.1f} GFLOP/s, bf16 GEMM {peaks.gemm_bf16:.1f} "
+          f"GFLOP/s; "
           f"load average at end {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for r in rows:
-        r += [100 * r[7] / peaks.gemm, 100 * r[7] / peaks.fma]
+        r += [100 * r[7] / peaks.gemm, 100 * r[7] / peaks.fma, 100 * r[7] / peaks.gemm_bf16 if r[1] == "bfloat16" else ""]
     print_table(rows, cols, args.markdown)
     if cold:
         print("\n# cold calls (packed-weight cache cleared before each call: packing included)")
@@ -280,7 +320,7 @@ def single_thread_section(args, reps, work):
         if not args.quick:
             shapes += [("gather", 6, 768, 1, 512), ("dense", 2, 384, 1, None)]
         cols = ("op", "dtype", "L", "d", "Q", "n|m", "cpu docs/s", "cpu GFLOP/s", "torch best", "torch GFLOP/s",
-                "ratio", "% GEMM peak", "% FMA peak")
+                "ratio", "% GEMM peak", "% FMA peak", "% bf16 GEMM peak")
         rows = []
         for op, L, d, Q, m in shapes:
             qn32 = make_qnet(Q, d, L, torch.float32)
@@ -292,16 +332,19 @@ def single_thread_section(args, reps, work):
             for dt in (torch.bfloat16, torch.float32):
                 qn, vec = qn32.to(dtype=dt), vec32.to(dt)
                 t_cpu, t_t, name, _ = time_row(op, dt, qn, qn.to(dtype=torch.float32), vec, ids, items,
-                                               max(10, 2 * reps), work / 4, clock=clk, nt=1)
+                                               max(10, 2 * reps), work / 4, clock=clk, nt=1,
+                                               slow_bf16=peaks.gemm_bf16 < 0.5 * peaks.gemm)
                 flops = Q * items * fpd
                 rows.append([op, str(dt).replace("torch.", ""), L, d, Q, items, Q * items / t_cpu,
                              flops / t_cpu / 1e9, name, flops / t_t / 1e9, t_t / t_cpu])
                 print("  " + " ".join(fmt_row(rows[-1])), flush=True)
         peaks.measure()
         print(f"\n# single thread, time.thread_time (CPU time of the calling thread); peaks on one thread: "
-              f"fp32 GEMM (1024^3) {peaks.gemm:.1f} GFLOP/s, FMA {peaks.fma:.1f} GFLOP/s")
+              f"fp32 GEMM (1024^3) {peaks.gemm:.1f} GFLOP/s, FMA {peaks.fma:.1f} GFLOP/s, bf16 GEMM (1024^3) "
+              f"{peaks.gemm_bf16:.1f} GFLOP/s")
         for r in rows:
-            r += [100 * r[7] / peaks.gemm, 100 * r[7] / peaks.fma]
+            r += [100 * r[7] / peaks.gemm, 100 * r[7] / peaks.fma,
+                  100 * r[7] / peaks.gemm_bf16 if r[1] == "bfloat16" else ""]
         print_table(rows, cols, args.markdown)
     finally:
         torch.set_num_threads(prev)
@@ -349,7 +392,7 @@ def print_row(r, cols, header, md):
             print("|" + "---|" * len(cols))
         print("| " + " | ".join(fmt) + " |", flush=True)
     else:
-        w = [6, 8, 2, 4, 2, 6, 11, 11, 10, 13, 6, 11, 10]
+        w = [6, 8, 2, 4, 2, 6, 11, 11, 10, 13, 6, 11, 10, 16]
         if header:
             print("  ".join(c.rjust(x) for c, x in zip(cols, w)))
         print("  ".join(c.rjust(x) for c, x in zip(fmt, w)), flush=True)

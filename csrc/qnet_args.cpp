@@ -21,7 +21,7 @@ DType float_dtype(const py::array& a, const char* name) {
 
 QNetFlags parse_flags(const py::dict& flags) {
   static const char* const keys[] = {"relu", "layer_norm", "residual", "residual_on_last",
-                                     "layer_norm_before_residual", "eps"};
+                                     "layer_norm_before_residual", "eps", "bf16"};
   for (const auto& item : flags) {
     const std::string key = py::str(item.first);
     if (std::find(std::begin(keys), std::end(keys), key) == std::end(keys))
@@ -42,6 +42,7 @@ QNetFlags parse_flags(const py::dict& flags) {
   f.residual = flag("residual");
   f.residual_on_last = flag("residual_on_last");
   f.layer_norm_before_residual = flag("layer_norm_before_residual");
+  f.bf16 = flag("bf16");
   py::object eps = get("eps");
   if (!py::isinstance<py::float_>(eps)) throw py::type_error("q-net flags: 'eps' must be a float");
   f.eps = eps.cast<double>();
@@ -103,6 +104,7 @@ void parse_qnet(QNetArgs& a, const py::list& weights, const py::list& biases, co
   v.residual_on_last = flags.residual_on_last;
   v.layer_norm_before_residual = flags.layer_norm_before_residual;
   v.eps = static_cast<float>(flags.eps);
+  v.bf16 = flags.bf16;
 }
 
 void QNetArgs::widen() {

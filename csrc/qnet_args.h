@@ -25,6 +25,7 @@ struct QNetFlags {
   bool residual_on_last = false;
   bool layer_norm_before_residual = true;
   double eps = 1e-5;
+  bool bf16 = false;  // QNetView::bf16: the precision the caller chose (engine/native_args.py)
 };
 
 // Owns what a QNetView points at (and keeps the arrays alive) for the duration of one call.
@@ -40,7 +41,8 @@ struct QNetArgs {
   void widen();
 };
 
-// The flags from QNetConfig.kernel_flags() (a dict; every key required, bools strict).
+// The flags from engine.native_args.qnet_args(): QNetConfig.kernel_flags() plus "bf16"
+// (a dict; every key required, bools strict).
 QNetFlags parse_flags(const py::dict& flags);
 
 // weights: L + 1 arrays (Q, in, out), the last (Q, h_L, 1); biases: L arrays (Q, out); all

@@ -150,6 +150,18 @@ def make_ids(Q, m, n, id_dtype, device, layout="plain", seed=3) -> torch.Tensor:
     return ids[:, ::2] if layout == "strided" else ids
 
 
+def computed_dtype(kb: KernelBackend, dtype) -> torch.dtype:
+    """The precision a backend computes inputs of ``dtype`` in, whose tolerance applies:
+    the cpu backend takes its bfloat16 kernel for half-precision inputs where the CPU has
+    one (the precision policy of engine.native_args), float16 ones included."""
+    if kb.name == "cpu":
+        from engine.backends import cpu
+
+        if cpu.uses_bf16(dtype, dtype):
+            return torch.bfloat16
+    return dtype
+
+
 def assert_close(got, ref, dtype) -> None:
     scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
     err = float((got.float().cpu() - ref.float().cpu()).abs().max()) if ref.numel() else 0.0

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from engine.native_args import precision_scope
+
 import engine
 from engine import Index, QNet, synthetic
 from engine.search import exact
@@ -76,7 +78,8 @@ def test_memory_mapped_corpus(tmp_path):
     synthetic.write_index(tmp_path / "i", 5000, 32, dtype=torch.bfloat16)
     idx = Index.load(tmp_path / "i")
     q = synthetic.qnets(4, [32, 32, 32, 1])
-    r = idx.search(q, 5, block_size=1024)
+    with precision_scope("fp32"):  # the reference's arithmetic (bf16 inputs run in bf16 by default)
+        r = idx.search(q, 5, block_size=1024)
     s, i = full_topk(q, synthetic.vectors(5000, 32, dtype=torch.bfloat16), 5)
     assert torch.equal(r.ids, i)
 

@@ -20,7 +20,7 @@ _C = pytest.importorskip("engine._C", reason="engine._C is not built")
 
 ALLOWED = (ValueError, TypeError, MemoryError)
 FLAGS = {"relu": True, "layer_norm": True, "residual": True, "residual_on_last": False,
-         "layer_norm_before_residual": True, "eps": 1e-5}
+         "layer_norm_before_residual": True, "eps": 1e-5, "bf16": False}
 # Counts that must be refused or clamped, never allocated: none of them makes a (Q, k)
 # output of more than a few MB.
 HUGE = [-(2**63), -(2**31), -1, 0, 2**31, 2**40, 2**62, 2**63 - 1]
@@ -71,8 +71,10 @@ def base_args(name, Q, n, d, L, rng):
     if name == "cpu_set_isa":
         return {"name": str(rng.choice(_C.cpu_supported_isas() + ["auto"]))}
     if name == "cpu_kernel_name":
-        return {"wdtype": str(rng.choice(["float32", "float16", "bfloat16"]))}
-    if name in ("cpu_isa", "cpu_supported_isas", "cpu_kernel_tables"):
+        return {"bf16": bool(rng.integers(2))}
+    if name == "cpu_isa_status":
+        return {"name": str(rng.choice(_C.cpu_supported_isas() + ["amx", "amx_emulated"]))}
+    if name in ("cpu_isa", "cpu_supported_isas", "cpu_kernel_tables", "cpu_has_bf16_kernel"):
         return {}
     if name == "cpu_fma_peak_gflops":
         return {"num_threads": 2, "seconds": 0.002}
@@ -121,7 +123,7 @@ def base_args(name, Q, n, d, L, rng):
     raise KeyError(name)
 
 
-ENTRY_POINTS = ["topk_merge", "cpu_isa", "cpu_supported_isas", "cpu_kernel_tables", "cpu_set_isa", "cpu_kernel_name", "cpu_score_dense",
+ENTRY_POINTS = ["topk_merge", "cpu_isa", "cpu_supported_isas", "cpu_kernel_tables", "cpu_set_isa", "cpu_isa_status", "cpu_has_bf16_kernel", "cpu_kernel_name", "cpu_score_dense",
                 "cpu_score_gather", "cpu_exact_topk", "CpuPackedQNets", "cpu_pack_qnets", "cpu_fma_peak_gflops",
                 "cpu_score_gather_query", "graph_paper_search", "graph_default_search", "graph_linear_topk",
                 "graph_rows_topk", "graph_codes_topk", "graph_codes_lut", "graph_codes_sums", "graph_linearize"]

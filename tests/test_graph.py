@@ -771,7 +771,7 @@ def test_bf16_candidates_return_exact_scores(impl):
     q = engine.synthetic.qnets(4, [32, 32, 32, 1], seed=7, corpus_seed=5)
     opts = dict(mode="graph", impl=impl, ef=16)
     r = idx.search(q, 16, precision="bf16", **opts)
-    ref = engine.score_gather(q, idx.vectors, r.ids)
+    ref = engine.score_gather(q, idx.vectors, r.ids, backend="torch")  # float32 arithmetic
     torch.testing.assert_close(r.scores, ref, rtol=1e-5, atol=1e-5)
     assert (r.scores[:, :-1] >= r.scores[:, 1:]).all()
     assert r.stats.precision == "bf16"  # asked for (kernels without a bf16 dot use float32)
@@ -788,6 +788,10 @@ def test_precision_auto_and_reported(small):
     low = engine.Index.from_vectors(idx.vectors.to(torch.bfloat16)).build_graph(8, code_bytes=8)
     want = "bf16" if engine.graph.native.bf16_dot() else "exact"
     assert low.search(q, 10, mode="graph").stats.precision == (want if len(IMPLS) > 1 else "exact")
+    from engine.native_args import precision_scope
+
+    with precision_scope("fp32"):  # the CPU precision policy decides "auto"
+        assert low.search(q, 10, mode="graph").stats.precision == "exact"
     assert low.search(q, 10, mode="graph", impl="torch").stats.precision == "exact"
     with pytest.raises(ValueError, match="precision"):
         idx.search(q, 10, mode="graph", precision="fp8")

@@ -15,6 +15,7 @@ from kernel_cases import (
     TOPK_KS,
     activate,
     assert_close,
+    computed_dtype,
     backend_params,
     dense_cases,
     make_ids,
@@ -38,7 +39,7 @@ def test_dense_matches_reference(kb, L, d, n, dtype, layout, monkeypatch):
     if out is not None:
         assert got is out
     assert got.shape == (3, n) and got.dtype == torch.float32 and got.device == dev
-    assert_close(got, torch_ref.score_dense(q.weights, q.biases, q.config, v.contiguous()), dtype)
+    assert_close(got, torch_ref.score_dense(q.weights, q.biases, q.config, v.contiguous()), computed_dtype(kb, dtype))
 
 
 @pytest.mark.parametrize("kb", backend_params(lambda kb: kb.gather and not kb.grid_only))
@@ -54,7 +55,8 @@ def test_gather_matches_reference(kb, dtype, id_dtype, layout, monkeypatch):
     got = scoring.score_gather(q, v, ids, backend=kb.name, out=out)
     if out is not None:
         assert got is out
-    assert_close(got, torch_ref.score_gather(q.weights, q.biases, q.config, v.contiguous(), ids), dtype)
+    ref = torch_ref.score_gather(q.weights, q.biases, q.config, v.contiguous(), ids)
+    assert_close(got, ref, computed_dtype(kb, dtype))
 
 
 @pytest.mark.parametrize("kb", backend_params(lambda kb: kb.gather and not kb.grid_only))
@@ -66,7 +68,7 @@ def test_gather_wide_deep(kb, dtype, monkeypatch):
     v = make_vectors(3000, 768, dtype, dev)
     ids = make_ids(4, 777, 3000, torch.int64, dev)
     got = scoring.score_gather(q, v, ids, backend=kb.name)
-    assert_close(got, torch_ref.score_gather(q.weights, q.biases, q.config, v, ids), dtype)
+    assert_close(got, torch_ref.score_gather(q.weights, q.biases, q.config, v, ids), computed_dtype(kb, dtype))
 
 
 @pytest.mark.parametrize("kb", backend_params())
@@ -84,10 +86,10 @@ def test_converter_flags_and_widths(kb, dtype, config, dims, monkeypatch):
     q = make_qnet(2, dims, dtype, dev, config, seed=11)
     v = make_vectors(40, dims[0], dtype, dev)
     ref = torch_ref.score_dense(q.weights, q.biases, q.config, v)
-    assert_close(scoring.score(q, v, backend=kb.name), ref, dtype)
+    assert_close(scoring.score(q, v, backend=kb.name), ref, computed_dtype(kb, dtype))
     if kb.gather:
         ids = torch.arange(40, device=dev).flip(0).repeat(2, 1)
-        assert_close(scoring.score_gather(q, v, ids, backend=kb.name), ref.flip(1), dtype)
+        assert_close(scoring.score_gather(q, v, ids, backend=kb.name), ref.flip(1), computed_dtype(kb, dtype))
 
 
 @pytest.mark.parametrize("kb", backend_params(lambda kb: kb.fused_topk and not kb.grid_only))
@@ -103,8 +105,8 @@ def test_exact_topk_matches_reference(kb, k, dtype, monkeypatch):
     # The chosen ids' reference scores are the reference's best (ids may differ where
     # half-precision scores are within rounding of each other), and they are in order.
     rs, ri, full = ref_topk(q, v, k)
-    assert_close(s, rs, dtype)
-    assert_close(torch.gather(full, 1, i.cpu()), rs, dtype)
+    assert_close(s, rs, computed_dtype(kb, dtype))
+    assert_close(torch.gather(full, 1, i.cpu()), rs, computed_dtype(kb, dtype))
     if dtype == torch.float32:
         assert torch.equal(i.cpu(), ri)
     assert bool((s[:, :-1] >= s[:, 1:]).all())

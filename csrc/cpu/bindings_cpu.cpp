@@ -176,14 +176,17 @@ void register_cpu_kernels(py::module_& m) {
           py::gil_scoped_release release;  // it may wait for calls in flight
           set_isa_between_calls(name);
         }, py::arg("name"),
-        "Use ISA `name` (auto, portable, avx2, avx512, avx512_bf16) from the next call on, once the calls in "
+        "Use ISA `name` (auto, portable, avx2, avx512, avx512_bf16, amx, amx_emulated) from the next call on, once the calls in "
         "flight have ended (calls that start meanwhile wait); ValueError if this CPU cannot.");
-  m.def("cpu_kernel_name", [](const std::string& wdtype) {
-    if (wdtype == "float32") return std::string(kernel_name(DType::F32));
-    if (wdtype == "float16") return std::string(kernel_name(DType::F16));
-    if (wdtype == "bfloat16") return std::string(kernel_name(DType::BF16));
-    throw std::invalid_argument("wdtype must be float32, float16 or bfloat16");
-  }, py::arg("wdtype"), "Name of the kernel the active ISA uses for weights of dtype `wdtype`.");
+  m.def("cpu_isa_status", [](const std::string& name) {
+    for (int i = 0; i <= static_cast<int>(Isa::AmxEmulated); ++i)
+      if (name == isa_name(static_cast<Isa>(i))) return isa_status(static_cast<Isa>(i));
+    throw std::invalid_argument("unknown CPU ISA '" + name + "'");
+  }, py::arg("name"), "\"ok\", or why this process cannot run ISA `name` here.");
+  m.def("cpu_has_bf16_kernel", &has_bf16_kernel,
+        "Whether the active ISA computes q-nets flagged bf16 in bf16 (AMX, AVX512-BF16).");
+  m.def("cpu_kernel_name", [](bool bf16) { return std::string(kernel_name(bf16)); }, py::arg("bf16"),
+        "The kernel the active ISA runs for q-nets computed in bf16 (True) or fp32 (False).");
   m.def("cpu_score_dense", &py_score_dense, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("vectors"), py::arg("out"),
         py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
         "Fused q-net scores of every (query, document) pair into out (Q, n) float32.");

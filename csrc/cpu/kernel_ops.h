@@ -13,14 +13,15 @@ namespace cpu {
 
 // How a hidden layer's weights are laid out for the micro-kernel: column panels of NR
 // columns (the last one zero-padded), each panel k-major. F32: panel[k][j] floats.
-// BF16_PAIRS (AVX512-BF16 dot products): panel[k/2][j][k%2] bf16, k zero-padded to even.
+// BF16_PAIRS (AVX512-BF16 dot products, AMX tiles): panel[k/2][j][k%2] bf16, k zero-padded
+// to a multiple of the kernel's k_align (2 for vdpbf16ps, 32 for a tile's k).
 enum class PackFormat : int { F32 = 0, BF16_PAIRS = 1 };
 
 struct PackedLayer {
   const void* w = nullptr;     // npanels * in_pad * NR elements (see PackFormat)
   const float* bias = nullptr; // out_pad floats, zero-padded
   int64_t in = 0, out = 0;
-  int64_t in_pad = 0;          // in, or in rounded up to even for BF16_PAIRS
+  int64_t in_pad = 0;          // in, or in rounded up to k_align for BF16_PAIRS
   int64_t out_pad = 0;         // out rounded up to NR
   bool ln_before = false;      // layer norm of act(xW+b) before the residual (or alone)
   bool residual = false;       // add the layer's input
@@ -55,7 +56,8 @@ struct KernelOps {
   // Runs the q-net on `rows` rows of ws.x (rows up to round_up(rows, mr) must hold finite
   // values, zeros for padding), writes `rows` scores. Clobbers ws.
   void (*forward_f32)(const PackedQuery& pq, const Workspace& ws, int64_t rows, float* scores);
-  // As forward_f32 for BF16_PAIRS-packed queries; null where the ISA has no bf16 dot.
+  // As forward_f32 for BF16_PAIRS-packed queries (activations rounded to bf16 before each
+  // layer, fp32 accumulation); null where the ISA has no bf16 dot product.
   void (*forward_bf16)(const PackedQuery& pq, const Workspace& ws, int64_t rows, float* scores);
   // Converts n elements of `dtype` at src to fp32 at dst.
   void (*convert_row)(DType dtype, const void* src, float* dst, int64_t n);
@@ -63,12 +65,18 @@ struct KernelOps {
   // FLOPs it did (the result lands in *sink so the loop is not optimised away); null where
   // the ISA has none.
   int64_t (*fma_loop)(int64_t iters, float* sink) = nullptr;
+  // BF16_PAIRS panels pad k to a multiple of this.
+  int k_align = 2;
+  // Rows per kernel call when the caller gives none (0: the driver's default).
+  int64_t block = 0;
 };
 
 const KernelOps& kernel_ops_portable();
 const KernelOps& kernel_ops_avx2();
 const KernelOps& kernel_ops_avx512();      // AVX-512F fp32 FMA
 const KernelOps& kernel_ops_avx512_bf16(); // + vdpbf16ps for bf16 weights
+const KernelOps& kernel_ops_amx();          // + AMX tiles (TDPBF16PS) for bf16 weights
+const KernelOps& kernel_ops_amx_emulated(); // the AMX kernel with tile operations in C++
 
 const KernelOps& kernel_ops(Isa isa);
 

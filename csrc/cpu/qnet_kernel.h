@@ -25,6 +25,11 @@ struct QNetView {
   bool residual_on_last = false;
   bool layer_norm_before_residual = true;
   float eps = 1e-5f;
+  // Compute the hidden layers in bf16 where the active ISA has a bf16 kernel (AMX,
+  // AVX512-BF16): weights rounded to bf16 once when packed, activations rounded to bf16
+  // before each layer, fp32 accumulation; biases, layer norm, residuals and the output
+  // layer stay fp32. Elsewhere, and when false, every dtype is computed in fp32 exactly.
+  bool bf16 = false;
 };
 
 // Document vectors: (n, d) row-major in `dtype`.
@@ -115,7 +120,11 @@ void exact_topk(const QNetView& qn, const VectorsView& v, int64_t k, float* out_
 // `seconds`; the figure every kernel's efficiency is read against.
 double fma_peak_gflops(int num_threads, double seconds);
 
-// Name of the kernel the active ISA selects for weights of `wdtype` ("avx2", ...).
-const char* kernel_name(DType wdtype);
+// Name of the kernel the active ISA runs for q-nets with QNetView::bf16 == `bf16`
+// ("avx2", "amx (tdpbf16ps)", ...).
+const char* kernel_name(bool bf16);
+
+// Whether the active ISA has a bf16 kernel, i.e. honours QNetView::bf16.
+bool has_bf16_kernel();
 
 }  // namespace hyp

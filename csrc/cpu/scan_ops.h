@@ -37,7 +37,7 @@ struct ScanOps {
 const ScanOps& scan_ops_portable();
 const ScanOps& scan_ops_avx2();
 const ScanOps& scan_ops_avx512();
-// The table of `isa` (AVX-512 with BF16 shares the AVX-512 one).
+// The table of `isa` (AVX-512 with BF16 and AMX share the AVX-512 one).
 const ScanOps& scan_ops(Isa isa);
 
 }  // namespace cpu

@@ -65,7 +65,9 @@ const ScanOps& scan_ops_portable() {
 const ScanOps& scan_ops(Isa isa) {
   switch (isa) {
     case Isa::Avx512:
-    case Isa::Avx512Bf16: return scan_ops_avx512();
+    case Isa::Avx512Bf16:
+    case Isa::Amx:
+    case Isa::AmxEmulated: return scan_ops_avx512();
     case Isa::Avx2: return scan_ops_avx2();
     case Isa::Portable: break;
   }

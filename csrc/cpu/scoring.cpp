@@ -19,6 +19,8 @@ namespace cpu {
 
 const KernelOps& kernel_ops(Isa isa) {
   switch (isa) {
+    case Isa::AmxEmulated: return kernel_ops_amx_emulated();
+    case Isa::Amx: return kernel_ops_amx();
     case Isa::Avx512Bf16: return kernel_ops_avx512_bf16();
     case Isa::Avx512: return kernel_ops_avx512();
     case Isa::Avx2: return kernel_ops_avx2();
@@ -74,6 +76,14 @@ int64_t qnet_flops(const int64_t* dims, int num_layers) {
   return f;
 }
 
+// fp32 -> bf16, round to nearest even (weights are finite: validated by the caller).
+inline uint16_t bf16_round(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
 // Offsets (in 64-byte units... in bytes, 64-aligned) of each part of one packed query.
 struct PackPlan {
   PackFormat format = PackFormat::F32;
@@ -85,12 +95,12 @@ struct PackPlan {
   int64_t max_width = 0;  // padded: the workspace row length
 };
 
-// bf16: pack bf16 pairs (weights rounded to bf16) whatever the weights' dtype, where the
-// ISA has a bf16 dot product; otherwise bf16 weights get bf16 pairs and the rest fp32.
+// bf16 pairs (weights rounded to bf16) when the q-net is flagged bf16 or `bf16` asks for it,
+// where the ISA has a bf16 dot product; fp32 panels otherwise.
 PackPlan make_plan(const QNetView& qn, const KernelOps& ops, bool bf16 = false) {
   PackPlan pl;
   pl.nr = ops.nr;
-  pl.format = ((qn.wdtype == DType::BF16 || bf16) && ops.forward_bf16) ? PackFormat::BF16_PAIRS : PackFormat::F32;
+  pl.format = ((qn.bf16 || bf16) && ops.forward_bf16) ? PackFormat::BF16_PAIRS : PackFormat::F32;
   const int L = qn.num_layers;
   size_t off = 0;
   auto take = [&](size_t b) {
@@ -101,7 +111,7 @@ PackPlan make_plan(const QNetView& qn, const KernelOps& ops, bool bf16 = false) 
   pl.max_width = round_up(qn.dims[0], pl.nr);
   for (int i = 0; i < L; ++i) {
     const int64_t in = qn.dims[i], out = qn.dims[i + 1];
-    const int64_t ip = pl.format == PackFormat::BF16_PAIRS ? round_up(in, 2) : in;
+    const int64_t ip = pl.format == PackFormat::BF16_PAIRS ? round_up(in, ops.k_align) : in;
     const int64_t op = round_up(out, pl.nr);
     pl.in_pad.push_back(ip);
     pl.out_pad.push_back(op);
@@ -115,29 +125,21 @@ PackPlan make_plan(const QNetView& qn, const KernelOps& ops, bool bf16 = false) 
   return pl;
 }
 
-// float32 to bfloat16, rounded to nearest even (weights are finite: checked on entry).
-inline uint16_t bf16_round(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-// Packing is split into tasks so that large q-nets pack on all threads: fp32 panels by
-// chunks of kPackRows weight rows (each row read once, sequentially, and scattered into
-// the panels), bf16 pairs by panel, plus one task for the biases and output weights.
+// Packing is split into tasks so that large q-nets pack on all threads: chunks of
+// kPackRows (even) weight rows, each row read once, sequentially, converted and scattered
+// into the panels, plus one task for the biases and output weights.
 constexpr int64_t kPackRows = 64;
 
 struct PackTasks {
   std::vector<int> layer;      // -1: biases + output weights
-  std::vector<int64_t> index;  // row chunk (F32) or panel (BF16_PAIRS)
+  std::vector<int64_t> index;  // row chunk
 };
 
 PackTasks make_tasks(const QNetView& qn, const PackPlan& pl) {
   PackTasks t;
   for (int i = 0; i < qn.num_layers; ++i) {
-    const int64_t n = pl.format == PackFormat::F32 ? (qn.dims[i] + kPackRows - 1) / kPackRows
-                                                   : pl.out_pad[i] / pl.nr;
+    const int64_t rows = pl.format == PackFormat::F32 ? qn.dims[i] : pl.in_pad[i];
+    const int64_t n = (rows + kPackRows - 1) / kPackRows;
     for (int64_t j = 0; j < n; ++j) {
       t.layer.push_back(i);
       t.index.push_back(j);
@@ -166,11 +168,12 @@ void pack_task(const QNetView& qn, int64_t q, const PackPlan& pl, const KernelOp
   }
   const int64_t in = qn.dims[layer], out = qn.dims[layer + 1], nr = pl.nr;
   const char* src = static_cast<const char*>(qn.weights[layer]) + q * in * out * es;
+  const int64_t op = pl.out_pad[layer], k0 = p * kPackRows;
+  thread_local std::vector<float> row;
+  row.assign(static_cast<size_t>(op), 0.0f);  // columns beyond `out` stay zero
   if (pl.format == PackFormat::F32) {
-    const int64_t op = pl.out_pad[layer], k0 = p * kPackRows, k1 = std::min(in, k0 + kPackRows);
+    const int64_t k1 = std::min(in, k0 + kPackRows);
     float* dst = reinterpret_cast<float*>(base + pl.w_off[layer]);
-    thread_local std::vector<float> row;
-    row.assign(static_cast<size_t>(op), 0.0f);  // columns beyond `out` stay zero
     for (int64_t k = k0; k < k1; ++k) {
       // float32 rows are read in place; other dtypes are converted into `row` first.
       const float* r = row.data();
@@ -182,27 +185,16 @@ void pack_task(const QNetView& qn, int64_t q, const PackPlan& pl, const KernelOp
       for (int64_t c = 0; c < op; c += nr)
         std::memcpy(dst + c * in + k * nr, r + c, static_cast<size_t>(nr) * sizeof(float));
     }
-  } else if (qn.wdtype == DType::BF16) {  // BF16_PAIRS from bf16 weights: bits copied, k and columns zero-padded
-    const int64_t c0 = p * nr, cols = std::min<int64_t>(nr, out - c0);
-    const int64_t ip = pl.in_pad[layer];
-    uint16_t* dst = reinterpret_cast<uint16_t*>(base + pl.w_off[layer]) + p * ip * nr;
-    const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
-    for (int64_t kk = 0; kk < ip / 2; ++kk)
-      for (int64_t j = 0; j < nr; ++j)
-        for (int t = 0; t < 2; ++t) {
-          const int64_t k = 2 * kk + t;
-          dst[(kk * nr + j) * 2 + t] = (k < in && j < cols) ? s[k * out + c0 + j] : uint16_t(0);
-        }
-  } else {  // BF16_PAIRS from float32 / float16 weights: rounded to the nearest bf16
-    const int64_t c0 = p * nr, cols = std::min<int64_t>(nr, out - c0);
-    const int64_t ip = pl.in_pad[layer];
-    uint16_t* dst = reinterpret_cast<uint16_t*>(base + pl.w_off[layer]) + p * ip * nr;
-    thread_local std::vector<float> row;
-    row.assign(static_cast<size_t>(out), 0.0f);
-    std::fill(dst, dst + ip * nr, uint16_t(0));
-    for (int64_t k = 0; k < in; ++k) {
-      ops.convert_row(qn.wdtype, src + (k * out + c0) * es, row.data(), cols);
-      for (int64_t j = 0; j < cols; ++j) dst[((k / 2) * nr + j) * 2 + (k & 1)] = bf16_round(row[j]);
+  } else {  // BF16_PAIRS: each weight rounded to bf16 (exact for bf16 weights), padding zero
+    const int64_t ip = pl.in_pad[layer], k1 = std::min(ip, k0 + kPackRows);
+    uint16_t* dst = reinterpret_cast<uint16_t*>(base + pl.w_off[layer]);
+    for (int64_t k = k0; k < k1; ++k) {
+      if (k < in) ops.convert_row(qn.wdtype, src + k * out * es, row.data(), out);
+      else std::fill(row.begin(), row.end(), 0.0f);
+      for (int64_t c = 0; c < op; c += nr) {
+        uint16_t* d = dst + c * ip + (k / 2) * nr * 2 + (k % 2);
+        for (int64_t j = 0; j < nr; ++j) d[2 * j] = bf16_round(row[static_cast<size_t>(c + j)]);
+      }
     }
   }
 }
@@ -274,7 +266,7 @@ void load_rows(const KernelOps& ops, const VectorsView& v, const int64_t* ids, i
 }
 
 int64_t block_rows(int64_t block, const KernelOps& ops) {
-  return round_up(block > 0 ? block : kDefaultBlock, ops.mr);
+  return round_up(block > 0 ? block : ops.block > 0 ? ops.block : kDefaultBlock, ops.mr);
 }
 
 // One thread's share of the rows of a query: (first row, rows).
@@ -340,7 +332,7 @@ struct PackedQNets::Impl {
   int64_t Q = 0;
   std::vector<int64_t> dims;
   DType wdtype = DType::F32;
-  bool flags[5] = {};
+  bool flags[6] = {};
   float eps = 0.0f;
   cpu::AlignedBuf buf;
   std::vector<cpu::PackedLayer> layers;
@@ -352,7 +344,7 @@ namespace {
 
 void flags_of(const QNetView& qn, bool* f) {
   f[0] = qn.relu, f[1] = qn.layer_norm, f[2] = qn.residual, f[3] = qn.residual_on_last,
-  f[4] = qn.layer_norm_before_residual;
+  f[4] = qn.layer_norm_before_residual, f[5] = qn.bf16;
 }
 
 // Packs queries [q0, q0 + gq) of qn at base (pl.bytes apart) on up to `threads` threads,
@@ -585,10 +577,10 @@ size_t PackedQNets::bytes() const { return static_cast<size_t>(impl_->Q) * impl_
 
 bool PackedQNets::matches(const QNetView& qn) const {
   const Impl& im = *impl_;
-  bool f[5];
+  bool f[6];
   flags_of(qn, f);
   return qn.num_queries == im.Q && qn.wdtype == im.wdtype &&
-         qn.eps == im.eps && std::equal(f, f + 5, im.flags) &&
+         qn.eps == im.eps && std::equal(f, f + 6, im.flags) &&
          static_cast<size_t>(qn.num_layers + 2) == im.dims.size() &&
          std::equal(im.dims.begin(), im.dims.end(), qn.dims);
 }
@@ -631,10 +623,18 @@ double fma_peak_gflops(int num_threads, double seconds) {
   return sink == sink ? best : best;  // sink read: the loops' results are used
 }
 
-const char* kernel_name(DType wdtype) {
+bool has_bf16_kernel() { return kernel_ops(active_isa()).forward_bf16 != nullptr; }
+
+const char* kernel_name(bool bf16) {
   const KernelOps& ops = kernel_ops(active_isa());
-  if (wdtype == DType::BF16 && ops.forward_bf16) return "avx512_bf16 (vdpbf16ps)";
-  return isa_name(ops.isa);
+  if (bf16 && ops.forward_bf16) {
+    switch (ops.isa) {
+      case Isa::Amx: return "amx (tdpbf16ps)";
+      case Isa::AmxEmulated: return "amx_emulated (tdpbf16ps in C++)";
+      default: return "avx512_bf16 (vdpbf16ps)";
+    }
+  }
+  return ops.isa == Isa::Avx512Bf16 || ops.isa == Isa::Amx || ops.isa == Isa::AmxEmulated ? "avx512" : isa_name(ops.isa);
 }
 
 }  // namespace hyp

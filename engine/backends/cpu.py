@@ -1,14 +1,24 @@
 """Backend "cpu": fused C++ q-net kernels (csrc/cpu) for tensors on the CPU.
 
 One build runs on any x86-64: the kernel's instruction set (portable, avx2, avx512,
-avx512_bf16) is chosen at run time from the CPU, or forced with the environment variable
-``HYPENCODER_CPU_ISA`` (read at import; a name the CPU cannot run makes the backend
-unavailable with that reason) or :func:`set_isa`. Threads: the engine-wide number
+avx512_bf16, amx) is chosen at run time from the CPU, or forced with the environment
+variable ``HYPENCODER_CPU_ISA`` (read at import; a name the CPU cannot run makes the
+backend unavailable with that reason) or :func:`set_isa`. The automatic choice skips
+``avx512_bf16`` on Intel CPUs, whose vdpbf16ps is slower than the fp32 FMA kernel (on AMD
+Zen 4 it is twice as fast); there bf16 is AMX's. ``amx`` needs AMX-TILE and
+AMX-BF16 and, on Linux, the kernel's permission for tile data, which the first use asks
+for. ``amx_emulated`` (by name only) runs the AMX kernel with its tile instructions in
+C++, to test it on CPUs without AMX. Threads: the engine-wide number
 (:func:`engine.set_num_threads`, see :mod:`engine.threads`) unless a call gives
 ``num_threads``; the kernels split a call over threads only when its work pays for it.
 
+Precision: :func:`set_precision` / ``HYPENCODER_CPU_PRECISION`` (``auto``, ``fp32``,
+``bf16``; see :mod:`engine.native_args`). By default float32 q-nets over float32 vectors
+are exact, and half-precision inputs take the bfloat16 kernel (AMX or AVX512-BF16) where
+the CPU has one. Accumulation and scores are float32 always.
+
 Tensors travel to C++ as numpy views (bfloat16 as uint16), copied only when they are not
-contiguous. Accumulation is float32 for every dtype.
+contiguous.
 
 Packed weights are cached: the kernels need each query's weights converted to float32 and
 laid out in column panels, which costs a pass over all of them (186 us for a d = 384, L = 2
@@ -37,6 +47,7 @@ import weakref
 import numpy as np
 import torch
 
+from .. import native_args
 from .. import threads as _threads_mod
 from ..native_args import qnet_args, to_numpy
 from ..once import KeyedBuilds
@@ -64,6 +75,8 @@ def is_available() -> tuple[bool, str]:
         return False, _IMPORT_ERROR
     if _ISA_ERROR:
         return False, _ISA_ERROR
+    if native_args.precision_error():
+        return False, native_args.precision_error()
     return True, "ok"
 
 
@@ -93,6 +106,27 @@ def set_isa(name: str) -> None:
     Safe while other threads search: it waits until the native calls in flight have ended
     and holds new ones back meanwhile, so every call runs on one ISA from start to end."""
     _C.cpu_set_isa(name)
+
+
+def isa_status(name: str) -> str:
+    """``"ok"``, or why this process cannot run instruction set ``name`` (e.g. ``"amx"``)."""
+    return _C.cpu_isa_status(name)
+
+
+precision = native_args.precision
+set_precision = native_args.set_precision
+
+
+def uses_bf16(weight_dtype, vector_dtype) -> bool:
+    """Whether a call with q-nets of ``weight_dtype`` over vectors of ``vector_dtype`` runs
+    the bfloat16 kernel now (the precision policy asks for it and the active instruction
+    set has one); False means exact float32."""
+    return native_args.bf16_requested(weight_dtype, vector_dtype) and bool(_C.cpu_has_bf16_kernel())
+
+
+def kernel_name(bf16: bool) -> str:
+    """The kernel the active instruction set runs in bfloat16 (True) or float32 (False)."""
+    return _C.cpu_kernel_name(bool(bf16))
 
 
 _np = to_numpy
@@ -154,13 +188,16 @@ def _state(t: torch.Tensor) -> tuple:
     return (t._version, tuple(t.shape), t.dtype, t.data_ptr())
 
 
-def _prepare(weights, biases, config, nt: int):
-    """(keyword arguments of the q-net for _C, its cached packing or None)."""
-    flags = tuple(config.kernel_flags().items())
-    args = _qnet_args(weights, biases, config)
-    # Packed fp32 panels take about as many bytes as the weights in fp32; a q-net batch
-    # that would not fit is left to the call, which packs in bounded groups of queries.
-    if _pack_cache_limit <= 0 or sum(w.numel() for w in weights) * 4 > _pack_cache_limit:
+def _prepare(weights, biases, config, nt: int, vector_dtype):
+    """(keyword arguments of the q-net for _C, its cached packing or None) for scoring
+    vectors of ``vector_dtype``."""
+    args = _qnet_args(weights, biases, config, vector_dtype)
+    flags = tuple(args["flags"].items())
+    # Packed panels take about as many bytes as the weights in fp32 (bf16 for the bfloat16
+    # kernel); a q-net batch that would not fit is left to the call, which packs in bounded
+    # groups of queries.
+    width = 2 if args["flags"]["bf16"] and _C.cpu_has_bf16_kernel() else 4
+    if _pack_cache_limit <= 0 or sum(w.numel() for w in weights) * width > _pack_cache_limit:
         return args, None
     tensors = tuple(weights) + tuple(biases)
     key = (tuple(id(t) for t in tensors), flags, _C.cpu_isa())
@@ -210,7 +247,7 @@ def _score(kernel, shape, weights, biases, config, vectors, out, num_threads, bl
     """Run a scoring kernel into ``out`` (or a new (shape) float32 tensor)."""
     res, buf = _out(out, shape)
     nt = _threads(num_threads)
-    args, packed = _prepare(weights, biases, config, nt)
+    args, packed = _prepare(weights, biases, config, nt, vectors.dtype)
     kernel(**args, vectors=_np(vectors), out=buf.numpy(), num_threads=nt,
            block_size=int(block_size or 0), packed=packed, **extra)
     if buf is not res:
@@ -240,7 +277,7 @@ def exact_topk(weights, biases, config, vectors, k, block_size=None, *, num_thre
     else:
         vec = _np(vectors)
     nt = _threads(num_threads)
-    args, packed = _prepare(weights, biases, config, nt)
+    args, packed = _prepare(weights, biases, config, nt, vec.dtype)
     s, i = _C.cpu_exact_topk(
         **args,
         vectors=vec,

@@ -23,7 +23,15 @@ def run(args) -> int:
     try:
         from ..backends import cpu
 
-        print(f"cpu ISA: {cpu.isa()}")
+        print(f"cpu ISA: {cpu.isa()} (supported: {', '.join(cpu.supported_isas())}; "
+              f"amx: {cpu.isa_status('amx')})")
+        p = cpu.precision()
+        if p == "auto":
+            how = (f"fp32 q-nets over fp32 vectors: {cpu.kernel_name(False)}; "
+                   f"half-precision inputs: {cpu.kernel_name(True)}")
+        else:
+            how = f"every q-net: {cpu.kernel_name(p == 'bf16')}"
+        print(f"cpu precision: {p} ({how})")
     except Exception:
         pass
     from ..distributed.manifest import is_sharded

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..native_args import qnet_args as _qnet_args
+from ..native_args import precision as cpu_precision
+from ..native_args import qnet_args
 from ..native_args import to_numpy
 from .common import corpus_mean, entry_points
 
@@ -38,6 +39,14 @@ def _graph(index) -> np.ndarray:
     return to_numpy(g if g.dtype == torch.int32 else g.to(torch.int32))
 
 
+def _qnet_args(weights, biases, config):
+    # The q-net in float32 (flag bf16 off): graph search sets the precision of its candidate
+    # scoring itself (``bf16`` of default_search) and returns scores computed in float32.
+    args = qnet_args(weights, biases, config)
+    args["flags"]["bf16"] = False
+    return args
+
+
 def _result(out):
     s, i, st = out
     st = torch.from_numpy(st)
@@ -58,7 +67,7 @@ def bf16_dot() -> bool:
     """Whether the active CPU kernels have a bf16 dot product (the bf16 candidate scoring
     runs at about twice the float32 rate there)."""
     _C, _ = _module()
-    return _C is not None and _C.cpu_kernel_name("bfloat16").startswith(("avx512_bf16", "amx"))
+    return _C is not None and _C.cpu_has_bf16_kernel()
 
 
 def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, num_threads: int):

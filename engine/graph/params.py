@@ -54,12 +54,14 @@ class DefaultSearchParams:
     shortlist: rows of the first linear list kept for the second pass, as a share of n
         (at least ``8 * ef_lin``).
     num_samples: documents scored when a q-net has no usable direction at all.
-    precision: how candidates are scored by the q-net during the search: ``"exact"`` (in the
-        q-nets' own precision, as exact search does), ``"bf16"`` (weights and activations
+    precision: how candidates are scored by the q-net during the search: ``"exact"``
+        (float32 arithmetic on the stored values), ``"bf16"`` (weights and activations
         rounded to bfloat16, about twice the throughput where the CPU has a bf16 dot product;
-        the final list is then scored again exactly, so every returned score is exact and
-        only the choice of candidates sees the rounding) or ``"auto"`` (bf16 when the
-        vectors are bf16 or float16 and the CPU has a bf16 dot product, else exact).
+        the final list is then scored again in float32, so every returned score is exact and
+        only the choice of candidates sees the rounding) or ``"auto"``: the CPU precision
+        policy (``engine.native_args``: ``HYPENCODER_CPU_PRECISION``) decides, bf16 under
+        its ``auto`` when the vectors or q-nets are bf16 or float16 and the CPU has a bf16
+        dot product, else exact.
     """
 
     ef: int = 16

@@ -16,6 +16,7 @@ import torch
 from .common import (corpus_mean, device_graph, entry_points, new_candidates, score_ids, score_shared,
                      sort_by_key)
 from .linearize import linearize
+from ..native_args import precision_scope
 
 NAME = "torch"
 
@@ -144,7 +145,7 @@ def _direction(qnets, at):
     return w, ok, fell
 
 
-def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
+def _default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
     exact_qnets = qnets
     if bf16 and qnets.dtype != torch.bfloat16:
         qnets = qnets.to(dtype=torch.bfloat16)  # candidates scored in bf16, the final list exactly
@@ -186,7 +187,8 @@ def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
             scored, steps = scored + sc2, steps + st2
     if qnets is not exact_qnets:
         ls, li = state[0], state[1]
-        ls = score_ids(be, exact_qnets, vectors, li)
+        with precision_scope("fp32"):  # the returned scores in float32 arithmetic
+            ls = score_ids(be, exact_qnets, vectors, li)
         ls, li = sort_by_key(ls, li)
         state = (ls, li) + tuple(state[2:])
     s, i = state[0][:, :k].contiguous(), state[1][:, :k].contiguous()
@@ -198,7 +200,7 @@ def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
     return s, i, counters
 
 
-def paper_search(index, qnets, k: int, p, be):
+def _paper_search(index, qnets, k: int, p, be):
     """The paper's algorithm (see csrc/graph/search.h), batched over queries.
 
     Batched form of its heap: offering a step's items best first to a bounded min-heap
@@ -252,3 +254,16 @@ def paper_search(index, qnets, k: int, p, be):
     zero = torch.zeros(Q, dtype=torch.int64, device=dev)
     return res_s, res_i, {"documents_scored": scored, "steps": steps, "linear_rows": zero, "coded_rows": zero,
                           "fallback": zero}
+
+
+# The CPU backend's precision policy would compute half-precision inputs in bf16; graph
+# search sets its precision itself: float32 arithmetic except the candidates of
+# ``bf16=True`` (scored with bf16 q-nets), like the native implementation.
+def paper_search(index, qnets, k: int, p, be):
+    with precision_scope("fp32"):
+        return _paper_search(index, qnets, k, p, be)
+
+
+def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
+    with precision_scope("bf16" if bf16 else "fp32"):
+        return _default_search(index, qnets, k, p, use_codes, bf16, be)
