@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 import engine
+from engine.native_args import precision_scope
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -101,18 +102,25 @@ def synthetic_index(n: int, dim: int) -> tuple[engine.Index, dict]:
 
 
 def exact_truth(idx, q, key: str, k: int = 100):
-    """Exact top-k ids of the q-nets (the engine's exact search), cached under ``key``."""
+    """Exact top-k ids of the q-nets (the engine's exact search in float32 arithmetic: the
+    precision policy would compute bf16 vectors in bf16), cached under ``key``; the queries
+    done so far are kept in a partial file, so a stopped run resumes where it was."""
     path = os.path.join(CACHE, f"truth-{key}.pt")
     if os.path.exists(path):
         return torch.load(path)
-    ids, secs = [], []
-    for i in range(q.num_queries):  # one at a time: progress, and a cache that survives a stop
+    part = path + ".partial"
+    done = torch.load(part) if os.path.exists(part) else {"ids": [], "seconds": []}
+    for i in range(len(done["ids"]), q.num_queries):
         t = time.perf_counter()
-        ids.append(idx.search(q[i], k).ids)
-        secs.append(time.perf_counter() - t)
-        print(f"  exact truth {key}: query {i + 1}/{q.num_queries} in {secs[-1]:.1f} s", flush=True)
-    out = {"ids": torch.cat(ids), "seconds_per_query": statistics.median(secs)}
+        with precision_scope("fp32"):
+            done["ids"].append(idx.search(q[i], k).ids)
+        done["seconds"].append(time.perf_counter() - t)
+        torch.save(done, part)
+        print(f"  exact truth {key}: query {i + 1}/{q.num_queries} in {done['seconds'][-1]:.1f} s", flush=True)
+    out = {"ids": torch.cat(done["ids"]), "seconds_per_query": statistics.median(done["seconds"]),
+           "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     torch.save(out, path)
+    os.remove(part)
     return out
 
 
@@ -179,7 +187,8 @@ def run_synthetic(n: int, layers: int, nq: int, efs, repeats: int) -> dict:
     note = (f"n = {n:,}, d = {dim} bf16, q-nets [{dim}]*{layers + 1}+[1], {nq} queries; build "
             f"({rec['command']}) {rec['seconds'] / 60:.1f} min; index on disk {res['index_gb']:.2f} GB "
             f"(vectors {vec_gb:.2f} GB); the process grew by {res['rss_gb']:.2f} GB opening and searching it "
-            f"({res['rss_gb'] / vec_gb:.2f} x the vectors); exact search {tr['seconds_per_query']:.1f} s per query")
+            f"({res['rss_gb'] / vec_gb:.2f} x the vectors); exact search in float32 {tr['seconds_per_query']:.1f} s "
+            f"per query ({tr.get('date', 'earlier')}, when the truth was computed)")
     res["text"] = table(f"synthetic n = {n:,}, {layers}-layer q-nets", rows, note)
     return res
 
