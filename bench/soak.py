@@ -28,6 +28,7 @@ RSS in the last quarter of the run exceeds its level after the first quarter by 
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing
 import os
 import random
@@ -206,13 +207,19 @@ def main(argv=None) -> int:
     wp.join(timeout=120)
     if wp.exitcode != 0:
         errors.append(f"the writer process exited with {wp.exitcode}")
+    # Index versions still mapped once the searchers are done: one (the current) unless
+    # replaced versions are kept alive.
+    gc.collect()
+    alive = {os.path.dirname(line.split(None, 5)[5].replace(" (deleted)", "").strip())
+             for line in open("/proc/self/maps") if work in line and len(line.split(None, 5)) == 6}
     if args.dir is None:
         shutil.rmtree(work, ignore_errors=True)
 
     # ------------------------------------------------------------------ report
     elapsed = time.time() - start
     print(f"\n{counts['searches']} searches in {elapsed:.0f} s, {counts['checked']} checked; "
-          f"{versions.value} versions written, {len(seen)} searched, {counts['reopened']} reopens")
+          f"{versions.value} versions written, {len(seen)} searched, {counts['reopened']} reopens; "
+          f"versions still mapped at the end: {len(alive)}")
     print(f"{'mode':6s} {'searches':>9s} {'p50 ms/query':>13s} {'p99 ms/query':>13s}")
     for mode, xs in lat.items():
         if xs:
