@@ -19,6 +19,7 @@ hypernetwork's is from the q-net rows).
     python -m bench.bench_scale                         # 1M 2M 4M 8.8M, then Debian
     python -m bench.bench_scale --ns 1e6 --layers 6 --queries 8
     python -m bench.bench_scale --ns --debian           # Debian only
+    python -m bench.bench_scale --png-from bench/results/scale-A.json bench/results/scale-B.json
 
 Prints markdown tables as it goes, writes them with the machine and command into
 ``bench/results/scale-<date>.json`` and draws ``bench/scale_latency_recall.png`` and
@@ -300,7 +301,13 @@ def main(argv=None) -> int:
     ap.add_argument("--efs", type=int, nargs="*", default=list(EFS))
     ap.add_argument("--debian", action="store_true", help="also the Debian set (the default with the default --ns)")
     ap.add_argument("--no-png", action="store_true")
+    ap.add_argument("--png-from", nargs="+", metavar="JSON",
+                    help="only draw the PNGs, from the results of earlier runs (bench/results/scale-*.json)")
     args = ap.parse_args(argv)
+    if args.png_from:
+        results = [r for f in args.png_from for r in json.load(open(f))["results"]]
+        draw(sorted((r for r in results if "n" in r), key=lambda r: r["n"]), args.layers)
+        return 0
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     info = machine()
     print(f"# machine: {info}\n", flush=True)
