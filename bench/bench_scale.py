@@ -48,7 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CACHE = os.environ.get("HYPENCODER_BENCH_CACHE", os.path.expanduser("~/.cache/hypencoder-bench"))
 DEBIAN = os.path.join(ROOT, "..", "shared", "data", "debian-minilm")
-EFS = (8, 16, 32, 64)
+EFS = (8, 16, 32, 48, 64)
 
 
 def machine() -> dict:
@@ -119,7 +119,7 @@ def exact_truth(idx, q, key: str, k: int = 100):
         torch.save(done, part)
         print(f"  exact truth {key}: query {i + 1}/{q.num_queries} in {done['seconds'][-1]:.1f} s", flush=True)
     out = {"ids": torch.cat(done["ids"]), "seconds_per_query": statistics.median(done["seconds"]),
-           "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+           "machine": json.dumps(machine(), default=str), "date": time.strftime("%Y-%m-%d")}
     torch.save(out, path)
     os.remove(part)
     return out
