@@ -52,15 +52,16 @@ EFS = (8, 16, 32, 48, 64)
 
 
 def machine() -> dict:
-    model = "?"
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    # The model name alone ("AMD EPYC") does not tell Zen 3 from Zen 4.
+    model = f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
     from engine.backends import cpu
 
     return {"cpu": model, "cores": os.cpu_count(), "isa": cpu.isa(), "threads": torch.get_num_threads(),
@@ -186,8 +187,8 @@ def run_synthetic(n: int, layers: int, nq: int, efs, repeats: int) -> dict:
            "vectors_gb": vec_gb, "index_gb": dir_gb(idx.path), "rss_gb": rss_gb() - base,
            "exact_seconds_per_query": tr["seconds_per_query"], "rows": rows}
     note = (f"n = {n:,}, d = {dim} bf16, q-nets [{dim}]*{layers + 1}+[1], {nq} queries; build "
-            f"({rec['command']}) {rec['seconds'] / 60:.1f} min; index on disk {res['index_gb']:.2f} GB "
-            f"(vectors {vec_gb:.2f} GB); the process grew by {res['rss_gb']:.2f} GB opening and searching it "
+            f"({rec['command']}) {rec['seconds'] / 60:.1f} min; index on disk {res['index_gb']:.2f} GiB "
+            f"(vectors {vec_gb:.2f} GiB); the process grew by {res['rss_gb']:.2f} GiB opening and searching it "
             f"({res['rss_gb'] / vec_gb:.2f} x the vectors); exact search in float32 {tr['seconds_per_query']:.1f} s "
             f"per query ({tr.get('date', 'earlier')}, when the truth was computed)")
     res["text"] = table(f"synthetic n = {n:,}, {layers}-layer q-nets", rows, note)
