@@ -252,7 +252,7 @@ def main():
         Qs, ms = (1,), (512,)
     targets = (("gather", 2, 384, 1, 512), ("dense", 6, 768, 1, None), ("dense", 6, 768, 8, None))
     n_peaks = 2 + len(Ls) * len(ds)
-    cols = ("op", "dtype", "L", "d", "Q", "n|m", "cpu docs/s", "cpu GFLOP/s", "torch best", "torch GFLOP/s",
+    cols = ("op", "dtype", "L", "d", "Q", "n or m", "cpu docs/s", "cpu GFLOP/s", "torch best", "torch GFLOP/s",
             "ratio", "% GEMM peak", "% FMA peak", "% bf16 GEMM peak")
     rows, cold = [], []
     for L in Ls:
@@ -319,7 +319,7 @@ def single_thread_section(args, reps, work):
         shapes = [("gather", 2, 384, 1, 512), ("dense", 6, 768, 1, None)]
         if not args.quick:
             shapes += [("gather", 6, 768, 1, 512), ("dense", 2, 384, 1, None)]
-        cols = ("op", "dtype", "L", "d", "Q", "n|m", "cpu docs/s", "cpu GFLOP/s", "torch best", "torch GFLOP/s",
+        cols = ("op", "dtype", "L", "d", "Q", "n or m", "cpu docs/s", "cpu GFLOP/s", "torch best", "torch GFLOP/s",
                 "ratio", "% GEMM peak", "% FMA peak", "% bf16 GEMM peak")
         rows = []
         for op, L, d, Q, m in shapes:
