@@ -168,20 +168,35 @@ def table(title: str, rows: list, note: str = "") -> str:
     return text
 
 
-def graph_rows(idx, q, truth, efs, paper: bool, repeats: int) -> list:
+def parse_setting(text: str) -> dict:
+    """``"ef=4,max_steps=0"`` -> ``{"ef": 4, "max_steps": 0}`` (ints, floats or words)."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        for conv in (int, float, str):
+            try:
+                out[key.strip()] = conv(value.strip())
+                break
+            except ValueError:
+                continue
+    return out
+
+
+def graph_rows(idx, q, truth, efs, paper: bool, repeats: int, settings=()) -> list:
     rows = [measure(idx, q, truth, f"default ef={ef}", repeats, mode="graph", ef=ef) for ef in efs]
+    rows += [measure(idx, q, truth, f"default {s}", repeats, mode="graph", **parse_setting(s)) for s in settings]
     if paper:
         rows.append(measure(idx, q, truth, "paper preset", 1, mode="graph", preset="paper"))
     return rows
 
 
-def run_synthetic(n: int, layers: int, nq: int, efs, repeats: int) -> dict:
+def run_synthetic(n: int, layers: int, nq: int, efs, repeats: int, settings=()) -> dict:
     dim = 768
     base = rss_gb()
     idx, rec = synthetic_index(n, dim)
     q = engine.synthetic.qnets(nq, [dim] * (layers + 1) + [1], seed=1)
     tr = exact_truth(idx, q, f"syn{n}x{dim}-L{layers}-q{nq}")
-    rows = graph_rows(idx, q, tr["ids"], efs, paper=layers == 2, repeats=repeats)
+    rows = graph_rows(idx, q, tr["ids"], efs, paper=layers == 2, repeats=repeats, settings=settings)
     vec_gb = dir_gb(idx.path, "vectors")
     res = {"n": n, "layers": layers, "queries": nq, "build_seconds": rec["seconds"], "build_command": rec["command"],
            "vectors_gb": vec_gb, "index_gb": dir_gb(idx.path), "rss_gb": rss_gb() - base,
@@ -195,7 +210,7 @@ def run_synthetic(n: int, layers: int, nq: int, efs, repeats: int) -> dict:
     return res
 
 
-def run_debian(efs, repeats: int) -> dict:
+def run_debian(efs, repeats: int, settings=()) -> dict:
     D = DEBIAN
     path = os.path.join(CACHE, "debian-minilm")
     if not os.path.exists(path + ".build.json"):
@@ -209,7 +224,7 @@ def run_debian(efs, repeats: int) -> dict:
     q = engine.QNet.load(os.path.join(D, "qnets.dev64.safetensors"), dtype=torch.float32)
     tr = exact_truth(idx, q, "debian-dev64")
     rows = [measure(idx, q, tr["ids"], "exact", 1)]
-    rows += graph_rows(idx, q, tr["ids"], efs, paper=True, repeats=repeats)
+    rows += graph_rows(idx, q, tr["ids"], efs, paper=True, repeats=repeats, settings=settings)
     try:
         rows.append(biencoder_row(idx, q, tr["ids"]))
     except ImportError as e:
@@ -300,6 +315,8 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2, help="rounds of batch-1 latency per row")
     ap.add_argument("--efs", type=int, nargs="*", default=list(EFS))
+    ap.add_argument("--settings", nargs="*", default=[], metavar="K=V,...",
+                    help='more rows of the default preset, e.g. "ef=4,max_steps=0"')
     ap.add_argument("--debian", action="store_true", help="also the Debian set (the default with the default --ns)")
     ap.add_argument("--no-png", action="store_true")
     ap.add_argument("--png-from", nargs="+", metavar="JSON",
@@ -314,9 +331,9 @@ def main(argv=None) -> int:
     print(f"# machine: {info}\n", flush=True)
     results = []
     for n in args.ns:
-        results.append(run_synthetic(int(n), args.layers, args.queries, args.efs, args.repeats))
+        results.append(run_synthetic(int(n), args.layers, args.queries, args.efs, args.repeats, args.settings))
     if args.debian or argv is None and sys.argv[1:] == []:
-        results.append(run_debian(args.efs, args.repeats))
+        results.append(run_debian(args.efs, args.repeats, args.settings))
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = os.path.join(HERE, "results", f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w") as f:

@@ -42,7 +42,7 @@ class DefaultSearchParams:
         codes, then an exact re-rank), ``"scan"`` (an exact pass over every stored row) or
         ``"auto"`` (codes when the index has them).
     rerank: code estimates re-ranked exactly (default: ``rerank_factor * ef_lin`` or
-        ``rerank_share * n``, whichever is larger, at least 4096 and at most n). The share
+        ``rerank_share * n``, whichever is larger, at least 1024 and at most n). The share
         grows the list with the corpus, as the documents whose code estimate comes near
         the top's do (at 8.8M x 768 and ef 48, 44,000 rows instead of 32,768 lifted
         recall@10 from 0.944 to 0.956 for a few ms; see bench/RESULTS.md).
@@ -105,7 +105,7 @@ class DefaultSearchParams:
         if self.rerank is not None:
             r = self.rerank
         else:
-            r = max(4096, int(self.rerank_factor * self.ef_lin()), int(math.ceil(self.rerank_share * n)))
+            r = max(1024, int(self.rerank_factor * self.ef_lin()), int(math.ceil(self.rerank_share * n)))
         return max(1, min(n, max(r, keep)))
 
     def shortlist_rows(self, n: int) -> int:
