@@ -44,6 +44,8 @@ import torch
 import engine
 from engine.native_args import precision_scope
 
+from .bench_cpu import cpu_model
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CACHE = os.environ.get("HYPENCODER_BENCH_CACHE", os.path.expanduser("~/.cache/hypencoder-bench"))
@@ -52,16 +54,7 @@ EFS = (8, 16, 32, 48, 64)
 
 
 def machine() -> dict:
-    info = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    # The model name alone ("AMD EPYC") does not tell Zen 3 from Zen 4.
-    model = f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+    model = cpu_model()
     from engine.backends import cpu
 
     return {"cpu": model, "cores": os.cpu_count(), "isa": cpu.isa(), "threads": torch.get_num_threads(),
