@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..native_args import precision as cpu_precision
+from ..native_args import bf16_requested
 from ..native_args import qnet_args
 from ..native_args import to_numpy
 from .common import corpus_mean, entry_points
@@ -68,6 +68,12 @@ def bf16_dot() -> bool:
     runs at about twice the float32 rate there)."""
     _C, _ = _module()
     return _C is not None and _C.cpu_has_bf16_kernel()
+
+
+def bf16_candidates(weight_dtype, vector_dtype) -> bool:
+    """Whether ``precision="auto"`` scores the candidates in bf16: the CPU precision policy
+    asks for bf16 for these dtypes and the kernels have a bf16 dot product."""
+    return bf16_requested(weight_dtype, vector_dtype) and bf16_dot()
 
 
 def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, num_threads: int):

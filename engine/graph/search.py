@@ -101,10 +101,8 @@ def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "au
     if preset == "default":
         precision = p.precision
         if precision == "auto":  # the CPU precision policy (engine.native_args) decides
-            policy = native.cpu_precision()
-            low = index.vectors.dtype in (torch.bfloat16, torch.float16) or qnets.dtype in (torch.bfloat16, torch.float16)
-            want = policy == "bf16" or (policy == "auto" and low)
-            precision = "bf16" if want and mod is native and native.bf16_dot() else "exact"
+            bf16 = mod is native and native.bf16_candidates(qnets.dtype, index.vectors.dtype)
+            precision = "bf16" if bf16 else "exact"
         candidates = p.candidates
         if candidates == "auto":
             candidates = "codes" if getattr(index, "codes", None) is not None else "scan"
