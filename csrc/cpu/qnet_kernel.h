@@ -55,7 +55,12 @@ class PackedQNet {
   // bf16: pack bfloat16 weights (rounded from float32 / float16 ones) for the bf16 dot
   // product kernel where the ISA has one (activations are then rounded to bf16 too): about
   // twice the throughput, scores within bf16 rounding of the exact ones.
-  PackedQNet(const QNetView& qn, int64_t q, bool bf16 = false);
+  // threads: packing runs on up to this many threads where the weights are large enough
+  // to pay for the hand-off (see parallel.h).
+  PackedQNet(const QNetView& qn, int64_t q, bool bf16 = false, int threads = 1);
+  // Packs another query (or the same one at another precision) into this object's
+  // buffer: a loop over queries allocates and first-touches the buffer once.
+  void repack(const QNetView& qn, int64_t q, bool bf16 = false, int threads = 1);
   // Whether the packing is bf16 (then the scores are not the exact float32 ones).
   bool bf16() const;
   ~PackedQNet();

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <new>
 #include <vector>
 
@@ -65,6 +66,52 @@ struct AlignedBuf {
     }
     return p;
   }
+  // Hands the memory over (this buffer is left empty) / takes memory over.
+  void* release(size_t& n) {
+    void* q = p;
+    n = bytes;
+    p = nullptr, bytes = 0;
+    return q;
+  }
+  void adopt(void* q, size_t n) {
+    std::free(p);
+    p = q, bytes = n;
+  }
+};
+
+// Buffers of destroyed PackedQNets, reused by the next ones: a batch-1 graph search packs
+// a q-net per call, and a fresh buffer costs its page faults (about as much as the packing
+// at 768 x 768 x 2). try_lock only: a busy pool (or one whose holder did not survive a
+// fork) just means a fresh allocation. Never destroyed, so usable at any exit order.
+class BufPool {
+ public:
+  static BufPool& get() {
+    static BufPool* pool = new BufPool;
+    return *pool;
+  }
+  void take(AlignedBuf& b, size_t need) {
+    std::unique_lock<std::mutex> lk(m_, std::try_to_lock);
+    if (!lk.owns_lock()) return;
+    for (size_t i = 0; i < bufs_.size(); ++i)
+      if (bufs_[i].second >= need) {
+        b.adopt(bufs_[i].first, bufs_[i].second);
+        bufs_.erase(bufs_.begin() + static_cast<std::ptrdiff_t>(i));
+        return;
+      }
+  }
+  void give(AlignedBuf& b) {
+    if (b.bytes == 0 || b.bytes > kMaxBytes) return;
+    std::unique_lock<std::mutex> lk(m_, std::try_to_lock);
+    if (!lk.owns_lock() || bufs_.size() >= kMaxBufs) return;
+    size_t n = 0;
+    void* q = b.release(n);
+    bufs_.emplace_back(q, n);
+  }
+
+ private:
+  static constexpr size_t kMaxBufs = 4, kMaxBytes = size_t(64) << 20;
+  std::mutex m_;
+  std::vector<std::pair<void*, size_t>> bufs_;
 };
 
 size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
@@ -186,15 +233,24 @@ void pack_task(const QNetView& qn, int64_t q, const PackPlan& pl, const KernelOp
         std::memcpy(dst + c * in + k * nr, r + c, static_cast<size_t>(nr) * sizeof(float));
     }
   } else {  // BF16_PAIRS: each weight rounded to bf16 (exact for bf16 weights), padding zero
+    // Rows k and k + 1 (k0 and in_pad are even) are rounded together and written as one
+    // 32-bit pair per column: plain loops the compiler vectorises.
     const int64_t ip = pl.in_pad[layer], k1 = std::min(ip, k0 + kPackRows);
-    uint16_t* dst = reinterpret_cast<uint16_t*>(base + pl.w_off[layer]);
-    for (int64_t k = k0; k < k1; ++k) {
-      if (k < in) ops.convert_row(qn.wdtype, src + k * out * es, row.data(), out);
-      else std::fill(row.begin(), row.end(), 0.0f);
-      for (int64_t c = 0; c < op; c += nr) {
-        uint16_t* d = dst + c * ip + (k / 2) * nr * 2 + (k % 2);
-        for (int64_t j = 0; j < nr; ++j) d[2 * j] = bf16_round(row[static_cast<size_t>(c + j)]);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(base + pl.w_off[layer]);
+    thread_local std::vector<float> row2;
+    thread_local std::vector<uint32_t> pairs;
+    row2.assign(static_cast<size_t>(op), 0.0f);
+    pairs.resize(static_cast<size_t>(op));
+    for (int64_t k = k0; k < k1; k += 2) {
+      for (int h = 0; h < 2; ++h) {
+        std::vector<float>& r = h ? row2 : row;
+        if (k + h < in) ops.convert_row(qn.wdtype, src + (k + h) * out * es, r.data(), out);
+        else std::fill(r.begin(), r.end(), 0.0f);
       }
+      for (int64_t j = 0; j < op; ++j)
+        pairs[j] = static_cast<uint32_t>(bf16_round(row[j])) | static_cast<uint32_t>(bf16_round(row2[j])) << 16;
+      for (int64_t c = 0; c < op; c += nr)
+        std::memcpy(dst + c * (ip / 2) + (k / 2) * nr, pairs.data() + c, static_cast<size_t>(nr) * 4);
     }
   }
 }
@@ -509,13 +565,15 @@ struct PackedQNet::Impl {
   ForwardFn fwd = nullptr;
   int64_t flops = 0;
 
-  void pack(const QNetView& qn, int64_t q, bool bf16 = false) {
+  void pack(const QNetView& qn, int64_t q, bool bf16 = false, int threads = 1) {
     ops = &kernel_ops(active_isa());
     flops = qnet_flops(qn.dims, qn.num_layers);
     plan = make_plan(qn, *ops, bf16);
     char* base = static_cast<char*>(buf.get(plan.bytes));
     const PackTasks t = make_tasks(qn, plan);
-    for (size_t i = 0; i < t.layer.size(); ++i) pack_task(qn, q, plan, *ops, t.layer[i], t.index[i], base);
+    const int nt = threads_worth(threads, static_cast<double>(plan.bytes) * kMicrosPerPackByte);
+    parallel_tasks(nt, static_cast<int64_t>(t.layer.size()),
+                   [&](int, int64_t i) { pack_task(qn, q, plan, *ops, t.layer[i], t.index[i], base); });
     layers.resize(static_cast<size_t>(std::max(1, qn.num_layers)));
     view = make_view(qn, plan, base, layers.data());
     fwd = forward_for(*ops, plan.format);
@@ -536,9 +594,14 @@ struct PackedQNet::Impl {
   }
 };
 
-PackedQNet::PackedQNet(const QNetView& qn, int64_t q, bool bf16) : impl_(new Impl) { impl_->pack(qn, q, bf16); }
+PackedQNet::PackedQNet(const QNetView& qn, int64_t q, bool bf16, int threads) : impl_(new Impl) {
+  BufPool::get().take(impl_->buf, make_plan(qn, kernel_ops(active_isa()), bf16).bytes);
+  impl_->pack(qn, q, bf16, threads);
+}
+
+void PackedQNet::repack(const QNetView& qn, int64_t q, bool bf16, int threads) { impl_->pack(qn, q, bf16, threads); }
 bool PackedQNet::bf16() const { return impl_->plan.format == PackFormat::BF16_PAIRS; }
-PackedQNet::~PackedQNet() = default;
+PackedQNet::~PackedQNet() { BufPool::get().give(impl_->buf); }
 
 void PackedQNet::score_gather(const VectorsView& v, const int64_t* ids, int64_t m, float* out) const {
   impl_->gather(v, ids, m, out);

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <vector>
 
 #include "cpu/isa.h"
@@ -113,10 +114,17 @@ bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g
     std::vector<float> w, at;
     std::vector<Scored> lin, lin2;
     std::vector<int64_t> ids;
+    std::unique_ptr<PackedQNet> net, exact;  // repacked per query: one buffer per participant
   };
   auto init = [&] {
     return State{&Visited::local(v.n), {}, std::vector<float>(static_cast<size_t>(d)), std::vector<float>(static_cast<size_t>(d)),
-                 {}, {}, {}};
+                 {}, {}, {}, nullptr, nullptr};
+  };
+  // Query q packed into `slot` (made on first use, then repacked in place).
+  auto packed = [&](std::unique_ptr<PackedQNet>& slot, int64_t q, bool bf16) -> PackedQNet& {
+    if (slot) slot->repack(qn, q, bf16, sp.inner);
+    else slot.reset(new PackedQNet(qn, q, bf16, sp.inner));
+    return *slot;
   };
   for_queries(Q, sp.outer, init, [&](State& S, int64_t q) {
       Visited& vis = *S.vis;
@@ -124,7 +132,7 @@ bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g
       std::vector<float>&w = S.w, &at = S.at;
       std::vector<Scored>&lin = S.lin, &lin2 = S.lin2;
       std::vector<int64_t>& ids = S.ids;
-      PackedQNet net(qn, q, p.bf16);
+      const PackedQNet& net = packed(S.net, q, p.bf16);
       auto score = [&](const int64_t* x, int64_t m, float* o) { score_ids(net, v, x, m, o, sp.inner); };
       vis.next();
       QueryStats st;
@@ -163,7 +171,7 @@ bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g
         }
       }
       if (net.bf16() && qn.wdtype != DType::BF16) {  // the results carry their exact scores
-        PackedQNet exact(qn, q);
+        const PackedQNet& exact = packed(S.exact, q, false);
         auto exact_score = [&](const int64_t* x, int64_t m, float* o) { score_ids(exact, v, x, m, o, sp.inner); };
         beam.rescore(exact_score);
       }

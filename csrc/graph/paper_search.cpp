@@ -25,7 +25,7 @@ bool paper_search(const QNetView& qn, const VectorsView& v, const GraphView& g, 
       std::vector<int64_t>&cand = S.cand, &next = S.next;
       std::vector<float>& sc = S.sc;
       std::vector<Scored>&items = S.items, &heap = S.heap;
-      PackedQNet net(qn, q);
+      PackedQNet net(qn, q, false, sp.inner);
       vis.next();
       cand.clear();
       for (int64_t i = 0; i < E; ++i)
