@@ -98,12 +98,14 @@ def bf16_requested(weight_dtype, vector_dtype) -> bool:
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """A C-contiguous numpy view of a CPU tensor (copied only when not contiguous);
-    bfloat16 travels as its raw 16 bits (uint16)."""
+    bfloat16 travels as its raw 16 bits (uint16), float8 e4m3 as its raw byte (uint8)."""
     t = t.detach()
     if not t.is_contiguous():
         t = t.contiguous()
     if t.dtype == torch.bfloat16:
         t = t.view(torch.uint16)
+    elif t.dtype == torch.float8_e4m3fn:
+        t = t.view(torch.uint8)
     return t.numpy()
 
 

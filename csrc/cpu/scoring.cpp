@@ -11,6 +11,7 @@
 
 #include "cpu/kernel_ops.h"
 #include "cpu/qnet_kernel.h"
+#include "cpu/vector_rows.h"
 #include "parallel.h"
 #include "topk.h"
 
@@ -67,7 +68,7 @@ struct AlignedBuf {
   }
 };
 
-size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+size_t dtype_size(DType t) { return vector_dtype_size(t); }
 
 // FLOPs of one document through the q-net (what sizes parallel work).
 int64_t qnet_flops(const int64_t* dims, int num_layers) {
@@ -260,7 +261,11 @@ void load_rows(const KernelOps& ops, const VectorsView& v, const int64_t* ids, i
   const char* base = static_cast<const char*>(v.data);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = ids ? ids[r] : first + r;
-    ops.convert_row(v.dtype, base + static_cast<size_t>(row) * v.d * es, ws.x + r * ws.ld, v.d);
+    const char* src = base + static_cast<size_t>(row) * v.d * es;
+    if (v.scales)  // quantised: the row's scale applied as it is read, before the first layer
+      dequantize_row(v.dtype, src, v.scales[row], ws.x + r * ws.ld, v.d);
+    else
+      ops.convert_row(v.dtype, src, ws.x + r * ws.ld, v.d);
   }
   for (int64_t r = rows; r < rp; ++r) std::fill(ws.x + r * ws.ld, ws.x + r * ws.ld + v.d, 0.0f);
 }

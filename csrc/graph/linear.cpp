@@ -4,12 +4,22 @@
 #include <cmath>
 #include <numeric>
 
+#include "cpu/vector_rows.h"
 #include "graph/graph_types.h"
 
 namespace hyp {
 namespace graph {
 
 namespace {
+
+// x[rows[r]] . w of stored rows, dequantised rows included (their scale applied to the dot).
+void row_dots(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* rows, int64_t m, const float* w,
+              float* out) {
+  if (v.scales)
+    quantized_dots(v, rows, m, w, out);
+  else
+    ops.dots(v.dtype, v.data, v.d, rows, m, w, out);
+}
 
 // Sorts the union of per-thread keepers and writes the best m, best first.
 template <class Item>
@@ -29,7 +39,7 @@ void linear_topk(const cpu::ScanOps& ops, const VectorsView& v, const float* w, 
   constexpr int64_t kChunk = 2048;  // rows per scheduled task: many per thread at 1M rows
   const int64_t chunks = (v.n + kChunk - 1) / kChunk;
   const int nt = std::min<int64_t>(
-      chunks, threads_worth(threads, static_cast<double>(v.n * v.d * (v.dtype == DType::F32 ? 4 : 2)) * kMicrosPerRowByte));
+      chunks, threads_worth(threads, static_cast<double>(v.n * v.d * vector_dtype_size(v.dtype)) * kMicrosPerRowByte));
   struct Mine {
     TopM<float> top;
     std::vector<int64_t> rows;
@@ -41,7 +51,7 @@ void linear_topk(const cpu::ScanOps& ops, const VectorsView& v, const float* w, 
     Mine& me = mine.get(p, init);
     const int64_t lo = c * kChunk, hi = std::min(v.n, lo + kChunk);
     std::iota(me.rows.begin(), me.rows.begin() + (hi - lo), lo);
-    ops.dots(v.dtype, v.data, v.d, me.rows.data(), hi - lo, w, me.sc.data());
+    row_dots(ops, v, me.rows.data(), hi - lo, w, me.sc.data());
     for (int64_t r = 0; r < hi - lo; ++r) me.top.offer(me.sc[r], lo + r);
   });
   std::vector<TopM<float>::Item> all;
@@ -55,9 +65,9 @@ void rows_topk(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* ids
   out.clear();
   if (S == 0 || m <= 0) return;
   std::vector<float> sc(static_cast<size_t>(S));
-  split_range(threads, S, 256, static_cast<double>(v.d * (v.dtype == DType::F32 ? 4 : 2)) * kMicrosPerRowByte,
+  split_range(threads, S, 256, static_cast<double>(v.d * vector_dtype_size(v.dtype)) * kMicrosPerRowByte,
               [&](int64_t lo, int64_t hi) {
-    ops.dots(v.dtype, v.data, v.d, ids + lo, hi - lo, w, sc.data() + lo);
+    row_dots(ops, v, ids + lo, hi - lo, w, sc.data() + lo);
   });
   std::vector<Scored> all(static_cast<size_t>(S));
   for (int64_t j = 0; j < S; ++j) all[j] = Scored{sc[j], ids[j]};
