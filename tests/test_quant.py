@@ -365,3 +365,34 @@ def test_cli_build_storage(tmp_path, capsys):
     assert torch.equal(b.vectors.view(torch.uint8), ref[0].view(torch.uint8)) and torch.equal(b.scales, ref[1])
     assert main(["build", str(tmp_path / "c"), "--synthetic", "10", "--storage", "int8", "--dtype", "float16"]) != 0
     assert "disagree" in capsys.readouterr().err
+
+
+@cpu_ok
+@pytest.mark.parametrize("d", [16, 37])
+def test_every_fp8_byte_every_isa(restore_isa, d):
+    """Every finite float8 e4m3fn byte (subnormals, both signs) converts exactly on every
+    ISA, in the SIMD body (d = 16) and the scalar tail (d = 37), in the scoring kernels and
+    the linear scans."""
+    from engine import _C
+
+    b = torch.arange(256, dtype=torch.uint8)
+    b = b[(b & 0x7F) != 0x7F]  # the two NaN bytes are refused before any kernel
+    n = -(-b.numel() // d)
+    raw = torch.zeros(n * d, dtype=torch.uint8)
+    raw[: b.numel()] = b
+    x = raw.view(torch.float8_e4m3fn).reshape(n, d)
+    s = torch.full((n,), 0.5)
+    want = x.float() * 0.5
+    # One q-net, no hidden layer, output weights 1: the score is the sum of the row.
+    qn = QNet([torch.ones(1, d, 1)], [], QNetConfig())
+    eye = torch.eye(d)
+    for name in isas():
+        cpu.set_isa(name)
+        for j in range(d):
+            sc, ids = _C.graph_linear_topk(raw.view(n, d).numpy(), eye[j : j + 1].numpy(), n, 1, scales=s.numpy())
+            got = torch.empty(n)
+            got[torch.from_numpy(ids[0])] = torch.from_numpy(sc[0])
+            assert torch.equal(got, want[:, j]), (name, j)
+        with precision_scope("fp32"):
+            got = cpu.score_dense(qn.weights, qn.biases, qn.config, x, scales=s)
+        assert_close(got[0], want.sum(1), 1e-6)

@@ -262,10 +262,12 @@ void load_rows(const KernelOps& ops, const VectorsView& v, const int64_t* ids, i
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = ids ? ids[r] : first + r;
     const char* src = base + static_cast<size_t>(row) * v.d * es;
-    if (v.scales)  // quantised: the row's scale applied as it is read, before the first layer
-      dequantize_row(v.dtype, src, v.scales[row], ws.x + r * ws.ld, v.d);
-    else
-      ops.convert_row(v.dtype, src, ws.x + r * ws.ld, v.d);
+    float* dst = ws.x + r * ws.ld;
+    ops.convert_row(v.dtype, src, dst, v.d);
+    if (v.scales) {  // quantised: the row's scale applied as the row enters the block, before layer 1
+      const float s = v.scales[row];
+      for (int64_t j = 0; j < v.d; ++j) dst[j] *= s;
+    }
   }
   for (int64_t r = rows; r < rp; ++r) std::fill(ws.x + r * ws.ld, ws.x + r * ws.ld + v.d, 0.0f);
 }

@@ -1,8 +1,8 @@
-// Reading stored document rows as float32, whatever their storage: float32, float16 and
-// bfloat16 rows convert exactly (the per-ISA convert_row); int8 and float8 e4m3 rows are
-// dequantised with their row's scale (VectorsView::scales) as they are read into a kernel's
-// block of rows (never into a float32 copy of the corpus). The value of a quantised element
-// is float(q) * scale, one float32 product, as the torch reference computes it.
+// Element sizes and the scalar reading of quantised document rows. The kernels read every
+// storage through their ISA's convert_row (exact; int8 and float8 e4m3 to the stored values)
+// into a block of rows and multiply a quantised row by its scale there (VectorsView::scales),
+// never into a float32 copy of the corpus: the value of a quantised element is
+// float(q) * scale, one float32 product, as the torch reference computes it.
 #pragma once
 
 #include <cmath>
@@ -53,25 +53,6 @@ inline void dequantize_row(DType t, const void* row, float scale, float* dst, in
     const float* lut = fp8_e4m3_table();
     const uint8_t* q = static_cast<const uint8_t*>(row);
     for (int64_t j = 0; j < n; ++j) dst[j] = lut[q[j]] * scale;
-  }
-}
-
-// out[r] = (x[rows[r]] . w) for rows of a quantised VectorsView: the dot of the stored
-// values, times the row's scale (eight partial sums by lane, as the portable scan; a row's
-// value does not depend on m or its position).
-inline void quantized_dots(const VectorsView& v, const int64_t* rows, int64_t m, const float* w, float* out) {
-  const float* lut = fp8_e4m3_table();
-  for (int64_t r = 0; r < m; ++r) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    const size_t base = static_cast<size_t>(rows[r]) * static_cast<size_t>(v.d);
-    if (v.dtype == DType::I8) {
-      const int8_t* q = static_cast<const int8_t*>(v.data) + base;
-      for (int64_t j = 0; j < v.d; ++j) acc[j & 7] += static_cast<float>(q[j]) * w[j];
-    } else {
-      const uint8_t* q = static_cast<const uint8_t*>(v.data) + base;
-      for (int64_t j = 0; j < v.d; ++j) acc[j & 7] += lut[q[j]] * w[j];
-    }
-    out[r] = (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) * v.scales[rows[r]];
   }
 }
 

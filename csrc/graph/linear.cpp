@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "cpu/kernel_ops.h"
 #include "cpu/vector_rows.h"
 #include "graph/graph_types.h"
 
@@ -12,13 +13,31 @@ namespace graph {
 
 namespace {
 
-// x[rows[r]] . w of stored rows, dequantised rows included (their scale applied to the dot).
+// x[rows[r]] . w of stored rows. Quantised rows: their stored values are converted (the
+// ISA's convert_row) a few rows at a time, dotted by the float32 scan kernel and the dot
+// multiplied by the row's scale; a row's result depends on nothing but the row, so the
+// full scan and the shortlist re-rank agree bit for bit.
 void row_dots(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* rows, int64_t m, const float* w,
               float* out) {
-  if (v.scales)
-    quantized_dots(v, rows, m, w, out);
-  else
+  if (!v.scales) {
     ops.dots(v.dtype, v.data, v.d, rows, m, w, out);
+    return;
+  }
+  const cpu::KernelOps& kops = cpu::kernel_ops(ops.isa);
+  constexpr int64_t kRows = 16;
+  std::vector<float> buf(static_cast<size_t>(kRows * v.d));
+  int64_t local[kRows];
+  const char* base = static_cast<const char*>(v.data);
+  for (int64_t r0 = 0; r0 < m; r0 += kRows) {
+    const int64_t c = std::min(kRows, m - r0);
+    for (int64_t i = 0; i < c; ++i) {
+      kops.convert_row(v.dtype, base + static_cast<size_t>(rows[r0 + i]) * static_cast<size_t>(v.d),
+                       buf.data() + i * v.d, v.d);
+      local[i] = i;
+    }
+    ops.dots(DType::F32, buf.data(), v.d, local, c, w, out + r0);
+    for (int64_t i = 0; i < c; ++i) out[r0 + i] *= v.scales[rows[r0 + i]];
+  }
 }
 
 // Sorts the union of per-thread keepers and writes the best m, best first.
