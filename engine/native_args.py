@@ -6,7 +6,8 @@ It also holds the CPU kernels' precision policy (``HYPENCODER_CPU_PRECISION``, o
 :func:`set_precision`), applied to every q-net that crosses here:
 
 * ``"auto"`` (default): q-nets in float32 over float32 vectors are computed exactly in
-  float32; when the q-net or the vectors are float16 or bfloat16, the hidden layers are
+  float32; when the q-net or the vectors are float16 or bfloat16 (or the vectors int8 /
+  float8 e4m3, see :mod:`engine.quant`), the hidden layers are
   computed in bfloat16 (AMX tiles or AVX512-BF16 dot products) where the CPU has such a
   kernel, and exactly in float32 elsewhere;
 * ``"fp32"``: always exactly in float32 (half-precision inputs converted exactly);
