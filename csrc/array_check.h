@@ -16,7 +16,7 @@ namespace hyp {
 namespace py = pybind11;
 
 // Element kinds as the Python side passes them (bfloat16 travels as a uint16 view).
-enum class Kind { F32, F16, BF16, I32, I64, U8 };
+enum class Kind { F32, F16, BF16, I32, I64, U8, I8 };
 
 inline const char* kind_name(Kind k) {
   switch (k) {
@@ -26,6 +26,7 @@ inline const char* kind_name(Kind k) {
     case Kind::I32: return "int32";
     case Kind::I64: return "int64";
     case Kind::U8: return "uint8";
+    case Kind::I8: return "int8";
   }
   return "?";
 }
@@ -49,6 +50,7 @@ inline bool array_is(const py::array& a, Kind k) {
     case Kind::I32: return a.dtype().kind() == 'i' && a.itemsize() == 4;
     case Kind::I64: return a.dtype().kind() == 'i' && a.itemsize() == 8;
     case Kind::U8: return a.dtype().kind() == 'u' && a.itemsize() == 1;
+    case Kind::I8: return a.dtype().kind() == 'i' && a.itemsize() == 1;
   }
   return false;
 }

@@ -123,13 +123,28 @@ void QNetArgs::widen() {
   view.wdtype = DType::F32;
 }
 
-VectorsView parse_vectors(const py::array& vec, int64_t d) {
+VectorsView parse_vectors(const py::array& vec, int64_t d, const py::object& scales) {
   VectorsView v;
-  v.dtype = float_dtype(vec, "vectors");
+  if (array_is(vec, Kind::I8)) v.dtype = DType::I8;
+  else if (array_is(vec, Kind::U8)) v.dtype = DType::F8E4M3;
+  else v.dtype = float_dtype(vec, "vectors");
   check_shape(vec, "vectors", {-1, d});
   v.data = vec.data();
   v.n = vec.shape(0);
   v.d = d;
+  const bool quantized = v.dtype == DType::I8 || v.dtype == DType::F8E4M3;
+  if (scales.is_none()) {
+    if (quantized)
+      throw std::invalid_argument(std::string("vectors: ") + (v.dtype == DType::I8 ? "int8" : "float8_e4m3 (uint8)") +
+                                  " rows need scales (float32, shape (n,))");
+    return v;
+  }
+  if (!quantized) throw std::invalid_argument("scales: apply to int8 / float8_e4m3 vectors only");
+  if (!py::isinstance<py::array>(scales)) throw py::type_error("scales: expected a float32 numpy array");
+  const py::array s = scales.cast<py::array>();
+  check_kind(s, "scales", Kind::F32);
+  check_shape(s, "scales", {v.n});
+  v.scales = static_cast<const float*>(s.data());
   return v;
 }
 

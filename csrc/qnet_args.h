@@ -52,7 +52,10 @@ inline void parse_qnet(QNetArgs& a, const py::list& weights, const py::list& bia
   parse_qnet(a, weights, biases, parse_flags(flags));
 }
 
-// Document vectors (n, d) in float32, float16 or bfloat16.
-VectorsView parse_vectors(const py::array& vec, int64_t d);
+// Document vectors (n, d) in float32, float16 or bfloat16 (as uint16), or quantised: int8,
+// or float8 e4m3 as its raw byte (uint8), each with `scales` (n,) float32 contiguous. scales
+// is required for the quantised dtypes and refused (ValueError) for the others. The scale
+// values are not read here (an O(n) pass per call): the Python side checks them once.
+VectorsView parse_vectors(const py::array& vec, int64_t d, const py::object& scales = py::none());
 
 }  // namespace hyp

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import backends, storage
+from . import backends, quant, storage
 from .qnet import QNet
 from .devices import as_device
 from .qnet import SUPPORTED_DTYPES
@@ -109,19 +109,23 @@ class _StringIds:
 
 
 class Index:
-    """Document vectors ``(n, d)`` (float32, float16 or bfloat16), optional external ids
-    (integers or strings) and an optional neighbour graph ``(n, R)`` int32.
+    """Document vectors ``(n, d)`` (float32, float16 or bfloat16, or int8 / float8_e4m3fn
+    with one float32 scale per row in ``scales``: see :mod:`engine.quant`), optional
+    external ids (integers or strings) and an optional neighbour graph ``(n, R)`` int32.
 
     Build with :meth:`from_vectors`, persist with :meth:`save`, open with :meth:`load`
     (memory-mapped), search with :meth:`search`.
     """
 
     def __init__(self, vectors: torch.Tensor, ids=None, graph: torch.Tensor | None = None,
-                 graph_params: dict | None = None, *, _checked: bool = False):
+                 graph_params: dict | None = None, *, scales: torch.Tensor | None = None,
+                 _checked: bool = False):
         if not _checked:
-            vectors = as_vectors(vectors)
+            vectors = as_vectors(vectors, quantized=True)
+            scales = quant.check_scales(vectors, scales)
             ids = _normalise_ids(ids, vectors.shape[0])
         self.vectors = vectors
+        self.scales = scales  # (n,) float32 for int8 / float8_e4m3 vectors, else None
         self._ids = ids
         self.graph: torch.Tensor | None = None
         self.graph_params: dict = {}
@@ -132,9 +136,23 @@ class Index:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_vectors(cls, vectors, ids: Sequence | np.ndarray | None = None) -> "Index":
-        """An in-memory index over ``vectors`` (n, d); ``ids``: n str or n int, optional."""
-        return cls(vectors, ids)
+    def from_vectors(cls, vectors, ids: Sequence | np.ndarray | None = None, *, storage=None,
+                     scales: torch.Tensor | None = None) -> "Index":
+        """An in-memory index over ``vectors`` (n, d); ``ids``: n str or n int, optional.
+
+        ``storage``: how the vectors are held: ``"float32"``, ``"float16"``, ``"bfloat16"``,
+        ``"int8"`` or ``"float8_e4m3"`` (or the torch dtype); None keeps their dtype. int8 and
+        float8_e4m3 quantise float vectors with one scale per row (:func:`engine.quant.quantize`,
+        in blocks of rows), halving the memory of bfloat16. Vectors that are already int8 /
+        float8_e4m3fn come with their ``scales`` ((n,) float32).
+
+        Raises ``TypeError`` / ``ValueError`` for a bad storage name, non-finite vectors,
+        missing or misshapen scales.
+        """
+        index = cls(vectors, ids, scales=scales)
+        if storage is not None and quant.storage_dtype(storage) != index.dtype:
+            index = index.to(dtype=quant.storage_dtype(storage))
+        return index
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -152,6 +170,24 @@ class Index:
         return self.vectors.device
 
     @property
+    def storage(self) -> str:
+        """The storage name of the vectors: ``"float32"``, ``"float16"``, ``"bfloat16"``,
+        ``"int8"`` or ``"float8_e4m3"``."""
+        return quant.STORAGE_NAMES[self.dtype]
+
+    @property
+    def vectors_nbytes(self) -> int:
+        """Bytes of the vectors and their scales (what the storage type sets)."""
+        n = self.vectors.numel() * self.vectors.element_size()
+        return n + (self.scales.numel() * 4 if self.scales is not None else 0)
+
+    def float_rows(self):
+        """The vectors as float rows for passes that read them in slices: the tensor itself
+        for float storage, a :class:`engine.quant.DequantizedRows` view (float32, rows
+        dequantised as they are read) for int8 / float8_e4m3."""
+        return self.vectors if self.scales is None else quant.DequantizedRows(self.vectors, self.scales)
+
+    @property
     def ids_kind(self) -> str:
         if self._ids is None:
             return "none"
@@ -162,27 +198,61 @@ class Index:
         c = f", codes {self.codes.params.get('bytes_per_vector')} B" if self.codes is not None else ""
         return f"Index(n={len(self)}, dim={self.dim}, dtype={self.dtype}, ids={self.ids_kind}{g}{c})"
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "Index":
+    def to(self, device=None, dtype: torch.dtype | str | None = None) -> "Index":
         """A copy with the vectors on ``device`` / in ``dtype`` (graph and ids kept).
+
+        ``dtype``: a float dtype, or ``torch.int8`` / ``torch.float8_e4m3fn`` (or a storage
+        name, see :meth:`from_vectors`): float vectors are quantised, quantised ones
+        dequantised (both in blocks of rows); int8 <-> float8 goes through float32.
 
         Raises ``ValueError`` for a device that is not available, and when the cast
         overflows (a value beyond float16's range would become an Inf row that no search
         could rank)."""
-        if dtype is not None and dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"unsupported vector dtype {dtype}; use float32, float16 or bfloat16")
+        if isinstance(dtype, str) or (dtype is not None and dtype in quant.QUANTIZED_DTYPES):
+            dtype = quant.storage_dtype(dtype)
+        elif dtype is not None and dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"unsupported vector dtype {dtype}; use float32, float16, bfloat16, int8 or "
+                            "float8_e4m3fn")
         if device is not None:
             device = as_device(device)
+        if (dtype is not None and dtype != self.dtype) and (quant.is_quantized(dtype) or self.scales is not None):
+            return self._convert_storage(dtype, device)
+        scales = self.scales.to(device=device) if self.scales is not None else None
         vectors = self.vectors.to(device=device, dtype=dtype)
         if dtype is not None and dtype != self.dtype and vectors.numel() and not bool(torch.isfinite(vectors).all()):
             rows = (~torch.isfinite(vectors)).any(dim=1).nonzero()[:, 0]
             raise ValueError(f"converting the vectors to {dtype} overflows: {len(rows)} rows (first: row "
                              f"{int(rows[0])}) get Inf values; keep {self.dtype} or rescale the vectors")
-        out = Index(vectors, self._ids, _checked=True)
+        out = Index(vectors, self._ids, scales=scales, _checked=True)
         if self.graph is not None:
             out.set_graph(self.graph, self.graph_params)
         if self.codes is not None and dtype in (None, self.dtype):
             out.codes = self.codes  # codes of other values would be wrong: rebuild them
         return out
+
+    def _convert_storage(self, dtype: torch.dtype, device) -> "Index":
+        """:meth:`to` across float and quantised storage, ``step`` rows at a time (the
+        float32 working copy of one block, never of the corpus)."""
+        n, d = self.vectors.shape
+        device = device if device is not None else self.device
+        step = max(1, (64 << 20) // max(1, 4 * d))
+        src = self.float_rows()
+        if quant.is_quantized(dtype):
+            vectors = torch.empty((n, d), dtype=dtype, device=device)
+            scales = torch.empty(n, dtype=torch.float32, device=device)
+            for s in range(0, n, step):
+                q, sc = quant.quantize(src[s : s + step].to(device), dtype)
+                vectors[s : s + step], scales[s : s + step] = q, sc
+        else:
+            vectors, scales = torch.empty((n, d), dtype=dtype, device=device), None
+            for s in range(0, n, step):
+                vectors[s : s + step] = src[s : s + step].to(device, dtype)
+            if n and not bool(torch.isfinite(vectors).all()):
+                raise ValueError(f"converting the vectors to {dtype} overflows; keep {self.dtype}")
+        out = Index(vectors, self._ids, scales=scales, _checked=True)
+        if self.graph is not None:
+            out.set_graph(self.graph, self.graph_params)
+        return out  # codes of other values would be wrong: rebuild them
 
     def set_graph(self, neighbors: torch.Tensor, params: dict) -> None:
         """Attach a neighbour graph: ``(n, R)`` int32 row indices, -1 for no neighbour."""
@@ -217,7 +287,7 @@ class Index:
 
         if codes:
             self.build_codes(code_bytes, progress=progress)
-        neighbors, params = build_knn_graph(self.vectors, degree, progress=progress, **kwargs)
+        neighbors, params = build_knn_graph(self.float_rows(), degree, progress=progress, **kwargs)
         self.set_graph(neighbors, params)
         return self
 
@@ -227,7 +297,7 @@ class Index:
         self."""
         from .graph.codes import build_codes
 
-        self.codes = build_codes(self.vectors, bytes_per_vector=bytes_per_vector, **kwargs)
+        self.codes = build_codes(self.float_rows(), bytes_per_vector=bytes_per_vector, **kwargs)
         return self
 
     def _unchanged_vectors_file(self):
@@ -312,7 +382,7 @@ class Index:
             if graph_options:
                 raise TypeError(f"unexpected options for exact search: {sorted(graph_options)}")
             scores, ids = exact_search(qnets, self.vectors, int(k), backend=backend, block_size=block_size,
-                                       num_threads=num_threads)
+                                       num_threads=num_threads, scales=self.scales)
             be = backends.get_backend(backend, qnets.device)
             impl = "fused" if hasattr(be, "exact_topk") and self.vectors.device == qnets.device else "stream"
             stats = SearchStats("exact", backends.backend_name(be), impl,
@@ -334,8 +404,8 @@ class Index:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index to directory ``path`` atomically (format v2, see
-        :mod:`engine.storage`).
+        """Write the index to directory ``path`` atomically (format v3, see
+        :mod:`engine.storage`; int8 / float8_e4m3 vectors with ``scales.f32.bin``).
 
         ``path`` must not exist, or be an empty directory, or hold an index of this engine
         (replaced in one step; a symlink to it stays a symlink). Anything else raises
@@ -347,7 +417,7 @@ class Index:
         step = max(1, (64 << 20) // max(1, d * self.vectors.element_size()))
         chunks = (self.vectors[s : s + step] for s in range(0, n, step))
         write_index_files(path, chunks, n, d, storage.TORCH_TO_NAME[self.dtype],
-                          ids=self._ids, graph=self.graph, graph_params=self.graph_params, codes=self.codes,
+                          ids=self._ids, scales=self.scales, graph=self.graph, graph_params=self.graph_params, codes=self.codes,
                           vectors_link=self._unchanged_vectors_file())
         self.path = os.fspath(path)
 
@@ -409,7 +479,13 @@ class Index:
             if o[0] != 0 or o[-1] != blob.shape[0] or np.any(np.diff(o) < 0):
                 raise storage.IndexFormatError(f"{path}: string id offsets are inconsistent")
             ids = _StringIds(offsets, blob)
-        index = cls(vectors, ids, _checked=True)
+        scales = get(storage.SCALES_FILE) if storage.SCALES_FILE in files else None
+        if scales is not None and verify:
+            try:
+                quant.check_scales(vectors, scales)
+            except ValueError as e:
+                raise storage.IndexFormatError(f"{path}: {e}") from None
+        index = cls(vectors, ids, scales=scales, _checked=True)
         if mmap:
             st = os.stat(os.path.join(root, "vectors.bin"))
             index._vectors_file = (os.path.join(path, "vectors.bin"), dict(files["vectors.bin"]), vectors,
@@ -431,18 +507,20 @@ class Index:
                 raise storage.IndexFormatError(f"{path}: {e}") from None
             index.codes = codes
         if populate and mmap:
-            for t in (index.vectors, index.graph, *(getattr(index.codes, a) for a in ("codes",) if index.codes)):
+            for t in (index.vectors, index.scales, index.graph,
+                      *(getattr(index.codes, a) for a in ("codes",) if index.codes)):
                 if t is not None:
                     storage.populate(t)
         return index
 
 
 def write_index_files(path: str | os.PathLike, vector_chunks, n: int, d: int, dtype_name: str, *,
-                      ids=None, graph: torch.Tensor | None = None, graph_params: dict | None = None,
+                      ids=None, scales: torch.Tensor | None = None, graph: torch.Tensor | None = None, graph_params: dict | None = None,
                       codes=None, vectors_link=None,
                       extra_arrays: dict[str, torch.Tensor] | None = None) -> None:
     """Write an index directory atomically from an iterator of vector row chunks.
 
+    ``scales``: the (n,) float32 row scales, required for int8 / float8_e4m3 vectors.
     ``codes``: the graph search's candidate codes (:class:`engine.graph.codes.LinearCodes`).
     ``vectors_link``: ``(path, manifest entry)`` of an existing vectors file holding
     exactly these rows, hard-linked instead of written (when the file system allows).
@@ -472,6 +550,10 @@ def write_index_files(path: str | os.PathLike, vector_chunks, n: int, d: int, dt
                 pass
         if not linked:
             add("vectors.bin", vector_chunks, dtype_name, [n, d])
+        if (dtype_name in storage.QUANTIZED_DTYPES) != (scales is not None):
+            raise ValueError(f"{dtype_name} vectors " + ("need" if scales is None else "take no") + " row scales")
+        if scales is not None:
+            add(storage.SCALES_FILE, scales.to("cpu", torch.float32), "float32", [n])
         kind = "none" if ids is None else ("int" if isinstance(ids, np.ndarray) else "str")
         if kind == "int":
             add("ids.i64.bin", torch.from_numpy(ids), "int64", [n])

@@ -6,7 +6,8 @@ It also holds the CPU kernels' precision policy (``HYPENCODER_CPU_PRECISION``, o
 :func:`set_precision`), applied to every q-net that crosses here:
 
 * ``"auto"`` (default): q-nets in float32 over float32 vectors are computed exactly in
-  float32; when the q-net or the vectors are float16 or bfloat16, the hidden layers are
+  float32; when the q-net or the vectors are float16 or bfloat16 (or the vectors int8 /
+  float8 e4m3, see :mod:`engine.quant`), the hidden layers are
   computed in bfloat16 (AMX tiles or AVX512-BF16 dot products) where the CPU has such a
   kernel, and exactly in float32 elsewhere;
 * ``"fp32"``: always exactly in float32 (half-precision inputs converted exactly);
@@ -98,12 +99,14 @@ def bf16_requested(weight_dtype, vector_dtype) -> bool:
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """A C-contiguous numpy view of a CPU tensor (copied only when not contiguous);
-    bfloat16 travels as its raw 16 bits (uint16)."""
+    bfloat16 travels as its raw 16 bits (uint16), float8 e4m3 as its raw byte (uint8)."""
     t = t.detach()
     if not t.is_contiguous():
         t = t.contiguous()
     if t.dtype == torch.bfloat16:
         t = t.view(torch.uint16)
+    elif t.dtype == torch.float8_e4m3fn:
+        t = t.view(torch.uint8)
     return t.numpy()
 
 

@@ -7,14 +7,17 @@ import torch
 
 from . import backends
 from .qnet import SUPPORTED_DTYPES, QNet
+from .quant import check_scales, dequantize, has_nan_fp8, is_quantized
 
 _INT_DTYPES = (torch.int32, torch.int64)
 
 
-def as_vectors(vectors, *, name: str = "vectors", check_finite: bool = True) -> torch.Tensor:
+def as_vectors(vectors, *, name: str = "vectors", check_finite: bool = True,
+               quantized: bool = False) -> torch.Tensor:
     """Validate a ``(n, d)`` float32/float16/bfloat16 tensor (numpy arrays are wrapped, in
-    native byte order). Scores carry no gradient: a tensor that requires grad is read
-    detached."""
+    native byte order); with ``quantized``, int8 / float8_e4m3fn rows too (their scales are
+    checked by :func:`engine.quant.check_scales`). Scores carry no gradient: a tensor that
+    requires grad is read detached."""
     if isinstance(vectors, np.ndarray):
         if vectors.dtype.kind != "f" or vectors.dtype.itemsize not in (2, 4):
             raise TypeError(
@@ -24,9 +27,15 @@ def as_vectors(vectors, *, name: str = "vectors", check_finite: bool = True) -> 
         vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=vectors.dtype.newbyteorder("=")))
     if not isinstance(vectors, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(vectors).__name__}")
+    if quantized and is_quantized(vectors.dtype):
+        if vectors.dim() != 2:
+            raise ValueError(f"{name} must be 2-D (n, d), got shape {tuple(vectors.shape)}")
+        if check_finite and vectors.dtype == torch.float8_e4m3fn and has_nan_fp8(vectors):
+            raise ValueError(f"{name} contains NaN")
+        return vectors
     if vectors.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} has unsupported dtype {vectors.dtype}; use float32, float16 or bfloat16 "
-                        "(e.g. .float())")
+                        "(e.g. .float())" + ("; int8 / float8_e4m3fn with scales=" if quantized else ""))
     if vectors.dim() != 2:
         raise ValueError(f"{name} must be 2-D (n, d), got shape {tuple(vectors.shape)}")
     if vectors.device.type == "meta":
@@ -92,7 +101,8 @@ def _check_out(out, shape, device) -> None:
         raise ValueError(f"out must have shape {tuple(shape)} on {device}, got {tuple(out.shape)} on {out.device}")
 
 
-def score(qnets: QNet, vectors, *, backend: str = "auto", out: torch.Tensor | None = None) -> torch.Tensor:
+def score(qnets: QNet, vectors, *, backend: str = "auto", out: torch.Tensor | None = None,
+          scales: torch.Tensor | None = None) -> torch.Tensor:
     """Score every document with every q-net.
 
     Args:
@@ -102,24 +112,32 @@ def score(qnets: QNet, vectors, *, backend: str = "auto", out: torch.Tensor | No
         backend: ``"auto"`` (the fastest available for the device), ``"torch"``,
             ``"cpu"``, ``"triton"`` or ``"cuda"``.
         out: optional ``(Q, n)`` float32 tensor to write into.
+        scales: ``(n,)`` float32 per-row scales, required when ``vectors`` are int8 or
+            float8_e4m3fn (row i stands for ``vectors[i].float() * scales[i]``, see
+            :mod:`engine.quant`), refused otherwise.
 
     Returns:
         ``(Q, n)`` float32 scores (accumulated in float32 on every backend).
     """
     qnets = check_qnets(qnets)
     backend = check_backend(backend)
-    vectors = as_vectors(vectors)
+    vectors = as_vectors(vectors, quantized=True)
+    scales = check_scales(vectors, scales)
     check_pair(qnets, vectors)
     shape = (qnets.num_queries, vectors.shape[0])
     _check_out(out, shape, vectors.device)
     if vectors.shape[0] == 0:
         return out if out is not None else torch.empty(shape, dtype=torch.float32, device=vectors.device)
     be = backends.get_backend(backend, vectors.device)
-    return be.score_dense(qnets.weights, qnets.biases, qnets.config, vectors, out)
+    if scales is None:
+        return be.score_dense(qnets.weights, qnets.biases, qnets.config, vectors, out)
+    backends.check_storage(be, vectors.dtype)
+    return be.score_dense(qnets.weights, qnets.biases, qnets.config, vectors, out, scales=scales)
 
 
 def score_gather(
-    qnets: QNet, vectors, ids, *, backend: str = "auto", out: torch.Tensor | None = None
+    qnets: QNet, vectors, ids, *, backend: str = "auto", out: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Score, for each query ``q``, the documents ``ids[q]``.
 
@@ -129,6 +147,7 @@ def score_gather(
         ids: ``(Q, m)`` int32 or int64 row indices into ``vectors``, each in ``[0, n)``.
         backend: as for :func:`score`.
         out: optional ``(Q, m)`` float32 tensor to write into.
+        scales: as for :func:`score`; row ``ids[q, j]`` takes ``scales[ids[q, j]]``.
 
     Returns:
         ``(Q, m)`` float32 scores: ``out[q, j]`` is q-net ``q`` applied to
@@ -138,14 +157,21 @@ def score_gather(
     backend = check_backend(backend)
     # Only the gathered rows are checked for NaN/Inf: checking the whole corpus on every
     # call would cost more than the scoring in a graph search's inner loop.
-    vectors = as_vectors(vectors, check_finite=False)
+    vectors = as_vectors(vectors, check_finite=False, quantized=True)
+    scales = check_scales(vectors, scales, check_values=False)
     check_pair(qnets, vectors)
     ids = check_ids(ids, qnets.num_queries, vectors.shape[0], vectors.device)
-    if ids.numel() and not bool(torch.isfinite(vectors[ids.reshape(-1).long()]).all()):
-        raise ValueError("vectors named by ids contain NaN or Inf")
+    if ids.numel():
+        rows = ids.reshape(-1).long()
+        picked = vectors[rows] if scales is None else dequantize(vectors, scales, rows)
+        if not bool(torch.isfinite(picked).all()):
+            raise ValueError("vectors named by ids contain NaN or Inf" + ("" if scales is None else " (or bad scales)"))
     shape = tuple(ids.shape)
     _check_out(out, shape, vectors.device)
     if ids.numel() == 0:
         return out if out is not None else torch.empty(shape, dtype=torch.float32, device=vectors.device)
     be = backends.get_backend(backend, vectors.device)
-    return be.score_gather(qnets.weights, qnets.biases, qnets.config, vectors, ids, out)
+    if scales is None:
+        return be.score_gather(qnets.weights, qnets.biases, qnets.config, vectors, ids, out)
+    backends.check_storage(be, vectors.dtype)
+    return be.score_gather(qnets.weights, qnets.biases, qnets.config, vectors, ids, out, scales=scales)

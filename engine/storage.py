@@ -1,9 +1,10 @@
-"""On-disk index format v2: a directory with ``manifest.json`` and raw little-endian arrays.
+"""On-disk index format v3: a directory with ``manifest.json`` and raw little-endian arrays.
 
 ``manifest.json``::
 
     {"format": "hypencoder-engine-index", "version": 2,
-     "count": n, "dim": d, "dtype": "float32" | "float16" | "bfloat16",
+     "count": n, "dim": d,
+     "dtype": "float32" | "float16" | "bfloat16" | "int8" | "float8_e4m3",
      "ids": "none" | "int" | "str",
      "graph": null | {"degree": R, "params": {...}},
      "codes": null | {"params": {...}},
@@ -14,9 +15,11 @@ Files: ``vectors.bin`` (n, d); ``ids.i64.bin`` (n,) int64 for integer ids; ``ids
 (n + 1,) int64 and ``ids.utf8.bin`` (bytes) for string ids; ``graph.i32.bin`` (n, R) int32;
 the graph search's candidate codes (see engine/graph/codes.py) ``codes.u8.bin``,
 ``codes.rotation.f32.bin``, ``codes.dims.i32.bin``, ``codes.bits.i32.bin``,
-``codes.levels.f32.bin`` and ``codes.mean.f32.bin``. Version 2 added the codes; version 1
-indexes (no codes) are read as they are, and a version-1 reader refuses a version-2 index
-by its version number.
+``codes.levels.f32.bin`` and ``codes.mean.f32.bin``; for int8 / float8_e4m3 vectors (float8
+e4m3fn stored as its raw byte) ``scales.f32.bin`` (n,) float32, one scale per row (see
+engine/quant.py and docs/storage.md). Version 2 added the codes, version 3 the quantised
+storage; older indexes are read as they are, and an older reader refuses a newer index by
+its version number.
 
 Saving never costs data:
 
@@ -57,8 +60,8 @@ import torch
 FORMAT = "hypencoder-engine-index"
 # A sharded index (engine/distributed): a manifest of this format naming ordinary indexes.
 SHARDED_FORMAT = "hypencoder-engine-sharded-index"
-VERSION = 2  # written
-READABLE_VERSIONS = (1, 2)
+VERSION = 3  # written
+READABLE_VERSIONS = (1, 2, 3)
 # The candidate codes' arrays (engine/graph/codes.py): attribute -> (file, dtype).
 CODE_FILES = {"codes": ("codes.u8.bin", "uint8"), "rotation": ("codes.rotation.f32.bin", "float32"),
               "dims": ("codes.dims.i32.bin", "int32"), "bits": ("codes.bits.i32.bin", "int32"),
@@ -73,9 +76,14 @@ DTYPES = {
     "int32": (np.dtype("<i4"), torch.int32),
     "int64": (np.dtype("<i8"), torch.int64),
     "uint8": (np.dtype("u1"), torch.uint8),
+    "int8": (np.dtype("i1"), torch.int8),
+    "float8_e4m3": (np.dtype("u1"), torch.float8_e4m3fn),  # stored as its raw byte
 }
 TORCH_TO_NAME = {v[1]: k for k, v in DTYPES.items()}
-VECTOR_DTYPES = ("float32", "float16", "bfloat16")
+VECTOR_DTYPES = ("float32", "float16", "bfloat16", "int8", "float8_e4m3")
+# Vector dtypes stored with one float32 scale per row (scales.f32.bin; engine/quant.py).
+QUANTIZED_DTYPES = ("int8", "float8_e4m3")
+SCALES_FILE = "scales.f32.bin"
 ID_KINDS = ("none", "int", "str")
 
 _CHUNK_BYTES = 64 << 20
@@ -97,6 +105,8 @@ def _np_view(t: torch.Tensor) -> np.ndarray:
     t = t.detach().cpu().contiguous()
     if t.dtype == torch.bfloat16:
         t = t.view(torch.uint16)
+    elif t.dtype == torch.float8_e4m3fn:
+        t = t.view(torch.uint8)
     return t.numpy()
 
 
@@ -454,6 +464,10 @@ def read_manifest(path: str) -> dict:
         _file_entry(mpath, name, entry)
     n, d = m["count"], m["dim"]
     _require(mpath, files, "vectors.bin", m["dtype"], [n, d], f"count {n}, dim {d}, dtype {m['dtype']}")
+    if m["dtype"] in QUANTIZED_DTYPES:
+        _require(mpath, files, SCALES_FILE, "float32", [n], f"the row scales of {m['dtype']} vectors")
+    elif SCALES_FILE in files:
+        raise IndexFormatError(f"{mpath}: lists {SCALES_FILE} but the vectors are {m['dtype']} (no scales)")
     if m["ids"] == "int":
         _require(mpath, files, "ids.i64.bin", "int64", [n], "integer ids")
     elif m["ids"] == "str":
@@ -527,4 +541,4 @@ def map_array(path: str, entry: dict) -> torch.Tensor:
     with open_regular(path, f"index file {os.path.basename(path)}") as f:
         a = np.memmap(f, dtype=np_dtype, mode="c", shape=shape)
     t = torch.from_numpy(a)
-    return t.view(t_dtype) if t_dtype == torch.bfloat16 else t
+    return t.view(t_dtype) if t_dtype in (torch.bfloat16, torch.float8_e4m3fn) else t

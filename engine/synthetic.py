@@ -115,16 +115,29 @@ def vectors(n: int, dim: int, *, seed: int = 0, dtype=torch.float32, device=None
 
 def write_index(path: str | os.PathLike, n: int, dim: int, *, seed: int = 0,
                 dtype=torch.bfloat16, progress: bool = False, **model_kwargs) -> None:
-    """Write a synthetic index of ``n`` vectors to ``path`` without holding it in memory."""
-    from . import storage
+    """Write a synthetic index of ``n`` vectors to ``path`` without holding it in memory.
+    ``dtype``: a float dtype, or ``torch.int8`` / ``torch.float8_e4m3fn`` (each chunk
+    quantised as it streams, see :mod:`engine.quant`)."""
+    from . import quant, storage
     from .index import write_index_files
 
-    chunks = vector_chunks(n, dim, seed=seed, dtype=dtype, **model_kwargs)
+    scales = torch.empty(n, dtype=torch.float32) if quant.is_quantized(dtype) else None
+    chunks = vector_chunks(n, dim, seed=seed, dtype=torch.float32 if scales is not None else dtype, **model_kwargs)
     if progress:
         from tqdm import tqdm
 
         chunks = tqdm(chunks, total=math.ceil(n / CHUNK), desc="vectors", unit="chunk")
-    write_index_files(os.fspath(path), chunks, n, dim, storage.TORCH_TO_NAME[dtype])
+    if scales is not None:
+        def quantized(chunks):
+            s = 0
+            for c in chunks:
+                q, scales[s : s + len(c)] = quant.quantize(c, dtype)
+                s += len(c)
+                yield q
+
+        chunks = quantized(chunks)
+    # write_index_files consumes the vector chunks before it writes the scales they fill.
+    write_index_files(os.fspath(path), chunks, n, dim, storage.TORCH_TO_NAME[dtype], scales=scales)
 
 
 def qnets(num_queries: int, dims: list[int] | None = None, *, seed: int = 0,

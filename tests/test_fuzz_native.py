@@ -1,5 +1,6 @@
-"""Property-based fuzzing of every engine._C entry point: arguments that start valid and
-then take up to three mutations (dtype, byte order, strides, shape, empty arrays, NaN/Inf,
+"""Property-based fuzzing of every engine._C entry point: arguments that start valid (the
+document vectors float32, int8 or float8 e4m3 with row scales) and then take up to three
+mutations (dtype, byte order, strides, shape, empty arrays, NaN/Inf,
 out-of-range ids, huge or negative counts, wrong Python types, bad flag dicts). Every call
 must return or raise ValueError / TypeError (MemoryError for an absurd size): never crash,
 hang or raise anything else. The sanitizer job (.ci/sanitize.sh) runs this file under
@@ -58,8 +59,40 @@ def shape(draw):
     return Q, n, d, L, np.random.default_rng(seed)
 
 
+def quantized(vec, rng):
+    """``vec`` as int8 or float8 e4m3 (its raw byte, uint8) rows and float32 row scales,
+    or None to keep it float32 (a third of the draws each)."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        return None
+    import torch
+
+    from engine import quant
+
+    t = torch.from_numpy(np.ascontiguousarray(vec))
+    data, scales = quant.quantize(t, torch.int8 if kind == 1 else torch.float8_e4m3fn)
+    raw = data.numpy() if kind == 1 else data.view(torch.uint8).numpy()
+    return raw, scales.numpy()
+
+
+# Entry points that read document vectors (and take their row scales when quantised).
+VECTOR_ENTRY_POINTS = ("cpu_score_dense", "cpu_score_gather", "cpu_exact_topk", "cpu_score_gather_query",
+                       "graph_paper_search", "graph_default_search", "graph_linear_topk", "graph_rows_topk",
+                       "graph_codes_topk")
+
+
 def base_args(name, Q, n, d, L, rng):
-    """Valid keyword arguments of entry point ``name`` for these sizes."""
+    """Valid keyword arguments of entry point ``name`` for these sizes; vector-reading entry
+    points get float32, int8 or float8 e4m3 rows (with ``scales``)."""
+    args = _base_args(name, Q, n, d, L, rng)
+    if name in VECTOR_ENTRY_POINTS:
+        q = quantized(args["vectors"], rng)
+        if q is not None:
+            args["vectors"], args["scales"] = q
+    return args
+
+
+def _base_args(name, Q, n, d, L, rng):
     dims = [d] + [d] * L + [1]
     vec = rng.standard_normal((n, d)).astype(np.float32)
     ids = rng.integers(0, max(n, 1), (Q, 5)) if n else np.zeros((Q, 0), np.int64)

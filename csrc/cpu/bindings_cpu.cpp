@@ -50,10 +50,10 @@ int64_t block_arg(int64_t block) {
 
 
 void py_score_dense(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array out, int num_threads, int64_t block,
-                    py::object packed) {
+                    py::object packed, py::object scales) {
   QNetArgs a;
   parse_qnet(a, weights, biases, flags);
-  const VectorsView v = parse_vectors(vectors, a.dims[0]);
+  const VectorsView v = parse_vectors(vectors, a.dims[0], scales);
   check_kind(out, "out", Kind::F32);
   check_shape(out, "out", {a.view.num_queries, v.n});
   check_writeable(out, "out");
@@ -69,10 +69,10 @@ void py_score_dense(py::list weights, py::list biases, py::dict flags, py::array
 }
 
 void py_score_gather(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array ids, py::array out, int num_threads,
-                     int64_t block, py::object packed) {
+                     int64_t block, py::object packed, py::object scales) {
   QNetArgs a;
   parse_qnet(a, weights, biases, flags);
-  const VectorsView v = parse_vectors(vectors, a.dims[0]);
+  const VectorsView v = parse_vectors(vectors, a.dims[0], scales);
   check_kind(ids, "ids", Kind::I64);
   check_shape(ids, "ids", {a.view.num_queries, -1});
   const int64_t m = ids.shape(1);
@@ -97,10 +97,10 @@ void py_score_gather(py::list weights, py::list biases, py::dict flags, py::arra
 }
 
 py::tuple py_exact_topk(py::list weights, py::list biases, py::dict flags, py::array vectors, int64_t k, int num_threads, int64_t block,
-                        py::object packed) {
+                        py::object packed, py::object scales) {
   QNetArgs a;
   parse_qnet(a, weights, biases, flags);
-  const VectorsView v = parse_vectors(vectors, a.dims[0]);
+  const VectorsView v = parse_vectors(vectors, a.dims[0], scales);
   k = k_arg(k);
   const int nt = threads_arg(num_threads);
   block = block_arg(block);
@@ -134,10 +134,10 @@ double py_fma_peak(int num_threads, double seconds) {
 }
 
 // Single-query gather through the C++ contract (score_gather_query), for tests.
-void py_score_gather_query(py::list weights, py::list biases, py::dict flags, int64_t q, py::array vectors, py::array ids, py::array out) {
+void py_score_gather_query(py::list weights, py::list biases, py::dict flags, int64_t q, py::array vectors, py::array ids, py::array out, py::object scales) {
   QNetArgs a;
   parse_qnet(a, weights, biases, flags);
-  const VectorsView v = parse_vectors(vectors, a.dims[0]);
+  const VectorsView v = parse_vectors(vectors, a.dims[0], scales);
   if (q < 0 || q >= a.view.num_queries)
     throw std::invalid_argument("q out of range: " + std::to_string(q));
   check_kind(ids, "ids", Kind::I64);
@@ -188,13 +188,13 @@ void register_cpu_kernels(py::module_& m) {
   m.def("cpu_kernel_name", [](bool bf16) { return std::string(kernel_name(bf16)); }, py::arg("bf16"),
         "The kernel the active ISA runs for q-nets computed in bf16 (True) or fp32 (False).");
   m.def("cpu_score_dense", &py_score_dense, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("vectors"), py::arg("out"),
-        py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
+        py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(), py::arg("scales") = py::none(),
         "Fused q-net scores of every (query, document) pair into out (Q, n) float32.");
   m.def("cpu_score_gather", &py_score_gather, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("vectors"), py::arg("ids"),
-        py::arg("out"), py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
+        py::arg("out"), py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(), py::arg("scales") = py::none(),
         "Fused q-net scores of the documents ids (Q, m) int64 into out (Q, m) float32.");
   m.def("cpu_exact_topk", &py_exact_topk, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("vectors"), py::arg("k"),
-        py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(),
+        py::arg("num_threads"), py::arg("block_size") = 0, py::arg("packed") = py::none(), py::arg("scales") = py::none(),
         "Exact top-k over all documents: (scores (Q, k) float32, ids (Q, k) int64), best first.");
   py::class_<PackedQNets>(m, "CpuPackedQNets",
                           "Every query of a q-net batch packed for the active ISA's kernel (opaque).")
@@ -205,7 +205,7 @@ void register_cpu_kernels(py::module_& m) {
   m.def("cpu_fma_peak_gflops", &py_fma_peak, py::arg("num_threads"), py::arg("seconds") = 1.0,
         "fp32 FMA peak of this machine in GFLOP/s: a register-only FMA loop on num_threads threads.");
   m.def("cpu_score_gather_query", &py_score_gather_query, py::arg("weights"), py::arg("biases"), py::arg("flags"), py::arg("q"), py::arg("vectors"),
-        py::arg("ids"), py::arg("out"),
+        py::arg("ids"), py::arg("out"), py::arg("scales") = py::none(),
         "Single-threaded gather for query q through the C++ contract (ids (m,), out (m,)).");
 }
 

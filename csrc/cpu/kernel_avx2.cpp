@@ -114,10 +114,32 @@ static inline float half_to_float_scalar(uint16_t h) {
   return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 }
 
+// float8 e4m3fn bytes (zero-extended to 32 bits) to fp32, exactly: a normal value's exponent
+// and mantissa move to float32's positions with the bias raised by 120; a subnormal one is
+// m * 2^-9; S.1111.111 is NaN.
+static inline __m256 fp8_to_ps(__m256i u) {
+  const __m256i mag = _mm256_and_si256(u, _mm256_set1_epi32(0x7F));
+  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x80)), 24);
+  const __m256 normal = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
+  const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(0x1p-9f));
+  __m256 v = _mm256_blendv_ps(normal, sub, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag)));
+  v = _mm256_blendv_ps(v, _mm256_set1_ps(NAN), _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F))));
+  return _mm256_or_ps(v, _mm256_castsi256_ps(sign));
+}
+
 static void convert_row(DType dtype, const void* src, float* dst, int64_t n) {
   int64_t j = 0;
   if (dtype == DType::F32) {
     std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  } else if (dtype == DType::I8 || dtype == DType::F8E4M3) {  // stored values, unscaled
+    const uint8_t* s = static_cast<const uint8_t*>(src);
+    const bool i8 = dtype == DType::I8;
+    for (; j + 8 <= n; j += 8) {
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s + j));
+      vstore(dst + j, i8 ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)) : fp8_to_ps(_mm256_cvtepu8_epi32(b)));
+    }
+    const float* lut = fp8_e4m3_table();
+    for (; j < n; ++j) dst[j] = i8 ? static_cast<float>(static_cast<int8_t>(s[j])) : lut[s[j]];
   } else if (dtype == DType::F16) {
     const uint16_t* s = static_cast<const uint16_t*>(src);
     for (; j + 8 <= n; j += 8)

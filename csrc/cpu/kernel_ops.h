@@ -7,6 +7,7 @@
 
 #include "cpu/isa.h"
 #include "cpu/qnet_kernel.h"
+#include "cpu/vector_rows.h"
 
 namespace hyp {
 namespace cpu {
@@ -59,7 +60,8 @@ struct KernelOps {
   // As forward_f32 for BF16_PAIRS-packed queries (activations rounded to bf16 before each
   // layer, fp32 accumulation); null where the ISA has no bf16 dot product.
   void (*forward_bf16)(const PackedQuery& pq, const Workspace& ws, int64_t rows, float* scores);
-  // Converts n elements of `dtype` at src to fp32 at dst.
+  // Converts n elements of `dtype` at src to fp32 at dst, exactly; I8 / F8E4M3 elements to
+  // the stored values, unscaled (the caller multiplies by the row's scale).
   void (*convert_row)(DType dtype, const void* src, float* dst, int64_t n);
   // Runs `iters` iterations of a register-only loop of independent FMAs and returns the
   // FLOPs it did (the result lands in *sink so the loop is not optimised away); null where

@@ -71,6 +71,13 @@ static void convert_row(DType dtype, const void* src, float* dst, int64_t n) {
   const uint16_t* s = static_cast<const uint16_t*>(src);
   if (dtype == DType::F32) {
     std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  } else if (dtype == DType::I8) {  // stored values, unscaled
+    const int8_t* q = static_cast<const int8_t*>(src);
+    for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(q[j]);
+  } else if (dtype == DType::F8E4M3) {
+    const float* lut = fp8_e4m3_table();
+    const uint8_t* q = static_cast<const uint8_t*>(src);
+    for (int64_t j = 0; j < n; ++j) dst[j] = lut[q[j]];
   } else if (dtype == DType::F16) {
     for (int64_t j = 0; j < n; ++j) dst[j] = half_to_float(s[j]);
   } else {

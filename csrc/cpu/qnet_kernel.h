@@ -7,7 +7,9 @@
 
 namespace hyp {
 
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+// I8 and F8E4M3 (float8 e4m3fn) are document storage only: such rows come with a float32
+// scale per row (VectorsView::scales); q-net weights are F32, F16 or BF16.
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I8 = 3, F8E4M3 = 4 };
 
 // A batch of Q q-nets with vector_dimensions dims[0..L+1] (dims[L+1] == 1), already
 // validated. weights[i] points at a (Q, dims[i], dims[i+1]) row-major array, biases[i] at
@@ -32,12 +34,15 @@ struct QNetView {
   bool bf16 = false;
 };
 
-// Document vectors: (n, d) row-major in `dtype`.
+// Document vectors: (n, d) row-major in `dtype`. For I8 / F8E4M3, `scales` holds n
+// floats and row i stands for float(data[i]) * scales[i] (cpu/vector_rows.h); null
+// otherwise.
 struct VectorsView {
   const void* data = nullptr;
   int64_t n = 0;
   int64_t d = 0;
   DType dtype = DType::F32;
+  const float* scales = nullptr;
 };
 
 // Scores query q against the m documents ids[0..m) (each in [0, n), checked by the

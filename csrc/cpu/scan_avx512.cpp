@@ -99,6 +99,8 @@ void dots(DType t, const void* x, int64_t d, const int64_t* rows, int64_t m, con
     case DType::F32: return dots_t<DType::F32>(x, d, rows, m, w, out);
     case DType::F16: return dots_t<DType::F16>(x, d, rows, m, w, out);
     case DType::BF16: return dots_t<DType::BF16>(x, d, rows, m, w, out);
+    case DType::I8:
+    case DType::F8E4M3: return scan_ops_portable().dots(t, x, d, rows, m, w, out);
   }
 }
 

@@ -22,6 +22,8 @@ struct ScanOps {
   // out[r] = x[rows[r]] . w for r < m (rows: int64 row indices into x, an (n, d) array of
   // `dtype`; w: d floats). A row's value does not depend on m, on its position or on the
   // call: the shortlist re-ranking reproduces the full scan's bits.
+  // int8 / float8 e4m3 rows: the dot of the stored values, unscaled (the portable loop on
+  // every ISA; graph/linear.cpp applies the row's scale).
   void (*dots)(DType dtype, const void* x, int64_t d, const int64_t* rows, int64_t m, const float* w,
                float* out);
   // For `nblocks` blocks of kCodeBlock documents with `nsub` 4-bit sub-codes each (nsub a

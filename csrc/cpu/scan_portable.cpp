@@ -4,6 +4,7 @@
 
 #include "cpu/half.h"
 #include "cpu/scan_ops.h"
+#include "cpu/vector_rows.h"
 
 namespace hyp {
 namespace cpu {
@@ -14,6 +15,8 @@ inline float load_one(DType t, const void* base, int64_t i) {
     case DType::F32: return static_cast<const float*>(base)[i];
     case DType::F16: return half_to_float(static_cast<const uint16_t*>(base)[i]);
     case DType::BF16: return bfloat16_to_float(static_cast<const uint16_t*>(base)[i]);
+    case DType::I8: return static_cast<float>(static_cast<const int8_t*>(base)[i]);
+    case DType::F8E4M3: return fp8_e4m3_table()[static_cast<const uint8_t*>(base)[i]];
   }
   return 0.f;
 }

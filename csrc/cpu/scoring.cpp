@@ -12,6 +12,7 @@
 
 #include "cpu/kernel_ops.h"
 #include "cpu/qnet_kernel.h"
+#include "cpu/vector_rows.h"
 #include "parallel.h"
 #include "topk.h"
 
@@ -114,7 +115,7 @@ class BufPool {
   std::vector<std::pair<void*, size_t>> bufs_;
 };
 
-size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+size_t dtype_size(DType t) { return vector_dtype_size(t); }
 
 // FLOPs of one document through the q-net (what sizes parallel work).
 int64_t qnet_flops(const int64_t* dims, int num_layers) {
@@ -316,7 +317,13 @@ void load_rows(const KernelOps& ops, const VectorsView& v, const int64_t* ids, i
   const char* base = static_cast<const char*>(v.data);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = ids ? ids[r] : first + r;
-    ops.convert_row(v.dtype, base + static_cast<size_t>(row) * v.d * es, ws.x + r * ws.ld, v.d);
+    const char* src = base + static_cast<size_t>(row) * v.d * es;
+    float* dst = ws.x + r * ws.ld;
+    ops.convert_row(v.dtype, src, dst, v.d);
+    if (v.scales) {  // quantised: the row's scale applied as the row enters the block, before layer 1
+      const float s = v.scales[row];
+      for (int64_t j = 0; j < v.d; ++j) dst[j] *= s;
+    }
   }
   for (int64_t r = rows; r < rp; ++r) std::fill(ws.x + r * ws.ld, ws.x + r * ws.ld + v.d, 0.0f);
 }

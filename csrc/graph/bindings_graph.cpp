@@ -138,10 +138,10 @@ void raise_bad_graph(bool ok, int64_t n) {
 
 py::tuple py_paper_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
                           py::array entries, int64_t k, int64_t ncandidates, int64_t max_iter, bool early_stop,
-                          int num_threads) {
+                          int num_threads, py::object scales) {
   QNetArgs h;
   parse_qnet(h, weights, biases, flags);
-  const VectorsView v = parse_vectors(vectors, h.dims[0]);
+  const VectorsView v = parse_vectors(vectors, h.dims[0], scales);
   const GraphView g = parse_graph(graph, v.n);
   const int64_t* ent = parse_ids(entries, "entries", {-1}, v.n);
   graph::PaperParams p;
@@ -162,10 +162,10 @@ py::tuple py_paper_search(py::list weights, py::list biases, py::dict flags, py:
 py::tuple py_default_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
                             py::array mean, py::array samples, py::object codes, int64_t k, int64_t ef,
                             int64_t ef_lin, int64_t width, int64_t max_steps, int64_t passes, int64_t shortlist,
-                            int64_t rerank, bool bf16, int num_threads) {
+                            int64_t rerank, bool bf16, int num_threads, py::object scales) {
   QNetArgs h;
   parse_qnet(h, weights, biases, flags);
-  const VectorsView v = parse_vectors(vectors, h.dims[0]);
+  const VectorsView v = parse_vectors(vectors, h.dims[0], scales);
   const GraphView g = parse_graph(graph, v.n);
   const float* mp = parse_finite(mean, "mean", {v.d});
   const int64_t* sp = parse_ids(samples, "samples", {-1}, v.n);
@@ -207,10 +207,10 @@ py::tuple ranked(const std::vector<std::vector<Scored>>& rows, int64_t width) {
   return py::make_tuple(s, i);
 }
 
-py::tuple py_linear_topk(py::array vectors, py::array w, int64_t m, int num_threads) {
+py::tuple py_linear_topk(py::array vectors, py::array w, int64_t m, int num_threads, py::object scales) {
   check_shape(w, "w", {-1, -1});
   const int64_t Q = w.shape(0);
-  const VectorsView v = parse_vectors(vectors, w.shape(1));
+  const VectorsView v = parse_vectors(vectors, w.shape(1), scales);
   const float* wp = parse_finite(w, "w", {Q, v.d});
   m = bounded(m, "m", v.n);
   const int nt = threads_arg(num_threads);
@@ -222,10 +222,10 @@ py::tuple py_linear_topk(py::array vectors, py::array w, int64_t m, int num_thre
   return ranked(rows, std::min(m, v.n));
 }
 
-py::tuple py_rows_topk(py::array vectors, py::array ids, py::array w, int64_t m, int num_threads) {
+py::tuple py_rows_topk(py::array vectors, py::array ids, py::array w, int64_t m, int num_threads, py::object scales) {
   check_shape(w, "w", {-1, -1});
   const int64_t Q = w.shape(0);
-  const VectorsView v = parse_vectors(vectors, w.shape(1));
+  const VectorsView v = parse_vectors(vectors, w.shape(1), scales);
   const float* wp = parse_finite(w, "w", {Q, v.d});
   const int64_t* ip = parse_ids(ids, "ids", {Q, -1}, v.n);
   const int64_t S = ids.shape(1);
@@ -246,10 +246,10 @@ py::tuple py_rows_topk(py::array vectors, py::array ids, py::array w, int64_t m,
 }
 
 py::tuple py_codes_topk(py::tuple codes, py::array vectors, py::array w, int64_t rerank, int64_t m,
-                        int num_threads) {
+                        int num_threads, py::object scales) {
   check_shape(w, "w", {-1, -1});
   const int64_t Q = w.shape(0);
-  const VectorsView v = parse_vectors(vectors, w.shape(1));
+  const VectorsView v = parse_vectors(vectors, w.shape(1), scales);
   const float* wp = parse_finite(w, "w", {Q, v.d});
   const CodesView c = parse_codes(codes, v.n, v.d);
   m = bounded(m, "m", v.n);
@@ -311,20 +311,20 @@ py::tuple py_linearize(py::list weights, py::list biases, py::dict flags, py::ar
 void register_graph(py::module_& m) {
   m.def("graph_paper_search", &py_paper_search, py::arg("weights"), py::arg("biases"), py::arg("flags"),
         py::arg("vectors"), py::arg("graph"), py::arg("entries"), py::arg("k"), py::arg("ncandidates"),
-        py::arg("max_iter"), py::arg("early_stop"), py::arg("num_threads"),
+        py::arg("max_iter"), py::arg("early_stop"), py::arg("num_threads"), py::arg("scales") = py::none(),
         "The paper's graph search: (scores (Q, k), ids (Q, k), stats (Q, 5) int64).");
   m.def("graph_default_search", &py_default_search, py::arg("weights"), py::arg("biases"), py::arg("flags"),
         py::arg("vectors"), py::arg("graph"), py::arg("mean"), py::arg("samples"), py::arg("codes"), py::arg("k"),
         py::arg("ef"), py::arg("ef_lin"), py::arg("width"), py::arg("max_steps"), py::arg("passes"),
-        py::arg("shortlist"), py::arg("rerank"), py::arg("bf16"), py::arg("num_threads"),
+        py::arg("shortlist"), py::arg("rerank"), py::arg("bf16"), py::arg("num_threads"), py::arg("scales") = py::none(),
         "The default graph search of a query batch: (scores (Q, k), ids (Q, k), stats (Q, 5) int64: scored, "
         "steps, linear rows, coded rows, fallback).");
-  m.def("graph_linear_topk", &py_linear_topk, py::arg("vectors"), py::arg("w"), py::arg("m"), py::arg("num_threads"),
+  m.def("graph_linear_topk", &py_linear_topk, py::arg("vectors"), py::arg("w"), py::arg("m"), py::arg("num_threads"), py::arg("scales") = py::none(),
         "Exact top-m by x . w_q over all rows: (scores (Q, min(m, n)), ids), best first, ties to the lower id.");
   m.def("graph_rows_topk", &py_rows_topk, py::arg("vectors"), py::arg("ids"), py::arg("w"), py::arg("m"),
-        py::arg("num_threads"), "Top-m of the rows ids[q] ((Q, S) distinct) by x . w_q: (scores, ids).");
+        py::arg("num_threads"), py::arg("scales") = py::none(), "Top-m of the rows ids[q] ((Q, S) distinct) by x . w_q: (scores, ids).");
   m.def("graph_codes_topk", &py_codes_topk, py::arg("codes"), py::arg("vectors"), py::arg("w"), py::arg("rerank"),
-        py::arg("m"), py::arg("num_threads"),
+        py::arg("m"), py::arg("num_threads"), py::arg("scales") = py::none(),
         "Top-m by x . w_q among the `rerank` best code estimates: (scores (Q, min(m, n)), ids).");
   m.def("graph_codes_lut", &py_codes_lut, py::arg("codes"), py::arg("n"), py::arg("w"),
         "The uint8 lookup tables (nsub, 16) of direction w.");

@@ -5,6 +5,7 @@
 
 #include "cpu/isa.h"
 #include "cpu/kernel_ops.h"
+#include "cpu/vector_rows.h"
 #include "graph/linearize.h"
 #include "graph/search.h"
 
@@ -156,8 +157,11 @@ bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g
       beam.run(p.max_steps, score);
       if (p.passes > 1 && !beam.list().empty() && !lin.empty()) {
         const int64_t best = beam.list()[0].id;
-        const size_t es = v.dtype == DType::F32 ? 4 : 2;
-        kops.convert_row(v.dtype, static_cast<const char*>(v.data) + best * d * es, at.data(), d);
+        const char* src = static_cast<const char*>(v.data) + best * d * vector_dtype_size(v.dtype);
+        if (v.scales)
+          dequantize_row(v.dtype, src, v.scales[best], at.data(), d);
+        else
+          kops.convert_row(v.dtype, src, at.data(), d);
         int64_t again = 0;
         if (direction(qn, q, at.data(), w.data(), ls, again)) {
           ids.clear();

@@ -4,12 +4,41 @@
 #include <cmath>
 #include <numeric>
 
+#include "cpu/kernel_ops.h"
+#include "cpu/vector_rows.h"
 #include "graph/graph_types.h"
 
 namespace hyp {
 namespace graph {
 
 namespace {
+
+// x[rows[r]] . w of stored rows. Quantised rows: their stored values are converted (the
+// ISA's convert_row) a few rows at a time, dotted by the float32 scan kernel and the dot
+// multiplied by the row's scale; a row's result depends on nothing but the row, so the
+// full scan and the shortlist re-rank agree bit for bit.
+void row_dots(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* rows, int64_t m, const float* w,
+              float* out) {
+  if (!v.scales) {
+    ops.dots(v.dtype, v.data, v.d, rows, m, w, out);
+    return;
+  }
+  const cpu::KernelOps& kops = cpu::kernel_ops(ops.isa);
+  constexpr int64_t kRows = 16;
+  std::vector<float> buf(static_cast<size_t>(kRows * v.d));
+  int64_t local[kRows];
+  const char* base = static_cast<const char*>(v.data);
+  for (int64_t r0 = 0; r0 < m; r0 += kRows) {
+    const int64_t c = std::min(kRows, m - r0);
+    for (int64_t i = 0; i < c; ++i) {
+      kops.convert_row(v.dtype, base + static_cast<size_t>(rows[r0 + i]) * static_cast<size_t>(v.d),
+                       buf.data() + i * v.d, v.d);
+      local[i] = i;
+    }
+    ops.dots(DType::F32, buf.data(), v.d, local, c, w, out + r0);
+    for (int64_t i = 0; i < c; ++i) out[r0 + i] *= v.scales[rows[r0 + i]];
+  }
+}
 
 // Sorts the union of per-thread keepers and writes the best m, best first.
 template <class Item>
@@ -29,7 +58,7 @@ void linear_topk(const cpu::ScanOps& ops, const VectorsView& v, const float* w, 
   constexpr int64_t kChunk = 2048;  // rows per scheduled task: many per thread at 1M rows
   const int64_t chunks = (v.n + kChunk - 1) / kChunk;
   const int nt = std::min<int64_t>(
-      chunks, threads_worth(threads, static_cast<double>(v.n * v.d * (v.dtype == DType::F32 ? 4 : 2)) * kMicrosPerRowByte));
+      chunks, threads_worth(threads, static_cast<double>(v.n * v.d * vector_dtype_size(v.dtype)) * kMicrosPerRowByte));
   struct Mine {
     TopM<float> top;
     std::vector<int64_t> rows;
@@ -41,7 +70,7 @@ void linear_topk(const cpu::ScanOps& ops, const VectorsView& v, const float* w, 
     Mine& me = mine.get(p, init);
     const int64_t lo = c * kChunk, hi = std::min(v.n, lo + kChunk);
     std::iota(me.rows.begin(), me.rows.begin() + (hi - lo), lo);
-    ops.dots(v.dtype, v.data, v.d, me.rows.data(), hi - lo, w, me.sc.data());
+    row_dots(ops, v, me.rows.data(), hi - lo, w, me.sc.data());
     for (int64_t r = 0; r < hi - lo; ++r) me.top.offer(me.sc[r], lo + r);
   });
   std::vector<TopM<float>::Item> all;
@@ -55,9 +84,9 @@ void rows_topk(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* ids
   out.clear();
   if (S == 0 || m <= 0) return;
   std::vector<float> sc(static_cast<size_t>(S));
-  split_range(threads, S, 256, static_cast<double>(v.d * (v.dtype == DType::F32 ? 4 : 2)) * kMicrosPerRowByte,
+  split_range(threads, S, 256, static_cast<double>(v.d * vector_dtype_size(v.dtype)) * kMicrosPerRowByte,
               [&](int64_t lo, int64_t hi) {
-    ops.dots(v.dtype, v.data, v.d, ids + lo, hi - lo, w, sc.data() + lo);
+    row_dots(ops, v, ids + lo, hi - lo, w, sc.data() + lo);
   });
   std::vector<Scored> all(static_cast<size_t>(S));
   for (int64_t j = 0; j < S; ++j) all[j] = Scored{sc[j], ids[j]};

@@ -111,3 +111,23 @@ def resolve_name(name: str, device) -> str:
     """The name of the backend that ``name`` resolves to on ``device`` (``"auto"`` for the
     measured choice, which picks per shape)."""
     return get_backend(name, device).name
+
+
+def takes_scales(be) -> bool:
+    """Whether backend ``be`` reads int8 / float8_e4m3 vectors (its scoring functions take the
+    ``scales=`` keyword of the storage contract)."""
+    import inspect
+
+    try:
+        return all("scales" in inspect.signature(getattr(be, f)).parameters
+                   for f in ("score_dense", "score_gather") + (("exact_topk",) if hasattr(be, "exact_topk") else ()))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_storage(be, dtype) -> None:
+    """Refuse (``ValueError``) a backend that cannot read vectors of ``dtype`` rather than
+    let it misread them: int8 / float8_e4m3 rows need a backend that takes ``scales=``."""
+    if dtype in (torch.int8, torch.float8_e4m3fn) and not takes_scales(be):
+        raise ValueError(f"backend {backend_name(be)!r} cannot search {dtype} vectors yet; use backend 'cpu' "
+                         "or 'torch', or an index of float storage (index.to(dtype=torch.float16))")

@@ -243,31 +243,49 @@ def _out(out, shape):
     return out, torch.empty(shape, dtype=torch.float32)
 
 
-def _score(kernel, shape, weights, biases, config, vectors, out, num_threads, block_size, **extra):
+def _scales(scales):
+    """The per-row scales of int8 / float8 e4m3 vectors as the kernels take them (None for
+    float vectors; the C++ side requires them for quantised rows and refuses them otherwise)."""
+    if scales is None:
+        return None
+    if isinstance(scales, np.ndarray):
+        return scales if scales.flags.c_contiguous else np.ascontiguousarray(scales)
+    if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32:
+        raise TypeError("scales must be a float32 torch.Tensor")
+    return _np(scales)
+
+
+def _score(kernel, shape, weights, biases, config, vectors, out, num_threads, block_size, scales, **extra):
     """Run a scoring kernel into ``out`` (or a new (shape) float32 tensor)."""
     res, buf = _out(out, shape)
     nt = _threads(num_threads)
     args, packed = _prepare(weights, biases, config, nt, vectors.dtype)
     kernel(**args, vectors=_np(vectors), out=buf.numpy(), num_threads=nt,
-           block_size=int(block_size or 0), packed=packed, **extra)
+           block_size=int(block_size or 0), packed=packed, scales=_scales(scales), **extra)
     if buf is not res:
         res.copy_(buf)
     return res
 
 
-def score_dense(weights, biases, config, vectors, out=None, *, num_threads=None, block_size=None):
+def score_dense(weights, biases, config, vectors, out=None, *, scales=None, num_threads=None, block_size=None):
+    """``scales``: (n,) float32, required for int8 / float8_e4m3 ``vectors`` (row i stands
+    for ``vectors[i].float() * scales[i]``, dequantised as it is read), refused otherwise."""
     shape = (weights[0].shape[0], vectors.shape[0])
-    return _score(_C.cpu_score_dense, shape, weights, biases, config, vectors, out, num_threads, block_size)
+    return _score(_C.cpu_score_dense, shape, weights, biases, config, vectors, out, num_threads, block_size,
+                  scales)
 
 
-def score_gather(weights, biases, config, vectors, ids, out=None, *, num_threads=None, block_size=None):
+def score_gather(weights, biases, config, vectors, ids, out=None, *, scales=None, num_threads=None,
+                 block_size=None):
+    """As :func:`score_dense`; row ``ids[q, j]`` takes scale ``scales[ids[q, j]]``."""
     return _score(_C.cpu_score_gather, tuple(ids.shape), weights, biases, config, vectors, out,
-                  num_threads, block_size, ids=_np(ids.to(torch.int64)))
+                  num_threads, block_size, scales, ids=_np(ids.to(torch.int64)))
 
 
-def exact_topk(weights, biases, config, vectors, k, block_size=None, *, num_threads=None):
+def exact_topk(weights, biases, config, vectors, k, block_size=None, *, scales=None, num_threads=None):
     """Exact top-``k`` of every query over all of ``vectors`` (which may wrap an
     ``np.memmap``; it is streamed block by block, never copied when contiguous).
+    ``scales`` as for :func:`score_dense`.
 
     Returns ``(scores float32 (Q, k), ids int64 (Q, k))``, best first, ties broken by the
     lower id; when ``k > n`` the missing slots hold score ``-inf`` and id ``-1``.
@@ -277,7 +295,7 @@ def exact_topk(weights, biases, config, vectors, k, block_size=None, *, num_thre
     else:
         vec = _np(vectors)
     nt = _threads(num_threads)
-    args, packed = _prepare(weights, biases, config, nt, vec.dtype)
+    args, packed = _prepare(weights, biases, config, nt, vectors.dtype)
     s, i = _C.cpu_exact_topk(
         **args,
         vectors=vec,
@@ -285,5 +303,6 @@ def exact_topk(weights, biases, config, vectors, k, block_size=None, *, num_thre
         num_threads=nt,
         block_size=int(block_size or 0),
         packed=packed,
+        scales=_scales(scales),
     )
     return torch.from_numpy(s), torch.from_numpy(i)

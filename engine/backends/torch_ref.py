@@ -1,6 +1,7 @@
 """Reference backend in plain PyTorch: the ground truth every kernel is tested against.
 
-Computes in float32 whatever the input dtypes. A score is a function of the q-net and the
+Computes in float32 whatever the input dtypes; int8 / float8 e4m3 rows are dequantised
+(``data.float() * scale``, engine/quant.py) as they enter a tile. A score is a function of the q-net and the
 document vector only: documents are scored in tiles of a fixed number of rows (the last
 tile padded with zeros), so every matrix product has the same shape whatever the corpus
 size, the block or the document's position, and identical vectors get bit-identical
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..qnet_config import QNetConfig
+from ..quant import check_scales, dequantize
 
 # Rows per tile: small on CPU, where padding the last tile costs compute; larger on GPUs,
 # where each product is a kernel launch.
@@ -71,24 +73,37 @@ def _tiles(weights, biases, config, m: int, device):
             yield qs, slice(s, min(s + tile_rows, m)), tile_rows, w, b
 
 
-def score_dense(weights, biases, config, vectors, out=None):
+def _rows(vectors, scales, rows):
+    """Rows ``rows`` of ``vectors`` in float32: dequantised (``data.float() * scale``) when
+    ``scales`` are given."""
+    if scales is None:
+        return vectors[rows].float()
+    return dequantize(vectors, scales, rows)
+
+
+def score_dense(weights, biases, config, vectors, out=None, *, scales=None):
+    """``scales``: (n,) float32, required for int8 / float8_e4m3 ``vectors`` (row i is
+    ``vectors[i].float() * scales[i]``), refused (ValueError) otherwise."""
+    scales = check_scales(vectors, scales, check_values=False)
     Q, n, d = weights[0].shape[0], vectors.shape[0], vectors.shape[1]
     if out is None:
         out = torch.empty(Q, n, dtype=torch.float32, device=vectors.device)
     for qs, rows, tile_rows, w, b in _tiles(weights, biases, config, n, vectors.device):
         tile = torch.zeros(1, tile_rows, d, dtype=torch.float32, device=vectors.device)
-        tile[0, : rows.stop - rows.start] = vectors[rows]
+        tile[0, : rows.stop - rows.start] = _rows(vectors, scales, rows)
         s = apply_qnet(w, b, config, tile.expand(w[0].shape[0], -1, -1))
         out[qs, rows] = s[:, : rows.stop - rows.start]
     return out
 
 
-def score_gather(weights, biases, config, vectors, ids, out=None):
+def score_gather(weights, biases, config, vectors, ids, out=None, *, scales=None):
+    """As :func:`score_dense`; row ``ids[q, j]`` takes scale ``scales[ids[q, j]]``."""
+    scales = check_scales(vectors, scales, check_values=False)
     m, d = ids.shape[1], vectors.shape[1]
     if out is None:
         out = torch.empty(tuple(ids.shape), dtype=torch.float32, device=vectors.device)
     for qs, rows, tile_rows, w, b in _tiles(weights, biases, config, m, vectors.device):
         tile = torch.zeros(w[0].shape[0], tile_rows, d, dtype=torch.float32, device=vectors.device)
-        tile[:, : rows.stop - rows.start] = vectors[ids[qs, rows].long()]
+        tile[:, : rows.stop - rows.start] = _rows(vectors, scales, ids[qs, rows].long())
         out[qs, rows] = apply_qnet(w, b, config, tile)[:, : rows.stop - rows.start]
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..quant import STORAGE_DTYPES
 from .common import DTYPES, positive_int, read_ids, write_index
 
 
@@ -16,6 +17,10 @@ def add_parser(sub) -> None:
     p.add_argument("--ids", help="text file with one external id per line")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="stored dtype (default: as given; bfloat16 for synthetic)")
+    p.add_argument("--storage", choices=list(STORAGE_DTYPES), default=None,
+                   help="how the vectors are stored: a float dtype (as --dtype), or int8 / float8_e4m3 "
+                        "(quantised with one float32 scale per row: half the memory of bfloat16; "
+                        "see docs/storage.md)")
     p.add_argument("--graph", type=positive_int, metavar="R",
                    help="also build what graph search needs: an R-neighbour graph and the candidate codes")
     p.set_defaults(run=run)
@@ -46,17 +51,29 @@ def load_vectors(path: str, dtype: str | None):
     return as_vectors(vectors, name=f"vectors of {path}")
 
 
+def _is_float_npy(path: str) -> bool:
+    import numpy as np
+
+    dt = np.load(path, mmap_mode="r", allow_pickle=False).dtype
+    return dt.kind == "f" and dt.itemsize in (2, 4)
+
+
 def run(args) -> int:
     from .. import synthetic
     from ..index import Index
     from ..storage import save_target
 
     save_target(args.output)  # refuse a target it may not replace before any work
+    storage = args.storage
+    if storage is not None and args.dtype is not None and storage != args.dtype:
+        raise ValueError(f"--dtype {args.dtype} and --storage {storage} disagree: give one")
+    if storage in DTYPES:  # a float storage is a --dtype
+        args.dtype, storage = storage, None
     if args.synthetic is not None:
         if args.ids:
             raise ValueError("--ids needs --vectors (synthetic documents are numbered)")
         synthetic.write_index(args.output, args.synthetic, args.dim, seed=args.seed,
-                              dtype=DTYPES[args.dtype or "bfloat16"], progress=True)
+                              dtype=STORAGE_DTYPES[storage or args.dtype or "bfloat16"], progress=True)
         if args.graph:
             # The vectors stay where they were streamed (memory-mapped; the save links them).
             index = Index.load(args.output)
@@ -64,7 +81,8 @@ def run(args) -> int:
             index.save(args.output)
         print(Index.load(args.output))
         return 0
-    vectors = load_vectors(args.vectors, args.dtype)
+    vectors = load_vectors(args.vectors, args.dtype if storage is None else None if _is_float_npy(args.vectors)
+                           else "float32")
     ids = read_ids(args.ids) if args.ids else None
-    write_index(vectors, ids, args.output, args.graph)
+    write_index(vectors, ids, args.output, args.graph, storage=storage)
     return 0

@@ -53,12 +53,12 @@ def parse_dims(text: str) -> list[int]:
     return dims
 
 
-def write_index(vectors, ids, output: str, graph_degree: int | None) -> None:
-    """Build an index (with an optional ``graph_degree``-neighbour graph), save it to
-    ``output`` and print what was written."""
+def write_index(vectors, ids, output: str, graph_degree: int | None, *, storage: str | None = None) -> None:
+    """Build an index (with an optional ``graph_degree``-neighbour graph; ``storage``: see
+    :meth:`engine.Index.from_vectors`), save it to ``output`` and print what was written."""
     from ..index import Index
 
-    index = Index.from_vectors(vectors, ids)
+    index = Index.from_vectors(vectors, ids, storage=storage)
     if graph_degree is not None:
         index.build_graph(graph_degree)
     index.save(output)

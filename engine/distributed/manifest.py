@@ -3,7 +3,7 @@
 ``manifest.json``::
 
     {"format": "hypencoder-engine-sharded-index", "version": 1,
-     "count": N, "dim": d, "dtype": "float32" | "float16" | "bfloat16",
+     "count": N, "dim": d, "dtype": "float32" | "float16" | "bfloat16" | "int8" | "float8_e4m3",
      "ids": "none" | "int" | "str",
      "shards": [{"path": "shard-00000", "offset": 0, "count": n_0,
                  "manifest_sha256": hex, "graph": bool, "codes": bool}, ...]}

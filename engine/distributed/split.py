@@ -145,7 +145,8 @@ def shard_index(source, out, num_shards: int | None = None, *, sizes=None, graph
         entries, offset = [], 0
         for i, size in enumerate(sizes):
             name = f"shard-{i:05d}"
-            sub = Index.from_vectors(source.vectors[offset:offset + size], _ids_slice(ids, offset, offset + size))
+            sub = Index.from_vectors(source.vectors[offset:offset + size], _ids_slice(ids, offset, offset + size),
+                                     scales=None if source.scales is None else source.scales[offset:offset + size])
             if size and degree is not None:
                 sub.build_graph(degree, codes=code_bytes is not None, code_bytes=code_bytes or 64,
                                 progress=progress, **graph_options)

@@ -16,6 +16,8 @@ import time
 import numpy as np
 import torch
 
+from ..quant import DequantizedRows
+
 METHODS = ("auto", "exact", "faiss", "cluster")
 # Above this many documents method="auto" builds by clusters: exact brute force is
 # O(n^2 d): about 1 min at 60k x 384 on 2 cores, 15 at 200k x 768, hours at 1M, and
@@ -363,8 +365,8 @@ def build_knn_graph(vectors: torch.Tensor, degree: int, *, method: str = "auto",
         ``(neighbors, params)``: ``(n, degree)`` int32 on the CPU, nearest first, never a
         document itself; ``params`` (JSON-serialisable) for the manifest.
     """
-    if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2:
-        raise TypeError("vectors must be a 2-D torch.Tensor")
+    if not isinstance(vectors, (torch.Tensor, DequantizedRows)) or vectors.dim() != 2:
+        raise TypeError("vectors must be a 2-D torch.Tensor (or engine.quant.DequantizedRows)")
     n = vectors.shape[0]
     degree = _check_degree(degree, n)
     if method not in METHODS:

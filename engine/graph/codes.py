@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..quant import DequantizedRows
+
 BLOCK = 32  # documents per block of the code layout
 _LEVEL_BITS = (0, 1, 2, 4)
 # Gaussian Lloyd-Max reconstruction levels (unit variance), the starting points.
@@ -302,8 +304,8 @@ def build_codes(vectors: torch.Tensor, *, bytes_per_vector: int = 64, train_size
     Raises:
         ValueError / TypeError: bad arguments.
     """
-    if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2:
-        raise TypeError("vectors must be a 2-D torch.Tensor")
+    if not isinstance(vectors, (torch.Tensor, DequantizedRows)) or vectors.dim() != 2:
+        raise TypeError("vectors must be a 2-D torch.Tensor (or engine.quant.DequantizedRows)")
     for name, v, lo, hi in (("bytes_per_vector", bytes_per_vector, 2, 128), ("train_size", train_size, 1, 1 << 24)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")

@@ -40,7 +40,8 @@ def corpus_mean(index) -> torch.Tensor:
     if getattr(index, "codes", None) is not None:
         return index.codes.mean
     vectors = index.vectors
-    return cached(index, "_graph_mean_cache", id(vectors), lambda: (vectors, _corpus_mean(vectors)),
+    rows = index.float_rows() if hasattr(index, "float_rows") else vectors
+    return cached(index, "_graph_mean_cache", id(vectors), lambda: (vectors, _corpus_mean(rows)),
                   valid=lambda hit: hit[0] is vectors)[1]
 
 

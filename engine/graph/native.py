@@ -47,6 +47,13 @@ def _qnet_args(weights, biases, config):
     return args
 
 
+def _scales(index):
+    """The row scales of an int8 / float8_e4m3 index as the native search takes them (None
+    for float storage)."""
+    sc = getattr(index, "scales", None)
+    return None if sc is None else to_numpy(sc)
+
+
 def _result(out):
     s, i, st = out
     st = torch.from_numpy(st)
@@ -60,7 +67,8 @@ def paper_search(index, qnets, k: int, p, num_threads: int):
     w, b, flags = _qnet_args(qnets.weights, qnets.biases, qnets.config).values()
     ent = entry_points(index, p.num_entry_points)
     return _result(_C.graph_paper_search(w, b, flags, to_numpy(index.vectors), _graph(index), to_numpy(ent), int(k),
-                                         p.ncandidates, p.max_iter, p.early_stop, num_threads))
+                                         p.ncandidates, p.max_iter, p.early_stop, num_threads,
+                                         scales=_scales(index)))
 
 
 def bf16_dot() -> bool:
@@ -87,4 +95,5 @@ def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, num_thr
     samples = entry_points(index, p.num_samples, salt=1)
     return _result(_C.graph_default_search(
         w, b, flags, to_numpy(index.vectors), _graph(index), to_numpy(corpus_mean(index)), to_numpy(samples), codes,
-        int(k), p.ef, ef_lin, p.width, p.max_steps, p.passes, keep, rerank, bool(bf16), num_threads))
+        int(k), p.ef, ef_lin, p.width, p.max_steps, p.passes, keep, rerank, bool(bf16), num_threads,
+        scales=_scales(index)))

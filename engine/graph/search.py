@@ -96,6 +96,10 @@ def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "au
     if index.vectors.device != qnets.device:
         raise ValueError(f"q-nets are on {qnets.device} but the index is on {index.vectors.device}")
     mod, be_name, be = _choose(impl, backend, qnets.device)
+    if getattr(index, "scales", None) is not None and mod is not native:
+        raise ValueError(f"graph search over {index.vectors.dtype} vectors runs in the native implementation "
+                         "only (impl='native', CPU, backend 'cpu' or 'auto'); use exact search, or an index of "
+                         "float storage (index.to(dtype=torch.float16)) for impl='torch'")
     Q, n = qnets.num_queries, len(index)
     candidates = precision = None
     if preset == "default":

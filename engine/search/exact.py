@@ -62,11 +62,14 @@ def check_block_size(block_size, n: int) -> int | None:
 
 
 def exact_search(qnets, vectors: torch.Tensor, k: int, *, backend: str = "auto",
-                 block_size: int | None = None, num_threads: int | None = None):
+                 block_size: int | None = None, num_threads: int | None = None,
+                 scales: torch.Tensor | None = None):
     """Top-``k`` documents of ``vectors`` (n, d) for every q-net, best first.
 
     ``num_threads`` (validated by the caller): threads of the ``cpu`` backend's scan (None:
-    the engine-wide number); other backends do not take it.
+    the engine-wide number); other backends do not take it. ``scales`` (validated by the
+    caller): the (n,) float32 row scales of int8 / float8_e4m3 ``vectors``, streamed with
+    their rows; a backend that cannot read such rows raises ``ValueError``.
 
     Returns ``(scores, ids)``: (Q, k) float32 and (Q, k) int64 row indices on the q-nets'
     device; ties go to the lower index; slots beyond n hold score -inf and id -1.
@@ -78,8 +81,15 @@ def exact_search(qnets, vectors: torch.Tensor, k: int, *, backend: str = "auto",
     block_size = check_block_size(block_size, n)
     be = backends.get_backend(backend, device)
     block = block_size or min(DEFAULT_BLOCK, max(n, 1))
+    extra = {}
+    if scales is not None:
+        backends.check_storage(be, vectors.dtype)
+        extra["scales"] = scales
     if hasattr(be, "exact_topk") and vectors.device == device:
-        extra = {"num_threads": num_threads} if num_threads is not None and be.name == "cpu" else {}
+        if num_threads is not None and be.name == "cpu":
+            extra["num_threads"] = num_threads
+        if extra.get("scales") is not None and extra["scales"].device != device:
+            extra["scales"] = extra["scales"].to(device)
         return be.exact_topk(qnets.weights, qnets.biases, qnets.config, vectors, k, block_size, **extra)
 
     run_s = torch.full((Q, k), float("-inf"), dtype=torch.float32, device=device)
@@ -92,6 +102,10 @@ def exact_search(qnets, vectors: torch.Tensor, k: int, *, backend: str = "auto",
             blk = blk.to(device, non_blocking=True)
         # A contiguous output for every block, the ragged last one included.
         out = buf if blk.shape[0] == block else buf.new_empty((Q, blk.shape[0]))
-        be.score_dense(qnets.weights, qnets.biases, qnets.config, blk, out)
+        if scales is None:
+            be.score_dense(qnets.weights, qnets.biases, qnets.config, blk, out)
+        else:
+            be.score_dense(qnets.weights, qnets.biases, qnets.config, blk, out,
+                           scales=scales[s : s + block].to(device, non_blocking=True))
         run_s, run_i = merge(run_s, run_i, out, s)
     return run_s, run_i
