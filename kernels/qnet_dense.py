@@ -27,16 +27,17 @@ def _score_keys(score, ids, valid):
     return tl.where(valid, key, -9223372036854775807 - 1)  # PAD_KEY, kept in int64 range
 
 
-@triton.autotune(configs=launch.autotune_configs(), key=["d", "ld_s", "L", "BN", "TOPK"])
+@triton.autotune(configs=launch.autotune_configs(), key=["d", "ld_s", "L", "BN", "TOPK", "SCALED", "FP8"])
 @triton.jit
 def _dense_kernel(
-    vec_ptr, stride_v, n, d, base,
+    vec_ptr, stride_v, n, d, base, sc_ptr,
     w_ptr, stride_wq, b_ptr, stride_bq, meta_ptr, L,
     xs_ptr, ys_ptr, ld_s, eps,
     out_ptr, stride_oq, stride_on,
     Q, nblocks,
     BN: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
     ACT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    SCALED: tl.constexpr, FP8: tl.constexpr,  # compressed rows: int8, or e4m3 bytes with FP8
     TOPK: tl.constexpr, KBLK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -49,10 +50,10 @@ def _dense_kernel(
         blk = t % nblocks
         rows = blk.to(tl.int64) * BN + r
         ok = rows < n
-        s = qnet_tile(rows, ok, vec_ptr, stride_v, d,
+        s = qnet_tile(rows, ok, vec_ptr, stride_v, d, sc_ptr,
                       w_ptr + q.to(tl.int64) * stride_wq, b_ptr + q.to(tl.int64) * stride_bq,
                       meta_ptr, L, xs, ys, ld_s, eps,
-                      BN, BK, BH, ACT_RELU, LAYER_NORM, IEEE, UPCAST)
+                      BN, BK, BH, ACT_RELU, LAYER_NORM, IEEE, UPCAST, SCALED, FP8)
         if TOPK:
             # Sort the tile's keys, best first, and keep the first KBLK: k candidates per
             # tile leave the kernel instead of BN scores.
@@ -63,13 +64,13 @@ def _dense_kernel(
             tl.store(out_ptr + q.to(tl.int64) * stride_oq + rows * stride_on, s, mask=ok)
 
 
-def _kernel_args(packed, config, vectors, out, base, topk_k):
+def _kernel_args(packed, config, vectors, out, base, topk_k, scales=None):
     """``(grid, arguments)`` of one launch of ``_dense_kernel``."""
     n = vectors.shape[0]
-    pl = launch.plan(packed, config, vectors, n)
+    pl = launch.plan(packed, config, vectors, n, scales)
     kblk = min(topk_k, pl.bn) if topk_k else 1
     return (pl.programs,), dict(
-        vec_ptr=pl.vectors, stride_v=pl.vectors.stride(0), n=n, d=pl.vectors.shape[1], base=base,
+        vec_ptr=pl.vectors, stride_v=pl.vectors.stride(0), sc_ptr=pl.scales, n=n, d=pl.vectors.shape[1], base=base,
         w_ptr=packed.w, stride_wq=packed.w.stride(0), b_ptr=packed.b, stride_bq=packed.b.stride(0),
         meta_ptr=packed.meta, L=packed.num_layers,
         xs_ptr=pl.xs, ys_ptr=pl.ys, ld_s=pl.width, eps=pl.eps,
@@ -79,15 +80,16 @@ def _kernel_args(packed, config, vectors, out, base, topk_k):
     )
 
 
-def _launch(packed, config, vectors, out, base, topk_k):
-    grid, args = _kernel_args(packed, config, vectors, out, base, topk_k)
+def _launch(packed, config, vectors, out, base, topk_k, scales=None):
+    grid, args = _kernel_args(packed, config, vectors, out, base, topk_k, scales)
     _dense_kernel[grid](**args)
     return out
 
 
-def score_dense(packed, config, vectors, out):
-    """Fill ``out`` (Q, n) float32 with every q-net's score of every row of ``vectors``."""
-    return _launch(packed, config, vectors, out, 0, 0)
+def score_dense(packed, config, vectors, out, scales=None):
+    """Fill ``out`` (Q, n) float32 with every q-net's score of every row of ``vectors``
+    (int8/float8_e4m3fn rows with their float32 ``scales`` (n,))."""
+    return _launch(packed, config, vectors, out, 0, 0, scales)
 
 
 def _candidates(packed, vectors, k: int) -> torch.Tensor:
@@ -97,13 +99,13 @@ def _candidates(packed, vectors, k: int) -> torch.Tensor:
                       device=vectors.device)
 
 
-def dense_topk_candidates(packed, config, vectors, k: int, base: int = 0) -> torch.Tensor:
+def dense_topk_candidates(packed, config, vectors, k: int, base: int = 0, scales=None) -> torch.Tensor:
     """(Q, nblocks * min(k, BN)) int64 keys: each tile's best ``min(k, BN)`` documents
     (ids offset by ``base``), unsorted across tiles; merge with engine.backends.topk_keys."""
     n = vectors.shape[0]
     if base + n > MAX_IDS:
         raise ValueError(f"the fused top-k packs ids into 32 bits; {base + n} documents is too many")
-    return _launch(packed, config, vectors, _candidates(packed, vectors, k), base, k)
+    return _launch(packed, config, vectors, _candidates(packed, vectors, k), base, k, scales)
 
 
 def aot_variants():
