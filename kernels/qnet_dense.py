@@ -112,21 +112,30 @@ def aot_variants():
     """The launches CI compiles ahead of time (engine.kernels.aot): every shipped block
     shape with the published flags in bf16, and each other flag value once."""
     from ..qnet_config import QNetConfig
-    from .aot import Variant, example_inputs
+    from .aot import Variant, compressed, example_inputs
 
     out = []
+    i8, f8 = torch.int8, torch.float8_e4m3fn
     cases = (
-        ("bf16", torch.bfloat16, QNetConfig(), 0, launch.TILE_CONFIGS),
-        ("fp16", torch.float16, QNetConfig(), 0, launch.TILE_CONFIGS[:1]),
-        ("fp32 ieee", torch.float32, QNetConfig(), 0, launch.TILE_CONFIGS[:1]),
+        ("bf16", torch.bfloat16, QNetConfig(), 0, launch.TILE_CONFIGS, None),
+        ("fp16", torch.float16, QNetConfig(), 0, launch.TILE_CONFIGS[:1], None),
+        ("fp32 ieee", torch.float32, QNetConfig(), 0, launch.TILE_CONFIGS[:1], None),
         ("bf16 identity no-norm", torch.bfloat16, QNetConfig(activation="identity", layer_norm=False), 0,
-         launch.TILE_CONFIGS[:1]),
-        ("bf16 top-k", torch.bfloat16, QNetConfig(), 1000, launch.TILE_CONFIGS[:1]),
+         launch.TILE_CONFIGS[:1], None),
+        ("bf16 top-k", torch.bfloat16, QNetConfig(), 1000, launch.TILE_CONFIGS[:1], None),
+        ("bf16 int8 documents", torch.bfloat16, QNetConfig(), 0, launch.TILE_CONFIGS[:1], i8),
+        ("bf16 fp8 documents", torch.bfloat16, QNetConfig(), 0, launch.TILE_CONFIGS[:1], f8),
+        ("bf16 int8 documents top-k", torch.bfloat16, QNetConfig(), 1000, launch.TILE_CONFIGS[:1], i8),
+        ("bf16 fp8 documents top-k", torch.bfloat16, QNetConfig(), 1000, launch.TILE_CONFIGS[:1], f8),
+        ("fp32 ieee fp8 documents", torch.float32, QNetConfig(), 0, launch.TILE_CONFIGS[:1], f8),
     )
-    for label, dtype, config, k, configs in cases:
+    for label, dtype, config, k, configs, doc_dtype in cases:
         packed, config, vectors = example_inputs(dtype, config)
+        scales = None
+        if doc_dtype is not None:
+            vectors, scales = compressed(vectors, doc_dtype)
         res = _candidates(packed, vectors, k) if k else torch.empty(2, vectors.shape[0])
-        _, args = _kernel_args(packed, config, vectors, res, 0, k)
+        _, args = _kernel_args(packed, config, vectors, res, 0, k, scales)
         args["BN"] = launch.GPU_BLOCK_N
         args["KBLK"] = min(k, launch.GPU_BLOCK_N) if k else 1
         out.append(Variant(_dense_kernel, args, list(configs), label))

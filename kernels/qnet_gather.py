@@ -72,20 +72,26 @@ def aot_variants():
     import torch
 
     from ..qnet_config import QNetConfig
-    from .aot import Variant, example_inputs
+    from .aot import Variant, compressed, example_inputs
 
     out = []
     cases = (
-        ("bf16", torch.bfloat16, torch.int64, QNetConfig(), launch.TILE_CONFIGS),
-        ("fp16 int32 ids", torch.float16, torch.int32, QNetConfig(), launch.TILE_CONFIGS[:1]),
-        ("fp32 ieee", torch.float32, torch.int64, QNetConfig(), launch.TILE_CONFIGS[:1]),
+        ("bf16", torch.bfloat16, torch.int64, QNetConfig(), launch.TILE_CONFIGS, None),
+        ("fp16 int32 ids", torch.float16, torch.int32, QNetConfig(), launch.TILE_CONFIGS[:1], None),
+        ("fp32 ieee", torch.float32, torch.int64, QNetConfig(), launch.TILE_CONFIGS[:1], None),
         ("bf16 identity no-norm", torch.bfloat16, torch.int64,
-         QNetConfig(activation="identity", layer_norm=False), launch.TILE_CONFIGS[:1]),
+         QNetConfig(activation="identity", layer_norm=False), launch.TILE_CONFIGS[:1], None),
+        ("bf16 int8 documents", torch.bfloat16, torch.int64, QNetConfig(), launch.TILE_CONFIGS[:1], torch.int8),
+        ("bf16 fp8 documents", torch.bfloat16, torch.int64, QNetConfig(), launch.TILE_CONFIGS[:1],
+         torch.float8_e4m3fn),
     )
-    for label, dtype, id_dtype, config, configs in cases:
+    for label, dtype, id_dtype, config, configs, doc_dtype in cases:
         packed, config, vectors = example_inputs(dtype, config)
+        scales = None
+        if doc_dtype is not None:
+            vectors, scales = compressed(vectors, doc_dtype)
         ids = torch.zeros(2, 300, dtype=id_dtype)
-        _, args = _kernel_args(packed, config, vectors, ids, torch.empty(2, 300))
+        _, args = _kernel_args(packed, config, vectors, ids, torch.empty(2, 300), scales)
         args["BN"] = launch.GPU_BLOCK_N
         out.append(Variant(_gather_kernel, args, list(configs), label))
     return out

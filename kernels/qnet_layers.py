@@ -580,40 +580,54 @@ def aot_variants():
 
     out = []
     d, rows, Q = 64, 256, 2
-    for label, dtype, ops, shared, tma, configs in (
-        ("bf16 tma", torch.bfloat16, (True, True, False), False, True, LAYER_CONFIGS),
-        ("bf16", torch.bfloat16, (True, True, False), False, False, LAYER_CONFIGS),
-        ("bf16 documents tma", torch.bfloat16, (True, True, False), True, True, LAYER_CONFIGS[:1]),
-        ("fp16 residual-first", torch.float16, (False, True, True), False, False, LAYER_CONFIGS[:1]),
-        ("fp32 ieee", torch.float32, (True, False, False), True, False, LAYER_CONFIGS_FP32),
-        ("bf16 no norm", torch.bfloat16, (False, False, False), False, False, LAYER_CONFIGS[:1]),
+    i8, u8 = torch.int8, torch.uint8  # float8_e4m3fn documents reach the kernels as uint8 bytes
+    for label, dtype, ops, shared, tma, configs, doc_dtype in (
+        ("bf16 tma", torch.bfloat16, (True, True, False), False, True, LAYER_CONFIGS, None),
+        ("bf16", torch.bfloat16, (True, True, False), False, False, LAYER_CONFIGS, None),
+        ("bf16 documents tma", torch.bfloat16, (True, True, False), True, True, LAYER_CONFIGS[:1], None),
+        ("fp16 residual-first", torch.float16, (False, True, True), False, False, LAYER_CONFIGS[:1], None),
+        ("fp32 ieee", torch.float32, (True, False, False), True, False, LAYER_CONFIGS_FP32, None),
+        ("bf16 no norm", torch.bfloat16, (False, False, False), False, False, LAYER_CONFIGS[:1], None),
+        ("bf16 int8 documents tma", torch.bfloat16, (True, True, False), True, True, LAYER_CONFIGS[:1], i8),
+        ("bf16 int8 documents", torch.bfloat16, (True, True, False), True, False, LAYER_CONFIGS[:1], i8),
+        ("bf16 fp8 documents tma", torch.bfloat16, (True, True, False), True, True, LAYER_CONFIGS[:1], u8),
+        ("bf16 fp8 documents residual-first", torch.bfloat16, (False, True, True), True, False,
+         LAYER_CONFIGS[:1], u8),
+        ("fp32 ieee fp8 documents", torch.float32, (True, False, False), True, False, LAYER_CONFIGS_FP32[:1], u8),
     ):
         if tma and TensorDescriptor is None:
             continue
-        x = torch.zeros((rows, d) if shared else (Q, rows, d), dtype=dtype)
+        x = torch.zeros((rows, d) if shared else (Q, rows, d), dtype=doc_dtype or dtype)
         w = torch.zeros(Q, d, d, dtype=dtype)
         p = torch.zeros(Q, rows, d, dtype=dtype)
         st = torch.zeros(Q, rows, d // STATS_GROUP, 2)
+        doc = None if doc_dtype is None else (torch.ones(rows), doc_dtype == u8)
         args = _gemm_args(x, shared, w, torch.zeros(Q, d, dtype=dtype), p, st, rows,
-                          QNetConfig().kernel_flags(), ops, tma)
+                          QNetConfig().kernel_flags(), ops, tma, doc)
         args.update(SW=STATS_GROUP, UPCAST=False)
         # On sm_90 the half-precision GEMM must run on wgmma, fed by TMA when asked.
         expect = {} if dtype == torch.float32 else {90: ("wgmma.mma_async",) + (("cp.async.bulk.tensor",) if tma else ())}
         out.append(Variant(_layer_gemm_fp32 if dtype == torch.float32 else _layer_gemm, args, list(configs), label,
                            expect_ptx=expect))
     norm_config = [triton.Config({}, num_warps=4, num_stages=1)]
-    for label, ops, last, shared in (
-        ("norm + residual", (True, True, False), False, False),
-        ("norm", (True, False, False), False, False),
-        ("norm + residual, scores", (True, True, False), True, False),
-        ("norm, scores", (False, True, True), True, False),
-        ("documents, scores", (False, False, False), True, True),
+    for label, ops, last, shared, doc_dtype in (
+        ("norm + residual", (True, True, False), False, False, None),
+        ("norm", (True, False, False), False, False, None),
+        ("norm + residual, scores", (True, True, False), True, False, None),
+        ("norm, scores", (False, True, True), True, False, None),
+        ("documents, scores", (False, False, False), True, True, None),
+        ("norm + int8 documents residual", (True, True, False), False, False, i8),
+        ("norm + fp8 documents residual", (True, True, False), False, False, u8),
+        ("fp8 documents, scores", (False, False, False), True, True, u8),
     ):
-        p = torch.zeros((rows, d) if shared else (Q, rows, d), dtype=torch.bfloat16)
+        p = torch.zeros((rows, d) if shared else (Q, rows, d), dtype=doc_dtype if shared else torch.bfloat16)
         st = torch.zeros(Q, rows, d // STATS_GROUP, 2)
         x = torch.zeros(Q, rows, d, dtype=torch.bfloat16)
-        args, _ = _norm_args(p, shared, st, x, None if last else x, torch.zeros(Q, d, dtype=torch.bfloat16),
-                             torch.zeros(Q, rows) if last else None, rows, d, 1e-5, ops, last)
+        r = x if doc_dtype is None or shared else torch.zeros(rows, d, dtype=doc_dtype)
+        doc = None if doc_dtype is None else (torch.ones(rows), doc_dtype == u8)
+        args, _ = _norm_args(p, shared, st, r, None if last else x, torch.zeros(Q, d, dtype=torch.bfloat16),
+                             torch.zeros(Q, rows) if last else None, rows, d, 1e-5, ops, last, doc,
+                             p_doc=shared, r_doc=not shared)
         args.update(SW=STATS_GROUP, BR=NORM_ROWS, BH=NORM_COLS)
         out.append(Variant(_layer_norm, args, norm_config, label))
     return out
