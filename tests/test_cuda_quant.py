@@ -134,3 +134,43 @@ def test_cuda_scores_compressed_rows(qdtype, L, d, n):
     ref = torch_ref.score_dense(q.weights, q.biases, q.config, ref_v)
     assert_close(s, ref.gather(1, i), torch.bfloat16)  # the scores of the rows it returns
     assert_close(s, ref.topk(5, dim=1).values, torch.bfloat16)
+
+
+class StandIn:
+    """A candidate of the measured choice that records the scales it was given."""
+
+    def __init__(self, name):
+        self.name, self.seen = name, []
+
+    def score_dense(self, weights, biases, config, vectors, out=None, **kw):
+        self.seen.append(kw.get("scales"))
+        return "dense"
+
+    def score_gather(self, weights, biases, config, vectors, ids, out=None, **kw):
+        self.seen.append(kw.get("scales"))
+        return "gather"
+
+    def exact_topk(self, weights, biases, config, vectors, k, block_size=None, **kw):
+        self.seen.append(kw.get("scales"))
+        return "topk"
+
+
+def test_measured_auto_passes_scales_and_checks_them(monkeypatch):
+    from engine.backends import auto
+
+    monkeypatch.setattr(auto, "_CHOICES", {})
+    a, b = StandIn("a"), StandIn("b")
+    chooser = auto.MeasuredAuto((a, b), timer=lambda fn: (fn(), 1.0)[1])
+    q = make_qnet(1, [16, 16, 1], torch.bfloat16, "cpu")
+    data, scales = quantize(torch.randn(6, 16), torch.int8)
+    ids = torch.zeros(1, 2, dtype=torch.int64)
+    assert chooser.score_dense(q.weights, q.biases, q.config, data, scales=scales) == "dense"
+    assert chooser.score_gather(q.weights, q.biases, q.config, data, ids, scales=scales) == "gather"
+    assert chooser.exact_topk(q.weights, q.biases, q.config, data, 3, scales=scales) == "topk"
+    assert all(s is scales for s in a.seen + b.seen) and a.seen
+    chooser.score_dense(q.weights, q.biases, q.config, data.float())
+    assert a.seen[-1] is None  # no scales keyword for plain vectors
+    with pytest.raises(ValueError, match="need scales"):
+        chooser.score_dense(q.weights, q.biases, q.config, data)
+    with pytest.raises(ValueError, match="float32"):
+        chooser.exact_topk(q.weights, q.biases, q.config, data, 3, scales=scales.double())
