@@ -224,3 +224,26 @@ def _call(fn, vectors, scales):
 def test_scales_errors(fn, vectors, scales, exc, match):
     with pytest.raises(exc, match=match):
         _call(fn, vectors, scales)
+
+
+def test_layers_graph_replay_keys_on_scales(monkeypatch):
+    """The layer scan's CUDA-graph replay (a stand-in capture here, as in
+    test_triton_backend.py) replays only for the same stored rows and the same scales:
+    new scales over the same bytes are another corpus."""
+    import collections
+
+    from engine.kernels import qnet_layers
+
+    monkeypatch.setattr(qnet_layers, "GRAPH_MIN_ROWS", 1)
+    monkeypatch.setattr(qnet_layers, "graphs_enabled", lambda device: True)
+    monkeypatch.setattr(qnet_layers, "_GRAPHS", collections.OrderedDict())
+    captured = []
+    monkeypatch.setattr(qnet_layers, "_capture", lambda fn: captured.append(fn) or fn)
+    q = make_qnet(2, [16, 16, 16, 1], torch.float32, DEVICE, seed=12)
+    data, scales = make_quantized(40, 16, torch.float8_e4m3fn)
+    other = scales * 2
+    for sc, n_captures in ((scales, 1), (scales, 1), (other, 2)):
+        out = torch.full((2, 40), float("nan"), device=DEVICE)
+        qnet_layers.score_dense(q.weights, q.biases, q.config, data, out, sc)
+        assert_close(out, reference_dense(q, data, sc), torch.float32)
+        assert len(captured) == n_captures
