@@ -9,11 +9,14 @@ residual). The yardstick is the device's **measured bf16 GEMM peak** (torch.matm
   1. the measured bf16 GEMM peak, and cuBLAS on one q-net layer's shape (8192 x 768 x 768);
   2. warm-up of each backend (the CUDA build and the Triton compiles and autotuning);
   3. exact top-1000 over 8.8M x 768 documents with a 6-layer q-net, one query;
+     then the same scan over the corpus stored compressed (int8 and fp8 e4m3, one
+     float32 scale per row) against bf16 storage, per GPU backend;
   4. dense scoring TFLOP/s at 8.8M (Q = 1) and 1M (Q = 4) documents: each backend
      against the bf16 per-layer baseline and against the GEMM peak, with its error
      against the float32 reference on the first 4,096 documents (the Triton layer path
      with and without its CUDA graph replay: the difference is the launch overhead);
-  5. gather scoring (m = 4,096 and 65,536 candidates per query, Q = 8);
+  5. gather scoring (m = 4,096 and 65,536 candidates per query, Q = 8), bf16 storage and,
+     for the gathering kernels, compressed storage (its error includes the compression's);
   6. the Triton layer GEMM alone against cuBLAS on the layer shape.
 
 Each row is printed and appended to ``bench_gpu.md`` (and ``bench_gpu.jsonl``) in
@@ -185,6 +188,27 @@ class Env:
                 os.environ[k] = v
 
 
+def quantize_rows(vecs, dtype, chunk=1 << 20):
+    """``(data, scales)`` per the storage contract: symmetric per row, scale = max|x| /
+    127 (int8) or / 448 (float8_e4m3fn), 0 for a zero row; chunk by chunk on the vectors'
+    device, so no float32 copy of the corpus exists."""
+    qmax = 127.0 if dtype == torch.int8 else 448.0
+    data = torch.empty(vecs.shape, dtype=dtype, device=vecs.device)
+    scales = torch.empty(vecs.shape[0], dtype=torch.float32, device=vecs.device)
+    for s in range(0, vecs.shape[0], chunk):
+        x = vecs[s : s + chunk].float()
+        sc = x.abs().amax(dim=1) / qmax
+        y = x / torch.where(sc > 0, sc, torch.ones_like(sc))[:, None]
+        data[s : s + chunk] = y.round().clamp(-127, 127).to(dtype) if dtype == torch.int8 else y.to(dtype)
+        scales[s : s + chunk] = sc
+    return data, scales
+
+
+# The backends with compressed-storage kernels, and the storages measured.
+COMPRESSED_PATHS = ("triton layers", "triton tile", "cuda (WMMA)")
+STORAGES = (("int8", torch.int8), ("fp8 e4m3", torch.float8_e4m3fn))
+
+
 def backend_or_reason(name, device):
     ok, why = backends.availability(name)
     if not ok:
@@ -298,6 +322,50 @@ def main(argv=None):
         except Exception as e:
             rep.row([label, "", "", "", f"FAILED {short(e)}"], backend=label, status=short(e))
 
+    # 3b. The same scan over compressed storage, against bf16 storage on the same backend.
+    headers = ["backend", "storage", "ms / query", "M docs/s", "vs bf16 storage", "corpus GB",
+               f"top-{k_exact} overlap with bf16 storage"]
+    rep.table("exact_compressed", f"Exact top-{k_exact} over {big:,} documents, 1 query: compressed storage",
+              headers)
+    stored = {}
+    for sname, sdtype in STORAGES:
+        try:
+            stored[sname] = quantize_rows(vecs, sdtype)
+        except Exception as e:  # e.g. out of memory: the rows say so
+            rep.row(["", sname, "", "", "", "", f"FAILED to compress: {short(e)}"], storage=sname, status=short(e))
+    qn = qn_all[:1]
+    for label in COMPRESSED_PATHS:
+        if label not in mods:
+            continue
+        be, env = mods[label]
+        base_t, base_ids = None, None
+        for sname, sdtype in (("bf16", DTYPE),) + STORAGES:
+            if clock.spent():
+                skipped([label, sname], headers, backend=label, storage=sname)
+                continue
+            data, kw = (vecs, {}) if sname == "bf16" else (stored.get(sname, (None,))[0], {})
+            if data is None:
+                continue
+            if sname != "bf16":
+                kw = {"scales": stored[sname][1]}
+            try:
+                with Env(env):
+                    t = clock.time(lambda: res.__setitem__(
+                        "r", be.exact_topk(qn.weights, qn.biases, qn.config, data, k_exact, **kw)))
+                ids_now = set(res["r"][1][0].tolist())
+                if sname == "bf16":
+                    base_t, base_ids = t, ids_now
+                gb = (data.numel() * data.element_size() + sum(v.numel() * 4 for v in kw.values())) / 1e9
+                rel = f"{base_t / t:.2f}x" if base_t else ""
+                overlap = len(ids_now & base_ids) / k_exact if base_ids else None
+                rep.row([label, sname, f"{t * 1e3:.1f}", f"{big / t / 1e6:.0f}", rel, f"{gb:.2f}",
+                         "" if overlap is None else f"{100 * overlap:.1f}%"],
+                        backend=label, storage=sname, seconds=t, speedup=None if not base_t else base_t / t,
+                        overlap=overlap)
+            except Exception as e:
+                rep.row([label, sname, "", "", "", "", f"FAILED {short(e)}"], backend=label, storage=sname,
+                        status=short(e))
+
     # 4. Dense scoring.
     headers = ["documents", "Q", "backend", "ms", "TFLOP/s", f"vs {BASELINE}", "of GEMM peak",
                "max rel. error (first 4,096 docs vs fp32)"]
@@ -355,6 +423,26 @@ def main(argv=None):
                          f"{rel_err(out, ref):.1e}"], m=m, Q=Q, backend=label, seconds=t)
             except Exception as e:
                 rep.row([m, Q, label, "", "", "", f"FAILED {short(e)}"], m=m, Q=Q, backend=label, status=short(e))
+        for label in COMPRESSED_PATHS[1:]:  # the gathering kernels, on compressed storage
+            if label not in mods:
+                continue
+            be, env = mods[label]
+            for sname, (data, scales) in stored.items():
+                row = [m, Q, f"{label}, {sname} storage"]
+                if clock.spent():
+                    skipped(row, headers, m=m, Q=Q, backend=label, storage=sname)
+                    continue
+                try:
+                    with Env(env):
+                        t = clock.time(lambda: be.score_gather(qn_all.weights, qn_all.biases, qn_all.config, data,
+                                                               ids, out, scales=scales), repeat=10)
+                    rep.row(row + [f"{t * 1e3:.2f}", f"{Q * m / t / 1e6:.1f}", f"{t_base / t:.2f}x",
+                                   f"{rel_err(out, ref):.1e} (vs bf16 storage)"],
+                            m=m, Q=Q, backend=label, storage=sname, seconds=t)
+                except Exception as e:
+                    rep.row(row + ["", "", "", f"FAILED {short(e)}"], m=m, Q=Q, backend=label, storage=sname,
+                            status=short(e))
+    del stored
 
     # 6. The Triton layer GEMM alone on the layer shape (the wgmma decision's input).
     headers = ["kernel", "ms", "TFLOP/s", "of cuBLAS on this shape", "of GEMM peak"]

@@ -7,7 +7,7 @@
 #   OUT=/some/dir [GPU_N=8800000] bash bench/gpu_check.sh [--dry-run]
 #
 # --dry-run: the same steps on CPU tensors at small sizes (Triton interpreted), to check
-# the script on a machine without a GPU; under 2 minutes on the 2-core CI machine.
+# the script on a machine without a GPU; under 2.5 minutes on the 2-core CI machine.
 #
 # Time on an H200, estimated from compile and run times measured on the CI machine (2 Zen 4
 # cores, shared; Triton compiles one kernel at a time in a process, so more cores do not
@@ -17,14 +17,17 @@
 # headers and qnet_fused.cu 6 s for sm_90 (built in parallel by ninja).
 #                                           cap   estimate
 #   0 preflight, environment, nvidia-smi     -        5 s
-#   1 bench/bench_gpu.py                   170 s    ~130 s: imports 5 s, CUDA build ~30 s,
+#   1 bench/bench_gpu.py                   230 s    ~185 s: imports 5 s, CUDA build ~30 s,
 #       ~14 Triton compilations (autotuning bounded to two tiles by
 #       HYPENCODER_TRITON_AUTOTUNE=2) ~45 s, the 8.8M corpus ~3 s, timed runs ~45 s (a
-#       62.6 TFLOP scan is 0.1-1.3 s per backend and call: 4 calls each, fewer when slow)
+#       62.6 TFLOP scan is 0.1-1.3 s per backend and call: 4 calls each, fewer when slow);
+#       compressed storage (int8, fp8): ~6 more compilations ~25 s, its scans and gathers
+#       ~30 s
 #   2 bench.bench_graph --gpu              100 s    its own rows, flushed as measured
 #   3 pytest on the GPU test files   the rest, >= 75 s  quick grid (HYPENCODER_KERNEL_GRID=quick),
-#       ~60 specialisations at ~3 s: partial, streamed test by test (-v)
-#   total of the caps                      345 s  <= 6 min
+#       ~60 specialisations at ~3 s, then the compressed-storage tests: partial, streamed
+#       test by test (-v)
+#   total of the caps                      405 s  <= 7 min
 #
 # $OUT receives at most 7 files: gpu_check.log (preflight, environment, step log),
 # bench_gpu.md and bench_gpu.jsonl (tables, row by row), bench_gpu.txt, bench_graph.txt,
@@ -79,10 +82,10 @@ export HYPENCODER_NO_SHARED_DATA=1  # ../shared does not travel to the GPU machi
 # Caps of steps 1 and 2; step 3 gets what is left of the total (at least 30 s).
 if (( DRY )); then
   export TRITON_INTERPRET=1
-  caps=(50 25) total=105
+  caps=(80 25) total=135
 else
   export TRITON_INTERPRET=0  # compiled Triton (conftest would default to the interpreter)
-  caps=(170 100) total=345
+  caps=(230 100) total=405
 fi
 
 if command -v nvidia-smi > /dev/null; then nvidia-smi 2>&1 | head -20 >> "$LOG"; else echo "nvidia-smi: not available" >> "$LOG"; fi
@@ -129,5 +132,5 @@ left=$(( total - ($(date +%s) - start) ))
 (( left < 30 )) && left=30
 HYPENCODER_KERNEL_GRID=quick HYPENCODER_TRITON_AUTOTUNE=0 step "$left" pytest.txt \
   "$PY" -m pytest -v -rs -p no:cacheprovider tests/test_backends.py tests/test_cuda_backend.py \
-  tests/test_kernels.py tests/test_triton_backend.py
+  tests/test_kernels.py tests/test_triton_backend.py tests/test_cuda_quant.py tests/test_triton_quant.py
 log "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

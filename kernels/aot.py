@@ -77,6 +77,15 @@ def example_inputs(dtype, config=None, dims=(64, 64, 64, 1), n: int = 256, pad: 
     return pack_qnet(ws, bs, config, pad=pad), config, vectors
 
 
+def compressed(vectors, dtype):
+    """``(data, scales)``: example compressed documents of ``vectors`` (int8 or
+    float8_e4m3fn; only dtypes and shapes matter here)."""
+    import torch
+
+    scales = torch.ones(vectors.shape[0])
+    return vectors.float().clamp(-100, 100).to(dtype), scales
+
+
 def _jit_fn(kernel):
     from triton.runtime.jit import JITFunction
 

@@ -91,11 +91,14 @@ def qnet_flags(packed, config) -> dict:
 
 @dataclass
 class Plan:
-    """One launch over ``rows`` scored rows per query: unit-stride vectors, tile size,
-    tiles per query, persistent program count, the scratch tiles, the layer norm's
-    ``eps`` and the compile-time flags (:func:`qnet_flags`)."""
+    """One launch over ``rows`` scored rows per query: unit-stride vectors (float8_e4m3fn
+    ones as their bytes, see ``kernels.doc_decode``), their per-row scales (a stand-in
+    pointer when uncompressed), tile size, tiles per query, persistent program count,
+    the scratch tiles, the layer norm's ``eps`` and the compile-time flags
+    (:func:`qnet_flags` plus ``SCALED`` and ``FP8``)."""
 
     vectors: torch.Tensor
+    scales: torch.Tensor
     bn: int
     nblocks: int
     programs: int
@@ -106,13 +109,23 @@ class Plan:
     flags: dict
 
 
-def plan(packed, config, vectors: torch.Tensor, rows: int) -> Plan:
+def doc_operands(vectors: torch.Tensor, scales):
+    """``(vectors, scales, flags)`` as the kernels read compressed documents: e4m3 rows as
+    uint8 bytes, ``SCALED`` and ``FP8``. ``scales`` None: uncompressed vectors."""
+    fp8 = vectors.dtype == torch.float8_e4m3fn
+    if fp8:
+        vectors = vectors.view(torch.uint8)
+    return vectors, scales, dict(SCALED=scales is not None, FP8=fp8)
+
+
+def plan(packed, config, vectors: torch.Tensor, rows: int, scales=None) -> Plan:
     vectors = vectors if vectors.stride(1) == 1 else vectors.contiguous()
+    vectors, scales, doc_flags = doc_operands(vectors, scales)
     dev = vectors.device
     bn = block_n(dev)
     nblocks = triton.cdiv(rows, bn)
     programs = num_programs(packed.w.shape[0] * nblocks, dev)
     width = max(packed.max_width, vectors.shape[1])
     xs, ys = scratch(programs, bn, width, packed.w.dtype, dev)
-    return Plan(vectors, bn, nblocks, programs, width, xs, ys, config.kernel_flags()["eps"],
-                qnet_flags(packed, config))
+    return Plan(vectors, scales if scales is not None else ys, bn, nblocks, programs, width, xs, ys,
+                config.kernel_flags()["eps"], {**qnet_flags(packed, config), **doc_flags})

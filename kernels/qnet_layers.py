@@ -69,6 +69,7 @@ import triton
 import triton.language as tl
 
 from . import launch
+from .doc_decode import decode_rows
 from .qnet_tile import _dot
 
 try:  # host-side TMA descriptors (Triton >= 3.4); absent: pointer loads only
@@ -115,7 +116,7 @@ LAYER_CONFIGS_FP32 = (
     _config(128, 64, 32, 8, 3),
 )
 LAYER_INTERPRETER_CONFIG = _config(16, 32, 16, 1, 1)
-_TUNING_KEY = ["din", "dout", "X_SHARED", "USE_TMA"]
+_TUNING_KEY = ["din", "dout", "X_SHARED", "USE_TMA", "X_SCALED", "X_FP8"]
 
 
 @triton.jit
@@ -125,9 +126,11 @@ def _layer_gemm_kernel(
     b_ptr, stride_bq,  # biases (Q, dout)
     p_ptr, stride_pq, stride_pm,  # output (Q, C, dout), compute dtype
     st_ptr, stride_sq, stride_sm,  # statistics (Q, C, groups, 2) float32: mean, M2
+    xsc_ptr,  # with X_SCALED: float32 (C,) scales of compressed documents X
     C, din, dout,
     SW: tl.constexpr, ACT_RELU: tl.constexpr, RES_FIRST: tl.constexpr, STATS: tl.constexpr,
     X_SHARED: tl.constexpr, USE_TMA: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    X_SCALED: tl.constexpr, X_FP8: tl.constexpr,  # X: int8 (X_FP8: e4m3 bytes) rows, scaled
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     cdt = p_ptr.dtype.element_ty
@@ -161,17 +164,25 @@ def _layer_gemm_kernel(
                         mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(w_base + kk[:, None].to(tl.int64) * stride_wk + rn[None, :],
                         mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        if X_SCALED:  # raw values, exact in the compute dtype; the scale goes on acc
+            a = decode_rows(a, X_FP8)
         acc = _dot(a.to(cdt), b.to(cdt), acc, IEEE, UPCAST)
 
     # Epilogue: bias, activation, the residual when it precedes the norm, statistics.
     bias = tl.load(b_ptr + q * stride_bq + rn, mask=col_ok, other=0.0).to(tl.float32)
+    if X_SCALED:
+        xsc = tl.load(xsc_ptr + rm, mask=row_ok, other=0.0)
+        acc = acc * xsc[:, None]
     y = acc + bias[None, :]
     if ACT_RELU:
         y = tl.maximum(y, 0.0)
     if RES_FIRST:  # din == dout
         xr = tl.load(x_base + rm[:, None].to(tl.int64) * stride_xm + rn[None, :],
-                     mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-        y = y + xr.to(tl.float32)
+                     mask=row_ok[:, None] & col_ok[None, :], other=0)
+        if X_SCALED:
+            y = y + decode_rows(xr, X_FP8) * xsc[:, None]
+        else:
+            y = y + xr.to(tl.float32)
     y = tl.where(col_ok[None, :], y, 0.0)
     tl.store(p_ptr + q * stride_pq + rm[:, None].to(tl.int64) * stride_pm + rn[None, :], y.to(cdt),
              mask=row_ok[:, None] & col_ok[None, :])
@@ -205,9 +216,11 @@ def _layer_norm(
     x_ptr, stride_xq, stride_xm,  # the next layer's input (may be r_ptr: in place)
     wo_ptr, stride_woq,  # output weights (Q, h), after the last hidden layer
     s_ptr, stride_soq, stride_son,  # scores (Q, C) float32, after the last hidden layer
+    sc_ptr,  # float32 (C,) scales of compressed documents, when p (P_SCALED) or r (R_SCALED) are them
     C, h, eps,
     SW: tl.constexpr, NORMALISE: tl.constexpr, RES_LAST: tl.constexpr, LAST: tl.constexpr,
     BR: tl.constexpr, BH: tl.constexpr,
+    P_SCALED: tl.constexpr, R_SCALED: tl.constexpr, DOC_FP8: tl.constexpr,
 ):
     q = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
@@ -229,16 +242,25 @@ def _layer_norm(
             m2 += tl.load(st + g * 2 + 1, mask=row_ok, other=0.0) + cnt * (gm - mean) * (gm - mean)
         rstd = 1.0 / tl.sqrt(m2 / h + eps)
     score = tl.zeros((BR,), tl.float32)
+    dsc = tl.full((BR,), 1.0, tl.float32)
+    if P_SCALED or R_SCALED:
+        dsc = tl.load(sc_ptr + rows64, mask=row_ok, other=0.0)
     for c0 in range(0, h, BH):
         cols = c0 + tl.arange(0, BH)
         ok = row_ok[:, None] & (cols < h)[None, :]
-        v = tl.load(p_ptr + q * stride_pq + rows64[:, None] * stride_pm + cols[None, :], mask=ok,
-                    other=0.0).to(tl.float32)
+        v = tl.load(p_ptr + q * stride_pq + rows64[:, None] * stride_pm + cols[None, :], mask=ok, other=0)
+        if P_SCALED:
+            v = decode_rows(v, DOC_FP8) * dsc[:, None]
+        else:
+            v = v.to(tl.float32)
         if NORMALISE:
             v = (v - mean[:, None]) * rstd[:, None]
         if RES_LAST:
-            v += tl.load(r_ptr + q * stride_rq + rows64[:, None] * stride_rm + cols[None, :], mask=ok,
-                         other=0.0).to(tl.float32)
+            xr = tl.load(r_ptr + q * stride_rq + rows64[:, None] * stride_rm + cols[None, :], mask=ok, other=0)
+            if R_SCALED:
+                v += decode_rows(xr, DOC_FP8) * dsc[:, None]
+            else:
+                v += xr.to(tl.float32)
         if LAST:
             wo = tl.load(wo_ptr + q * stride_woq + cols, mask=cols < h, other=0.0).to(tl.float32)
             score += tl.sum(tl.where(ok, v * wo[None, :], 0.0), axis=1)
@@ -313,8 +335,9 @@ def _buffers(q: int, rows: int, width: int, groups: int, dtype, device):
             st[: need[1]].view(q, rows, groups, 2))
 
 
-def _gemm_args(x, x_shared, w, b, p, st, rows, flags, ops, tma):
-    """Arguments of one ``_layer_gemm`` launch (the grid depends on the configuration)."""
+def _gemm_args(x, x_shared, w, b, p, st, rows, flags, ops, tma, doc=None):
+    """Arguments of one ``_layer_gemm`` launch (the grid depends on the configuration).
+    ``doc``: ``(scales, fp8)`` when ``x`` is compressed documents (e4m3 ones as uint8)."""
     ln_before, res, ln_after = ops
     din, dout = int(w.shape[1]), int(w.shape[2])
     cdt = p.dtype
@@ -329,14 +352,18 @@ def _gemm_args(x, x_shared, w, b, p, st, rows, flags, ops, tma):
         b_ptr=b, stride_bq=b.stride(0),
         p_ptr=p, stride_pq=p.stride(0), stride_pm=p.stride(1),
         st_ptr=st, stride_sq=st.stride(0), stride_sm=st.stride(1),
+        xsc_ptr=doc[0] if doc else st,
         C=rows, din=din, dout=dout,
         SW=_stats_group(), ACT_RELU=flags["relu"], RES_FIRST=res and not ln_before,
         STATS=ln_before or ln_after, X_SHARED=x_shared, USE_TMA=tma,
         IEEE=cdt == torch.float32, UPCAST=launch.interpreting(),
+        X_SCALED=doc is not None, X_FP8=bool(doc and doc[1]),
     )
 
 
-def _norm_args(p, p_shared, st, r, x, wo, scores, rows, h, eps, ops, last):
+def _norm_args(p, p_shared, st, r, x, wo, scores, rows, h, eps, ops, last, doc=None, p_doc=False, r_doc=False):
+    """Arguments and grid of one ``_layer_norm`` launch. ``doc``: ``(scales, fp8)`` of
+    compressed documents, which ``p`` is with ``p_doc`` and ``r`` with ``r_doc``."""
     ln_before, res, ln_after = ops
     br, bh = _norm_block()
     dummy = p  # never read: a valid pointer for the arguments a variant ignores
@@ -351,9 +378,11 @@ def _norm_args(p, p_shared, st, r, x, wo, scores, rows, h, eps, ops, last):
         x_ptr=x, stride_xq=0 if x.dim() == 2 else x.stride(0), stride_xm=x.stride(-2),
         wo_ptr=wo, stride_woq=wo.stride(0),
         s_ptr=scores, stride_soq=scores.stride(0), stride_son=scores.stride(1),
+        sc_ptr=doc[0] if doc else st,
         C=rows, h=h, eps=eps,
         SW=_stats_group(), NORMALISE=ln_before or ln_after, RES_LAST=res and ln_before, LAST=last,
         BR=br, BH=bh,
+        P_SCALED=bool(doc and p_doc), R_SCALED=bool(doc and r_doc), DOC_FP8=bool(doc and doc[1]),
     ), (triton.cdiv(rows, br), p.shape[0] if not p_shared else wo.shape[0])
 
 
@@ -392,27 +421,29 @@ def layer_gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, relu: bool 
     return p, st
 
 
-def score_dense(weights, biases, config, vectors, out):
+def score_dense(weights, biases, config, vectors, out, scales=None):
     """Fill ``out`` (Q, n) float32 with every q-net's score of every row of ``vectors``
-    (shapes and dtypes as :mod:`engine.backends.protocol` gives them), layer by layer.
+    (shapes and dtypes as :mod:`engine.backends.protocol` gives them; int8/float8_e4m3fn
+    rows with their float32 ``scales`` (n,)), layer by layer.
     On a GPU, scans of ``GRAPH_MIN_ROWS`` documents or more replay a captured CUDA graph
     (see :func:`graphs_enabled`)."""
     global _graph_error
     if vectors.shape[0] >= GRAPH_MIN_ROWS and graphs_enabled(vectors.device):
         try:
-            return _replayed(weights, biases, config, vectors, out)
+            return _replayed(weights, biases, config, vectors, out, scales)
         except Exception as e:  # noqa: BLE001 - any capture failure: scan eagerly from now on
             _graph_error = f"{type(e).__name__}: {e}"
             _GRAPHS.clear()
             warnings.warn(f"capturing the layer scan in a CUDA graph failed ({_graph_error[:300]}); "
                           "launching its kernels one by one instead", RuntimeWarning, stacklevel=2)
-    return _scan(weights, biases, config, vectors, out)
+    return _scan(weights, biases, config, vectors, out, scales=scales)
 
 
-def _scan(weights, biases, config, vectors, out, buffers=None):
+def _scan(weights, biases, config, vectors, out, buffers=None, scales=None):
     """The scan, launch by launch: per chunk of documents, each layer's GEMM and light
     pass. ``buffers``: the activation buffers and statistics to use (default: the shared
-    ones of :func:`_buffers`)."""
+    ones of :func:`_buffers`). Compressed documents (``scales`` given) are read as stored
+    by the first layer's GEMM, which scales its accumulator."""
     L = len(biases)
     Q, n = int(weights[0].shape[0]), int(vectors.shape[0])
     cdt = weights[0].dtype
@@ -428,7 +459,11 @@ def _scan(weights, biases, config, vectors, out, buffers=None):
     tma = use_tma(vectors.device)
     for s in range(0, n, rows_max):
         docs = vectors[s : s + rows_max]
-        if docs.dtype != cdt:  # the GEMMs read one dtype
+        doc = None
+        if scales is not None:
+            docs, _, doc_flags = launch.doc_operands(docs, scales)
+            doc = (scales[s : s + rows_max], doc_flags["FP8"])
+        elif docs.dtype != cdt:  # the GEMMs read one dtype
             docs = docs.to(cdt)
         docs = docs if docs.stride(1) == 1 else docs.contiguous()
         rows = docs.shape[0]
@@ -436,14 +471,15 @@ def _scan(weights, biases, config, vectors, out, buffers=None):
         x, x_shared = docs, True
         if L == 0:
             args, grid = _norm_args(docs, True, st, None, None, wo, scores, rows, int(docs.shape[1]),
-                                    flags["eps"], (False, False, False), True)
+                                    flags["eps"], (False, False, False), True, doc, p_doc=True)
             _layer_norm[grid](**args)
             continue
         for layer in range(L):
             ops = config.layer_ops(layer, L)
             dout = int(ws[layer].shape[2])
             p = buf_b if x is buf_a else buf_a
-            args = _gemm_args(x, x_shared, ws[layer], bs[layer], p, st, rows, flags, ops, tma)
+            args = _gemm_args(x, x_shared, ws[layer], bs[layer], p, st, rows, flags, ops, tma,
+                              doc if layer == 0 else None)
             gemm = _layer_gemm_fp32 if cdt == torch.float32 else _layer_gemm
             gemm[_gemm_grid(rows, dout, Q)](**args)
             last = layer == L - 1
@@ -453,7 +489,8 @@ def _scan(weights, biases, config, vectors, out, buffers=None):
                 continue
             nxt = None if last else (x if not x_shared else (buf_b if p is buf_a else buf_a))
             args, grid = _norm_args(p, False, st, x if res else None, nxt, wo if last else None,
-                                    scores if last else None, rows, dout, flags["eps"], ops, last)
+                                    scores if last else None, rows, dout, flags["eps"], ops, last,
+                                    doc if layer == 0 else None, r_doc=res)
             _layer_norm[grid](**args)
             x, x_shared = nxt, False
     return out
@@ -499,10 +536,11 @@ def _capture_cuda_graph(fn) -> Callable[[], None]:
 _capture = _capture_cuda_graph  # the tests substitute a stand-in: there is no CUDA there
 
 
-def _replayed(weights, biases, config, vectors, out):
+def _replayed(weights, biases, config, vectors, out, scales=None):
     Q, n = int(weights[0].shape[0]), int(vectors.shape[0])
     key = (vectors.data_ptr(), tuple(vectors.shape), tuple(vectors.stride()), vectors.dtype, str(vectors.device),
-           tuple(tuple(w.shape) for w in weights), weights[0].dtype, config)
+           tuple(tuple(w.shape) for w in weights), weights[0].dtype, config,
+           None if scales is None else scales.data_ptr())
     entry = _GRAPHS.get(key)
     if entry is None:
         L = len(biases)
@@ -518,7 +556,7 @@ def _replayed(weights, biases, config, vectors, out):
         res = torch.empty(Q, n, dtype=torch.float32, device=vectors.device)
 
         def run():
-            _scan(ws, bs, config, vectors, res, buffers)
+            _scan(ws, bs, config, vectors, res, buffers, scales)
 
         run()  # compiles and autotunes outside the capture; its scores are this call's
         entry = _Captured(_capture(run), ws, bs, res, buffers)
@@ -542,40 +580,54 @@ def aot_variants():
 
     out = []
     d, rows, Q = 64, 256, 2
-    for label, dtype, ops, shared, tma, configs in (
-        ("bf16 tma", torch.bfloat16, (True, True, False), False, True, LAYER_CONFIGS),
-        ("bf16", torch.bfloat16, (True, True, False), False, False, LAYER_CONFIGS),
-        ("bf16 documents tma", torch.bfloat16, (True, True, False), True, True, LAYER_CONFIGS[:1]),
-        ("fp16 residual-first", torch.float16, (False, True, True), False, False, LAYER_CONFIGS[:1]),
-        ("fp32 ieee", torch.float32, (True, False, False), True, False, LAYER_CONFIGS_FP32),
-        ("bf16 no norm", torch.bfloat16, (False, False, False), False, False, LAYER_CONFIGS[:1]),
+    i8, u8 = torch.int8, torch.uint8  # float8_e4m3fn documents reach the kernels as uint8 bytes
+    for label, dtype, ops, shared, tma, configs, doc_dtype in (
+        ("bf16 tma", torch.bfloat16, (True, True, False), False, True, LAYER_CONFIGS, None),
+        ("bf16", torch.bfloat16, (True, True, False), False, False, LAYER_CONFIGS, None),
+        ("bf16 documents tma", torch.bfloat16, (True, True, False), True, True, LAYER_CONFIGS[:1], None),
+        ("fp16 residual-first", torch.float16, (False, True, True), False, False, LAYER_CONFIGS[:1], None),
+        ("fp32 ieee", torch.float32, (True, False, False), True, False, LAYER_CONFIGS_FP32, None),
+        ("bf16 no norm", torch.bfloat16, (False, False, False), False, False, LAYER_CONFIGS[:1], None),
+        ("bf16 int8 documents tma", torch.bfloat16, (True, True, False), True, True, LAYER_CONFIGS[:1], i8),
+        ("bf16 int8 documents", torch.bfloat16, (True, True, False), True, False, LAYER_CONFIGS[:1], i8),
+        ("bf16 fp8 documents tma", torch.bfloat16, (True, True, False), True, True, LAYER_CONFIGS[:1], u8),
+        ("bf16 fp8 documents residual-first", torch.bfloat16, (False, True, True), True, False,
+         LAYER_CONFIGS[:1], u8),
+        ("fp32 ieee fp8 documents", torch.float32, (True, False, False), True, False, LAYER_CONFIGS_FP32[:1], u8),
     ):
         if tma and TensorDescriptor is None:
             continue
-        x = torch.zeros((rows, d) if shared else (Q, rows, d), dtype=dtype)
+        x = torch.zeros((rows, d) if shared else (Q, rows, d), dtype=doc_dtype or dtype)
         w = torch.zeros(Q, d, d, dtype=dtype)
         p = torch.zeros(Q, rows, d, dtype=dtype)
         st = torch.zeros(Q, rows, d // STATS_GROUP, 2)
+        doc = None if doc_dtype is None else (torch.ones(rows), doc_dtype == u8)
         args = _gemm_args(x, shared, w, torch.zeros(Q, d, dtype=dtype), p, st, rows,
-                          QNetConfig().kernel_flags(), ops, tma)
+                          QNetConfig().kernel_flags(), ops, tma, doc)
         args.update(SW=STATS_GROUP, UPCAST=False)
         # On sm_90 the half-precision GEMM must run on wgmma, fed by TMA when asked.
         expect = {} if dtype == torch.float32 else {90: ("wgmma.mma_async",) + (("cp.async.bulk.tensor",) if tma else ())}
         out.append(Variant(_layer_gemm_fp32 if dtype == torch.float32 else _layer_gemm, args, list(configs), label,
                            expect_ptx=expect))
     norm_config = [triton.Config({}, num_warps=4, num_stages=1)]
-    for label, ops, last, shared in (
-        ("norm + residual", (True, True, False), False, False),
-        ("norm", (True, False, False), False, False),
-        ("norm + residual, scores", (True, True, False), True, False),
-        ("norm, scores", (False, True, True), True, False),
-        ("documents, scores", (False, False, False), True, True),
+    for label, ops, last, shared, doc_dtype in (
+        ("norm + residual", (True, True, False), False, False, None),
+        ("norm", (True, False, False), False, False, None),
+        ("norm + residual, scores", (True, True, False), True, False, None),
+        ("norm, scores", (False, True, True), True, False, None),
+        ("documents, scores", (False, False, False), True, True, None),
+        ("norm + int8 documents residual", (True, True, False), False, False, i8),
+        ("norm + fp8 documents residual", (True, True, False), False, False, u8),
+        ("fp8 documents, scores", (False, False, False), True, True, u8),
     ):
-        p = torch.zeros((rows, d) if shared else (Q, rows, d), dtype=torch.bfloat16)
+        p = torch.zeros((rows, d) if shared else (Q, rows, d), dtype=doc_dtype if shared else torch.bfloat16)
         st = torch.zeros(Q, rows, d // STATS_GROUP, 2)
         x = torch.zeros(Q, rows, d, dtype=torch.bfloat16)
-        args, _ = _norm_args(p, shared, st, x, None if last else x, torch.zeros(Q, d, dtype=torch.bfloat16),
-                             torch.zeros(Q, rows) if last else None, rows, d, 1e-5, ops, last)
+        r = x if doc_dtype is None or shared else torch.zeros(rows, d, dtype=doc_dtype)
+        doc = None if doc_dtype is None else (torch.ones(rows), doc_dtype == u8)
+        args, _ = _norm_args(p, shared, st, r, None if last else x, torch.zeros(Q, d, dtype=torch.bfloat16),
+                             torch.zeros(Q, rows) if last else None, rows, d, 1e-5, ops, last, doc,
+                             p_doc=shared, r_doc=not shared)
         args.update(SW=STATS_GROUP, BR=NORM_ROWS, BH=NORM_COLS)
         out.append(Variant(_layer_norm, args, norm_config, label))
     return out

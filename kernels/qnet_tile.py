@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ..backends import qnet_pack
+from .doc_decode import decode_rows
 
 # The columns of the packed ``meta`` table. A jit function may read a module global only
 # when it is a ``tl.constexpr``: the interpreter accepts a plain int, the compiler does not.
@@ -54,15 +55,23 @@ def _dot(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 def qnet_tile(
     rows, row_ok,  # (BN,) int64 document ids, (BN,) valid-row mask
     vec_ptr, stride_v, d,
+    sc_ptr,  # with SCALED: float32 (n,) per-row scales of compressed vectors
     w_ptr, b_ptr, meta_ptr, L,  # this query's packed weights and biases
     xs_ptr, ys_ptr, ld_s,  # this program's scratch tiles, row stride ld_s
     eps,
     BN: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
     ACT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr,  # LAYER_NORM: any layer normalises
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    SCALED: tl.constexpr, FP8: tl.constexpr,  # int8 (or with FP8, e4m3 bytes) rows and scales
 ):
     """Scores (BN,) float32 of the tile; invalid rows hold garbage the caller masks.
-    Each layer's residual and layer norms follow its ``meta`` row (engine.backends.qnet_pack)."""
+    Each layer's residual and layer norms follow its ``meta`` row (engine.backends.qnet_pack).
+
+    Compressed rows (``SCALED``) enter the scratch as their raw values (int8 and e4m3
+    values are exact in every compute dtype); ``xscale``, the scale of what the scratch
+    holds, multiplies every read of it (the first layer's accumulator, which is linear
+    in its input, the residuals and, with no hidden layer, the output dot) until the
+    first layer's output replaces it."""
     cdt = w_ptr.dtype.element_ty
     r = tl.arange(0, BN)
     ck = tl.arange(0, BK)
@@ -74,8 +83,13 @@ def qnet_tile(
         cols = k0 + ck
         cm = cols < d
         v = tl.load(vec_ptr + rows[:, None] * stride_v + cols[None, :],
-                    mask=row_ok[:, None] & cm[None, :], other=0.0)
+                    mask=row_ok[:, None] & cm[None, :], other=0)
+        if SCALED:
+            v = decode_rows(v, FP8)
         tl.store(xs_ptr + r[:, None] * ld_s + cols[None, :], v.to(cdt), mask=cm[None, :])
+    xscale = tl.full((BN,), 1.0, tl.float32)
+    if SCALED:
+        xscale = tl.load(sc_ptr + rows, mask=row_ok, other=0.0)
     tl.debug_barrier()
 
     for layer in range(L):
@@ -105,12 +119,17 @@ def qnet_tile(
                             mask=km[:, None] & cm[None, :], other=0.0)
                 acc = _dot(a, b, acc, IEEE, UPCAST)
             bias = tl.load(b_ptr + boff + cols, mask=cm, other=0.0).to(tl.float32)
+            if SCALED:
+                acc = acc * xscale[:, None]
             y = acc + bias[None, :]
             if ACT_RELU:
                 y = tl.maximum(y, 0.0)
             if res_first:
                 xr = tl.load(xs_ptr + r[:, None] * ld_s + cols[None, :], mask=cm[None, :], other=0.0)
-                y = y + xr.to(tl.float32)
+                xr = xr.to(tl.float32)
+                if SCALED:
+                    xr = xr * xscale[:, None]
+                y = y + xr
             y = tl.where(cm[None, :], y, 0.0)
             s1 += tl.sum(y, axis=1)
             tl.store(ys_ptr + r[:, None] * ld_s + cols[None, :], y, mask=cm[None, :])
@@ -140,8 +159,12 @@ def qnet_tile(
                 y = (y - mean[:, None]) * rstd[:, None]
             if res_last:
                 xr = tl.load(xs_ptr + r[:, None] * ld_s + cols[None, :], mask=cm[None, :], other=0.0)
-                y = y + xr.to(tl.float32)
+                xr = xr.to(tl.float32)
+                if SCALED:
+                    xr = xr * xscale[:, None]
+                y = y + xr
             tl.store(xs_ptr + r[:, None] * ld_s + cols[None, :], y.to(cdt), mask=cm[None, :])
+        xscale = tl.full((BN,), 1.0, tl.float32)  # the scratch now holds plain activations
         tl.debug_barrier()
 
     # Output layer: one column, so a multiply-and-reduce rather than a dot.
@@ -156,5 +179,7 @@ def qnet_tile(
         x = tl.load(xs_ptr + r[:, None] * ld_s + kk[None, :], mask=km[None, :], other=0.0)
         wo = tl.load(w_ptr + woff + kk * ldw, mask=km, other=0.0)
         score += tl.sum(x.to(tl.float32) * wo.to(tl.float32)[None, :], axis=1)
+    if SCALED:
+        score = score * xscale  # ones unless there is no hidden layer
     tl.debug_barrier()  # the next tile overwrites the scratch
     return score

@@ -76,8 +76,8 @@ def test_layers_exact_topk_crosses_blocks(monkeypatch):
     monkeypatch.setattr(tb, "_LAYERS_TOPK_SCORES", 1)
     monkeypatch.setattr(tb, "_MIN_BLOCK", 1)
     calls = []
-    score_dense = tb.score_dense
-    monkeypatch.setattr(tb, "score_dense", lambda *a: calls.append(a[3].shape[0]) or score_dense(*a))
+    score_dense = tb._score_dense
+    monkeypatch.setattr(tb, "_score_dense", lambda *a: calls.append(a[3].shape[0]) or score_dense(*a))
     q = make_qnet(2, [16, 16, 1], torch.float32, DEVICE, seed=8)
     v = make_vectors(150, 16, torch.float32, DEVICE)
     s, i = tb.exact_topk(q.weights, q.biases, q.config, v, 7, block_size=64)

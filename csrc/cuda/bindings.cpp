@@ -13,6 +13,7 @@
 
 namespace {
 
+using hyp_cuda::DocType;
 using hyp_cuda::DType;
 using hyp_cuda::Mode;
 
@@ -50,19 +51,40 @@ hyp_cuda::QNetGeom make_geom(const std::vector<std::vector<int64_t>>& meta, bool
   return g;
 }
 
+// Compressed rows: int8 or float8_e4m3fn vectors with float32 scales (n,) on the same
+// device; other vectors share the weights' dtype and come with an empty `scales`.
+DocType doc_type_of(const torch::Tensor& vectors, const torch::Tensor& w, const torch::Tensor& scales) {
+  const auto st = vectors.scalar_type();
+  if (st == torch::kChar || st == torch::kFloat8_e4m3fn) {
+    TORCH_CHECK(scales.defined(), "int8 and float8_e4m3fn vectors need per-row scales");
+    check_cuda(scales, "scales");
+    TORCH_CHECK(scales.scalar_type() == torch::kFloat32, "scales must be float32, got ", scales.scalar_type());
+    TORCH_CHECK(scales.dim() == 1 && scales.size(0) == vectors.size(0) && scales.stride(0) == 1,
+                "scales must be (n,) with unit stride, one per vector");
+    TORCH_CHECK(scales.device() == vectors.device(), "scales and vectors must be on one device");
+    return st == torch::kChar ? DocType::kInt8 : DocType::kFp8E4M3;
+  }
+  TORCH_CHECK(st == w.scalar_type(), "vectors must share the weights' dtype, or be int8/float8_e4m3fn with scales");
+  TORCH_CHECK(!scales.defined() || scales.numel() == 0, "scales are only for int8 or float8_e4m3fn vectors");
+  return DocType::kCompute;
+}
+
 // mode: 0 dense (out = scores), 1 gather (ids, out = scores), 2 dense top-k (cand = keys).
-void run(int mode, torch::Tensor vectors, torch::Tensor ids, torch::Tensor w, torch::Tensor b,
-         std::vector<std::vector<int64_t>> meta, bool relu, double eps,
+void run(int mode, torch::Tensor vectors, torch::Tensor scales, torch::Tensor ids, torch::Tensor w,
+         torch::Tensor b, std::vector<std::vector<int64_t>> meta, bool relu, double eps,
          int max_width_pad, torch::Tensor out, torch::Tensor cand, int kblk, int64_t base,
          int block_rows, int64_t stream) {
   check_cuda(vectors, "vectors");
   check_cuda(w, "weights");
   check_cuda(b, "biases");
+  TORCH_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (dense), 1 (gather) or 2 (dense top-k)");
   TORCH_CHECK(vectors.dim() == 2 && vectors.stride(1) == 1, "vectors must be (n, d) with unit column stride");
   TORCH_CHECK(w.is_contiguous() && b.is_contiguous(), "packed weights must be contiguous");
-  TORCH_CHECK(vectors.scalar_type() == w.scalar_type() && b.scalar_type() == w.scalar_type(),
-              "vectors, weights and biases must share a dtype");
+  TORCH_CHECK(b.scalar_type() == w.scalar_type(), "weights and biases must share a dtype");
+  const DocType doc_type = doc_type_of(vectors, w, scales);
   hyp_cuda::FusedArgs a{};
+  a.doc_type = doc_type;
+  a.scales = doc_type == DocType::kCompute ? nullptr : scales.data_ptr<float>();
   a.dtype = dtype_of(w);
   a.mode = static_cast<Mode>(mode);
   a.num_queries = static_cast<int>(w.size(0));
@@ -111,7 +133,9 @@ int choose_block_rows(bool bf16, int max_width_pad, int device) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused q-net scoring on tensor cores (see csrc/cuda/qnet_fused.cu)";
-  m.def("run", &run, "Launch a fused q-net kernel (mode 0 dense, 1 gather, 2 dense top-k)");
+  m.def("run", &run,
+        "Launch a fused q-net kernel (mode 0 dense, 1 gather, 2 dense top-k); int8/float8_e4m3fn "
+        "vectors with float32 per-row scales, else an empty scales tensor");
   m.def("choose_block_rows", &choose_block_rows,
         "Largest tile (64/32/16 rows) whose shared memory fits the device; 0 if none");
 }

@@ -11,6 +11,11 @@
 // normalises, adds the residual and writes the next X. The output layer is a row dot.
 // Nothing but the scores (or each tile's top-k keys) reaches global memory.
 //
+// Compressed documents (int8 or fp8 e4m3 rows with a float32 scale per row) enter X as
+// their raw values (exact in fp16 and bf16); the first layer, linear in its input,
+// scales each row's accumulator before the bias, and so do the reads of X as a residual
+// (or, with no hidden layer, the output dot) until the first layer's output replaces it.
+//
 // Grid: (document blocks, queries). Blocks of one query are adjacent in launch order, so
 // the CTAs resident at one time share that query's weights in L2.
 //
@@ -22,6 +27,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 
@@ -43,6 +49,24 @@ template <typename T> __device__ __forceinline__ T from_f(float x);
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
+}
+
+// fp8 e4m3 -> float: cuda_fp8.h converts with cvt on sm_89+ and in software below
+// (sm_80 has no fp8 instructions).
+__device__ __forceinline__ float fp8_e4m3_to_f(uint8_t b) {
+  __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E4M3);
+  return __half2float(__half(h));
+}
+
+// Element c of stored row id, as the compute dtype (raw, unscaled for compressed rows).
+template <typename T>
+__device__ __forceinline__ T load_doc(const FusedArgs& a, int64_t id, int c) {
+  const int64_t at = id * a.stride_v + c;
+  switch (a.doc_type) {
+    case DocType::kInt8: return from_f<T>(static_cast<float>(static_cast<const int8_t*>(a.vectors)[at]));
+    case DocType::kFp8E4M3: return from_f<T>(fp8_e4m3_to_f(static_cast<const uint8_t*>(a.vectors)[at]));
+    default: return static_cast<const T*>(a.vectors)[at];
+  }
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -89,7 +113,8 @@ __global__ void __launch_bounds__(kThreads) qnet_fused_kernel(FusedArgs a) {
   T* Y = X + BN * ldx;
   float* stage = reinterpret_cast<float*>(Y + BN * ldx);  // kWarps x 16 x 16
   float* scores = stage + kWarps * kFrag * kFrag;          // BN
-  int64_t* rowid = reinterpret_cast<int64_t*>(scores + BN);  // BN (-1: no document)
+  float* rowscale = scores + BN;                           // BN: compressed rows' scales
+  int64_t* rowid = reinterpret_cast<int64_t*>(rowscale + BN);  // BN (-1: no document)
   int64_t* keys = rowid + BN;                              // BN
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -98,13 +123,13 @@ __global__ void __launch_bounds__(kThreads) qnet_fused_kernel(FusedArgs a) {
   const int64_t rows_total = MODE == Mode::kGather ? a.m : a.n;
   const T* W = static_cast<const T*>(a.w) + q * a.stride_wq;
   const T* B = static_cast<const T*>(a.b) + q * a.stride_bq;
-  const T* V = static_cast<const T*>(a.vectors);
 
   for (int r = threadIdx.x; r < BN; r += kThreads) {
     int64_t j = first + r;
     int64_t id = -1;
     if (j < rows_total) id = MODE == Mode::kGather ? a.ids[q * a.stride_iq + j] : j;
     rowid[r] = id;
+    rowscale[r] = a.scales != nullptr && id >= 0 ? a.scales[id] : 1.0f;
   }
   __syncthreads();
 
@@ -114,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) qnet_fused_kernel(FusedArgs a) {
   for (int i = threadIdx.x; i < BN * d_pad; i += kThreads) {
     int r = i / d_pad, c = i % d_pad;
     int64_t id = rowid[r];
-    X[r * ldx + c] = (id >= 0 && c < a.d) ? V[id * a.stride_v + c] : from_f<T>(0.0f);
+    X[r * ldx + c] = (id >= 0 && c < a.d) ? load_doc<T>(a, id, c) : from_f<T>(0.0f);
   }
   __syncthreads();
 
@@ -127,6 +152,7 @@ __global__ void __launch_bounds__(kThreads) qnet_fused_kernel(FusedArgs a) {
     const bool res_first = lg.residual && !lg.ln_before;  // the residual goes in before the norm
     const bool res_last = lg.residual && lg.ln_before;
     const bool normalise = lg.ln_before || lg.ln_after;
+    const bool scaled = l == 0 && a.scales != nullptr;  // X holds compressed rows' raw values
 
     // Y = act(X @ W + b) (+ X when the norm comes after the residual).
     for (int cf = warp * 2; cf < ncf; cf += kWarps * 2) {
@@ -160,9 +186,10 @@ __global__ void __launch_bounds__(kThreads) qnet_fused_kernel(FusedArgs a) {
             int r = i * kFrag + e / kFrag, c = (cf + h) * kFrag + e % kFrag;
             float v = 0.0f;
             if (c < lg.dout) {
-              v = my_stage[e] + to_f(Bl[c]);
+              const float xs = scaled ? rowscale[r] : 1.0f;
+              v = my_stage[e] * xs + to_f(Bl[c]);
               if (g.act_relu) v = fmaxf(v, 0.0f);
-              if (res_first) v += to_f(X[r * ldx + c]);
+              if (res_first) v += to_f(X[r * ldx + c]) * xs;
             }
             Y[r * ldx + c] = from_f<T>(v);
           }
@@ -191,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) qnet_fused_kernel(FusedArgs a) {
         if (c < lg.dout) {
           v = to_f(Y[r * ldx + c]);
           if (normalise) v = (v - mean) * rstd;
-          if (res_last) v += to_f(X[r * ldx + c]);
+          if (res_last) v += to_f(X[r * ldx + c]) * (scaled ? rowscale[r] : 1.0f);
         }
         X[r * ldx + c] = from_f<T>(v);
       }
@@ -206,6 +233,7 @@ __global__ void __launch_bounds__(kThreads) qnet_fused_kernel(FusedArgs a) {
     float s = 0.0f;
     for (int c = lane; c < og.din; c += 32) s += to_f(X[r * ldx + c]) * to_f(Wo[static_cast<int64_t>(c) * og.dout_pad]);
     s = warp_sum(s);
+    if (g.num_layers == 0 && a.scales != nullptr) s *= rowscale[r];
     if (lane == 0) scores[r] = s;
   }
   __syncthreads();
@@ -264,7 +292,7 @@ size_t smem_bytes(DType dtype, int max_width_pad, int block_rows) {
   (void)dtype;  // both compute dtypes are 2 bytes
   const size_t tile = static_cast<size_t>(block_rows) * tile_ld(max_width_pad) * 2;
   return 2 * tile + kWarps * kFrag * kFrag * sizeof(float) +
-         block_rows * (sizeof(float) + 2 * sizeof(int64_t));
+         block_rows * (2 * sizeof(float) + 2 * sizeof(int64_t));
 }
 
 int choose_block_rows(DType dtype, int max_width_pad, size_t smem_limit) {

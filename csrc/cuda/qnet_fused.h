@@ -35,14 +35,19 @@ struct QNetGeom {
 };
 
 enum class DType : int { kHalf = 0, kBFloat16 = 1 };
+// How document rows are stored: in the compute dtype, or compressed (int8 or fp8 e4m3)
+// with a float32 scale per row (the value of a row is data * scale).
+enum class DocType : int { kCompute = 0, kInt8 = 1, kFp8E4M3 = 2 };
 enum class Mode : int { kDense = 0, kGather = 1, kDenseTopK = 2 };
 
 struct FusedArgs {
   DType dtype;
   Mode mode;
   int num_queries;
-  const void* vectors;  // (n, d) rows of the compute dtype, unit column stride
+  const void* vectors;  // (n, d) rows of doc_type, unit column stride
   int64_t stride_v;
+  DocType doc_type;
+  const float* scales;  // compressed rows: (n,) per-row scales; nullptr otherwise
   int64_t n;            // rows of vectors (dense) ...
   int64_t m;            // ... or ids per query (gather)
   int d;

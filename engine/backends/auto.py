@@ -3,12 +3,17 @@
 Which fused backend is fastest depends on the shape (widths, depth, dtype, number of
 documents), so instead of a fixed order the first call of each shape times every
 candidate once on the call's own inputs and remembers the winner; a candidate that fails
-is left out. The choices are kept per process (:func:`auto_choices`).
+is left out. The choices are kept per process (:func:`auto_choices`). Compressed
+vectors (int8/float8_e4m3fn with ``scales=``) are measured as a shape of their own (the
+key holds the vectors' dtype); their scales are checked before any candidate runs, so a
+bad argument is a ValueError, not a candidate's failure.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .doc_scales import check_scales
 
 _CHOICES: dict = {}  # shape key -> (winner name, {name: seconds})
 
@@ -75,21 +80,30 @@ class MeasuredAuto:
         _CHOICES[key] = (best, times)
         return next(be for be in candidates if be.name == best)
 
-    def score_dense(self, weights, biases, config, vectors, out=None):
-        run = lambda be: be.score_dense(weights, biases, config, vectors, out)  # noqa: E731
+    def score_dense(self, weights, biases, config, vectors, out=None, *, scales=None):
+        kw = _scales_kw(vectors, scales)
+        run = lambda be: be.score_dense(weights, biases, config, vectors, out, **kw)  # noqa: E731
         key = shape_key("dense", weights, config, vectors, vectors.shape[0])
         return run(self._choose(key, self.candidates, run))
 
-    def score_gather(self, weights, biases, config, vectors, ids, out=None):
-        run = lambda be: be.score_gather(weights, biases, config, vectors, ids, out)  # noqa: E731
+    def score_gather(self, weights, biases, config, vectors, ids, out=None, *, scales=None):
+        kw = _scales_kw(vectors, scales)
+        run = lambda be: be.score_gather(weights, biases, config, vectors, ids, out, **kw)  # noqa: E731
         key = shape_key("gather", weights, config, vectors, ids.numel())
         return run(self._choose(key, self.candidates, run))
 
-    def exact_topk(self, weights, biases, config, vectors, k, block_size=None):
+    def exact_topk(self, weights, biases, config, vectors, k, block_size=None, *, scales=None):
+        kw = _scales_kw(vectors, scales)
         fused = tuple(be for be in self.candidates if hasattr(be, "exact_topk"))
-        run = lambda be: be.exact_topk(weights, biases, config, vectors, k, block_size)  # noqa: E731
+        run = lambda be: be.exact_topk(weights, biases, config, vectors, k, block_size, **kw)  # noqa: E731
         key = shape_key("topk", weights, config, vectors, vectors.shape[0], k)
         return run(self._choose(key, fused, run))
 
     def __repr__(self) -> str:
         return f"<backend 'auto' measuring {[be.name for be in self.candidates]}>"
+
+
+def _scales_kw(vectors, scales) -> dict:
+    """The ``scales=`` keyword for the candidates (none for uncompressed vectors), checked."""
+    scales = check_scales(vectors, scales)
+    return {} if scales is None else {"scales": scales}

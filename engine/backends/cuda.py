@@ -11,6 +11,9 @@ The kernels take float16 or bfloat16 q-nets (tensor cores). A float32 q-net is s
 by the Triton backend when it can run (and has not failed: then once a warning), else by
 the PyTorch reference: the fp32 path of tensor cores (tf32) would not give the float32
 results a float32 caller asks for.
+
+Compressed documents: int8 or float8_e4m3fn ``vectors`` with ``scales=`` float32 (n,)
+(engine.backends.doc_scales), read as stored and scaled in the kernel.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import warnings
 import torch
 
 from ..qnet_config import QNetConfig
+from .doc_scales import check_scales
 
 _SOURCES = ("bindings.cpp", "qnet_fused.cu")
 _MIN_CC = (8, 0)  # bf16 WMMA
@@ -117,19 +121,20 @@ def _fp32_backends(device) -> list:
     return out + [get_backend("torch", device)]
 
 
-def _fp32_call(method: str, vectors, *args):
+def _fp32_call(method: str, vectors, *args, scales=None):
     """``backend.method(*args)`` on the first float32 backend that runs it. A failure of
     the Triton kernels other than bad input (a ValueError or TypeError, passed on) is
     reported once as a warning and sends float32 q-nets to the reference from then on."""
     global _triton_fp32_error
+    kw = {} if scales is None else {"scales": scales}
     for be in _fp32_backends(vectors.device):
         fn = getattr(be, method, None)
         if fn is None:  # the reference has no fused top-k: stream its dense scores
-            return _stream_topk(be, *args)
+            return _stream_topk(be, *args, **kw)
         if be.name != "triton":
-            return fn(*args)
+            return fn(*args, **kw)
         try:
-            return fn(*args)
+            return fn(*args, **kw)
         except (ValueError, TypeError):
             raise
         except Exception as e:  # noqa: BLE001 - any compile or launch failure
@@ -146,40 +151,50 @@ def _prepare(weights, biases, config: QNetConfig, vectors):
     return prepare(extension(), weights, biases, config, vectors)
 
 
-def score_dense(weights, biases, config, vectors, out=None):
+def score_dense(weights, biases, config, vectors, out=None, *, scales=None):
+    """``(Q, n)`` float32 scores (engine.backends.protocol); ``scales`` float32 (n,) is
+    required for int8/float8_e4m3fn ``vectors`` and refused otherwise (ValueError)."""
+    scales = check_scales(vectors, scales)
     if weights[0].dtype == torch.float32:
-        return _fp32_call("score_dense", vectors, weights, biases, config, vectors, out)
+        return _fp32_call("score_dense", vectors, weights, biases, config, vectors, out, scales=scales)
     from .cuda_launch import run_dense
 
-    return run_dense(_prepare(weights, biases, config, vectors), vectors, out)
+    return run_dense(_prepare(weights, biases, config, vectors), vectors, out, scales)
 
 
-def score_gather(weights, biases, config, vectors, ids, out=None):
+def score_gather(weights, biases, config, vectors, ids, out=None, *, scales=None):
+    """``(Q, m)`` float32: ``out[q, j]`` scores row ``ids[q, j]``; ``scales`` as for
+    :func:`score_dense` (row ``i``'s scale is ``scales[i]``)."""
+    scales = check_scales(vectors, scales)
     if weights[0].dtype == torch.float32:
-        return _fp32_call("score_gather", vectors, weights, biases, config, vectors, ids, out)
+        return _fp32_call("score_gather", vectors, weights, biases, config, vectors, ids, out, scales=scales)
     from .cuda_launch import run_gather
 
-    return run_gather(_prepare(weights, biases, config, vectors), vectors, ids, out)
+    return run_gather(_prepare(weights, biases, config, vectors), vectors, ids, out, scales)
 
 
-def exact_topk(weights, biases, config, vectors, k, block_size=None):
+def exact_topk(weights, biases, config, vectors, k, block_size=None, *, scales=None):
+    """``(scores (Q, k) float32, ids (Q, k) int64)`` best first; ``scales`` as for
+    :func:`score_dense`."""
     if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
         raise ValueError(f"k must be a positive int, got {k!r}")
+    scales = check_scales(vectors, scales)
     if weights[0].dtype == torch.float32:
-        return _fp32_call("exact_topk", vectors, weights, biases, config, vectors, k, block_size)
+        return _fp32_call("exact_topk", vectors, weights, biases, config, vectors, k, block_size, scales=scales)
     from .cuda_launch import run_topk
 
-    return run_topk(_prepare(weights, biases, config, vectors), vectors, k, block_size)
+    return run_topk(_prepare(weights, biases, config, vectors), vectors, k, block_size, scales)
 
 
-def _stream_topk(be, weights, biases, config, vectors, k, block_size):
+def _stream_topk(be, weights, biases, config, vectors, k, block_size, scales=None):
     """Exact top-k through ``be.score_dense`` block by block (the fp32 fallback)."""
     from . import topk_keys
 
     block = int(block_size or (1 << 16))
     running = None
     for s in range(0, vectors.shape[0], block):
-        sc = be.score_dense(weights, biases, config, vectors[s : s + block])
+        kw = {} if scales is None else {"scales": scales[s : s + block]}
+        sc = be.score_dense(weights, biases, config, vectors[s : s + block], **kw)
         ids = torch.arange(s, s + sc.shape[1], device=sc.device).expand_as(sc)
         running = topk_keys.merge_topk(running, topk_keys.encode(sc, ids), k)
     if running is None:

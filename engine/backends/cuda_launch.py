@@ -35,54 +35,59 @@ def prepare(ext, weights, biases, config, vectors) -> Prepared:
     return Prepared(ext, p, config, bn, width)
 
 
-def _vectors(pr: Prepared, vectors):
-    if vectors.dtype != pr.p.w.dtype:  # mixed dtypes: the kernels read one
+def _vectors(pr: Prepared, vectors, scales=None):
+    """Unit-stride vectors as the kernels read them: compressed ones (``scales`` given)
+    as stored, others in the weights' dtype."""
+    if scales is None and vectors.dtype != pr.p.w.dtype:  # mixed dtypes: the kernels read one
         vectors = vectors.to(pr.p.w.dtype)
     return vectors if vectors.stride(1) == 1 else vectors.contiguous()
 
 
-def _run(pr: Prepared, mode, vectors, ids, out, cand, kblk, base):
+def _run(pr: Prepared, mode, vectors, ids, out, cand, kblk, base, scales=None):
     flags = pr.config.kernel_flags()  # each layer's residual and norms are in the meta rows
     empty = torch.empty(0, 1, device=vectors.device)
     pr.ext.run(
-        mode, vectors, ids if ids is not None else empty.long(), pr.p.w, pr.p.b,
+        mode, vectors, scales if scales is not None else empty[:, 0],
+        ids if ids is not None else empty.long(), pr.p.w, pr.p.b,
         [list(r) for r in pr.p.meta_rows], flags["relu"], flags["eps"],
         pr.max_width_pad, out if out is not None else empty, cand if cand is not None else empty.long(),
         kblk, base, pr.block_rows, torch.cuda.current_stream(vectors.device).cuda_stream,
     )
 
 
-def run_dense(pr: Prepared, vectors, out=None):
-    vectors = _vectors(pr, vectors)
+def run_dense(pr: Prepared, vectors, out=None, scales=None):
+    """(Q, n) float32 scores; ``scales``: float32 (n,) of int8/float8_e4m3fn vectors
+    (checked by engine.backends.doc_scales)."""
+    vectors = _vectors(pr, vectors, scales)
     Q, n = pr.p.w.shape[0], vectors.shape[0]
     target = out
     if out is None or out.stride(1) != 1:
         target = torch.empty((Q, n), dtype=torch.float32, device=vectors.device)
     if n:
-        _run(pr, 0, vectors, None, target, None, 1, 0)
+        _run(pr, 0, vectors, None, target, None, 1, 0, scales)
     if out is not None and target is not out:
         out.copy_(target)
         return out
     return target
 
 
-def run_gather(pr: Prepared, vectors, ids, out=None):
-    vectors = _vectors(pr, vectors)
+def run_gather(pr: Prepared, vectors, ids, out=None, scales=None):
+    vectors = _vectors(pr, vectors, scales)
     ids = ids.to(torch.int64)
     ids = ids if ids.stride(1) == 1 else ids.contiguous()
     target = out
     if out is None or out.stride(1) != 1:
         target = torch.empty(ids.shape, dtype=torch.float32, device=vectors.device)
     if ids.numel():
-        _run(pr, 1, vectors, ids, target, None, 1, 0)
+        _run(pr, 1, vectors, ids, target, None, 1, 0, scales)
     if out is not None and target is not out:
         out.copy_(target)
         return out
     return target
 
 
-def run_topk(pr: Prepared, vectors, k: int, block_size=None):
-    vectors = _vectors(pr, vectors)
+def run_topk(pr: Prepared, vectors, k: int, block_size=None, scales=None):
+    vectors = _vectors(pr, vectors, scales)
     Q, n = pr.p.w.shape[0], vectors.shape[0]
     if n > topk_keys.MAX_IDS:
         raise ValueError(f"the fused top-k packs ids into 32 bits; {n} documents is too many")
@@ -94,7 +99,7 @@ def run_topk(pr: Prepared, vectors, k: int, block_size=None):
         part = vectors[s : s + chunk]
         nblocks = (part.shape[0] + bn - 1) // bn
         cand = torch.full((Q, nblocks * kblk), topk_keys.PAD_KEY, dtype=torch.int64, device=vectors.device)
-        _run(pr, 2, part, None, None, cand, kblk, s)
+        _run(pr, 2, part, None, None, cand, kblk, s, None if scales is None else scales[s : s + chunk])
         running = topk_keys.merge_topk(running, cand, k)
     if running is None:
         running = torch.empty((Q, 0), dtype=torch.int64, device=vectors.device)

@@ -6,6 +6,10 @@ Two dense paths: the fused small-tile kernel (``qnet_dense``: a whole q-net per 
 chooses: ``tile``, ``layers``, or ``auto`` (the default: ``layers`` from
 ``LAYERS_MIN_ROWS`` documents on). Gathers always use the fused small-tile kernel.
 
+Compressed documents: int8 or float8_e4m3fn ``vectors`` with ``scales=`` float32 (n,)
+(engine.backends.doc_scales); the kernels read the stored bytes and scale each row's
+first-layer accumulator in registers.
+
 Runs on CUDA tensors; under ``TRITON_INTERPRET=1`` Triton interprets the same kernels on
 the CPU, which is how CI checks them without a GPU (slowly: tests only).
 """
@@ -17,6 +21,7 @@ import os
 import torch
 
 from ..qnet_config import QNetConfig
+from .doc_scales import check_scales
 
 _import_error: str | None = None
 try:
@@ -65,7 +70,14 @@ def _pack(weights, biases, config: QNetConfig):
     return packed(weights, biases, config, pad=1)
 
 
-def score_dense(weights, biases, config, vectors, out=None):
+def score_dense(weights, biases, config, vectors, out=None, *, scales=None):
+    """``(Q, n)`` float32 scores (engine.backends.protocol); ``scales`` float32 (n,) is
+    required for int8/float8_e4m3fn ``vectors`` and refused otherwise (ValueError)."""
+    scales = check_scales(vectors, scales)
+    return _score_dense(weights, biases, config, vectors, out, scales)
+
+
+def _score_dense(weights, biases, config, vectors, out, scales):
     Q, n = weights[0].shape[0], vectors.shape[0]
     if out is None:
         out = torch.empty(Q, n, dtype=torch.float32, device=vectors.device)
@@ -74,20 +86,23 @@ def score_dense(weights, biases, config, vectors, out=None):
     if dense_path(n) == "layers":
         from ..kernels.qnet_layers import score_dense as layers
 
-        return layers(weights, biases, config, vectors, out)
+        return layers(weights, biases, config, vectors, out, scales)
     from ..kernels.qnet_dense import score_dense as kernel
 
-    return kernel(_pack(weights, biases, config), config, vectors, out)
+    return kernel(_pack(weights, biases, config), config, vectors, out, scales)
 
 
-def score_gather(weights, biases, config, vectors, ids, out=None):
+def score_gather(weights, biases, config, vectors, ids, out=None, *, scales=None):
+    """``(Q, m)`` float32: ``out[q, j]`` scores row ``ids[q, j]``; ``scales`` as for
+    :func:`score_dense` (row ``i``'s scale is ``scales[i]``)."""
     from ..kernels.qnet_gather import score_gather as kernel
 
+    scales = check_scales(vectors, scales)
     if out is None:
         out = torch.empty(ids.shape, dtype=torch.float32, device=vectors.device)
     if ids.numel() == 0:
         return out
-    return kernel(_pack(weights, biases, config), config, vectors, ids, out)
+    return kernel(_pack(weights, biases, config), config, vectors, ids, out, scales)
 
 
 # Documents per launch of the fused top-k scan: bounds the candidate buffer
@@ -99,14 +114,16 @@ _LAYERS_TOPK_SCORES = 1 << 22
 _MIN_BLOCK = 1 << 16
 
 
-def exact_topk(weights, biases, config, vectors, k, block_size=None):
+def exact_topk(weights, biases, config, vectors, k, block_size=None, *, scales=None):
     """Fused scan with per-tile top-k; returns ``(scores (Q, k) f32, ids (Q, k) int64)``
-    best first, ties to the lower index, (-inf, -1) padding when k > n."""
+    best first, ties to the lower index, (-inf, -1) padding when k > n. ``scales`` as for
+    :func:`score_dense`."""
     from . import topk_keys
     from ..kernels.qnet_dense import dense_topk_candidates
 
     if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
         raise ValueError(f"k must be a positive int, got {k!r}")
+    scales = check_scales(vectors, scales)
     chunk = int(block_size or DEFAULT_TOPK_CHUNK)
     if chunk <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
@@ -121,14 +138,16 @@ def exact_topk(weights, biases, config, vectors, k, block_size=None):
         out = torch.empty(Q, min(block, n), dtype=torch.float32, device=vectors.device)
         for s in range(0, n, block):
             part = vectors[s : s + block]
-            sc = score_dense(weights, biases, config, part, out[:, : part.shape[0]])
+            part_scales = None if scales is None else scales[s : s + block]
+            sc = _score_dense(weights, biases, config, part, out[:, : part.shape[0]], part_scales)
             ids = torch.arange(s, s + part.shape[0], device=vectors.device).expand(Q, -1)
             running = topk_keys.merge_topk(running, topk_keys.encode(sc, ids), k)
         return topk_keys.finish(_empty_if_none(running, Q, vectors.device), k)
     chunk = max(chunk, _MIN_BLOCK)
     p = _pack(weights, biases, config)
     for s in range(0, n, chunk):
-        cands = dense_topk_candidates(p, config, vectors[s : s + chunk], k, base=s)
+        cands = dense_topk_candidates(p, config, vectors[s : s + chunk], k, base=s,
+                                      scales=None if scales is None else scales[s : s + chunk])
         running = topk_keys.merge_topk(running, cands, k)
     return topk_keys.finish(_empty_if_none(running, Q, vectors.device), k)
 
