@@ -23,12 +23,13 @@ import torch
 
 from .. import backends
 from ..graph.common import sort_by_key
+from ..native_args import to_numpy
 from .exact import DEFAULT_BLOCK, check_block_size, exact_search
 from .filters import RowFilter
 
 # Measured by bench/bench_filter.py (--strategies) on the Debian set: per-query gather
 # against masked dense scoring of the same batch; see docs/search.md.
-GATHER_COST = 1.6
+GATHER_COST = 1.1
 
 
 def _pad(Q: int, k: int, device):
@@ -50,10 +51,14 @@ def strategy(rf: RowFilter, n: int, same_device: bool) -> str:
 
 
 def _gather_shared(qnets, vectors, k, rf, backend, block_size, num_threads):
-    rows = rf.mask[0].nonzero()[:, 0]
+    rows = rf.positions()[0]
     if rows.numel() == 0:
         return _pad(qnets.num_queries, k, qnets.device)
-    sub = vectors[rows.to(vectors.device)]
+    if vectors.device.type == "cpu":  # numpy's copy: torch's threads cost more than a small gather
+        sub = torch.from_numpy(to_numpy(vectors)[rows.numpy()])
+        sub = sub.view(torch.bfloat16) if vectors.dtype == torch.bfloat16 else sub
+    else:
+        sub = vectors.index_select(0, rows.to(vectors.device))
     s, i = exact_search(qnets, sub, k, backend=backend, block_size=block_size, num_threads=num_threads)
     rows = rows.to(i.device)
     return s, torch.where(i >= 0, rows[i.clamp_min(0)], i)
@@ -62,18 +67,11 @@ def _gather_shared(qnets, vectors, k, rf, backend, block_size, num_threads):
 def _gather_rows(qnets, vectors, k, rf, be, block, extra):
     """Per-query bitmaps: each query's allowed rows scored with score_gather."""
     Q, dev = qnets.num_queries, qnets.device
-    counts = rf.counts
-    longest = int(counts.max()) if Q else 0
     run_s, run_i = _pad(Q, k, dev)
+    pos = rf.positions().to(dev)  # (Q, longest) allowed rows, ascending, -1 after them
+    longest = pos.shape[1]
     if longest == 0:
         return run_s, run_i
-    # (Q, longest) allowed rows, ascending, -1 after each query's count.
-    nz = rf.mask.nonzero()
-    starts = torch.cumsum(counts, 0) - counts
-    col = torch.arange(nz.shape[0]) - starts[nz[:, 0]]
-    pos = torch.full((Q, longest), -1, dtype=torch.int64)
-    pos[nz[:, 0], col] = nz[:, 1]
-    pos = pos.to(dev)
     for c0 in range(0, longest, block):
         ids = pos[:, c0 : c0 + block]
         valid = ids >= 0

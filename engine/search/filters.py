@@ -15,6 +15,9 @@ silently narrow the search); an id stored on several rows allows all of them; an
 allow-list is valid and its query returns only padding (score ``-inf``, id ``-1``).
 ``Index.deleted`` (None or a bool tensor ``(n,)``, True = hidden) is ANDed out of every
 query's allowed rows.
+
+The bookkeeping over n rows runs in numpy: torch's intra-op threads cost tens of
+milliseconds per O(n) op on a loaded machine, more than a whole selective search.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from ..once import cached
 @dataclass
 class RowFilter:
     """Allowed rows of each query: ``mask`` bool ``(M, n)`` on the CPU with ``M`` 1 (one
-    bitmap for the whole batch) or ``Q``; ``counts`` int64 ``(Q,)``: allowed rows per query."""
+    bitmap for the whole batch) or ``Q`` (a torch view of a numpy array); ``counts`` int64
+    ``(Q,)``: allowed rows per query."""
 
     mask: torch.Tensor
     counts: torch.Tensor
@@ -44,8 +48,18 @@ class RowFilter:
 
     def select(self, queries: torch.Tensor) -> "RowFilter":
         """The filter of a subset of the queries (``queries``: int64 indices)."""
-        mask = self.mask if self.shared else self.mask[queries]
+        mask = self.mask if self.shared else torch.from_numpy(self.mask.numpy()[queries.numpy()])
         return RowFilter(mask, self.counts[queries])
+
+    def positions(self) -> torch.Tensor:
+        """``(M, longest)`` int64: each bitmap's allowed rows ascending, -1 after them."""
+        m = self.mask.numpy()
+        counts = np.count_nonzero(m, axis=1)
+        rows, cols = np.nonzero(m)
+        starts = np.cumsum(counts) - counts
+        pos = np.full((m.shape[0], int(counts.max()) if counts.size else 0), -1, dtype=np.int64)
+        pos[rows, np.arange(rows.size) - starts[rows]] = cols
+        return torch.from_numpy(pos)
 
     def per_query(self, Q: int) -> torch.Tensor:
         """``(Q, n)`` bool (a view when shared)."""
@@ -71,9 +85,9 @@ def _is_bitmap(x) -> bool:
         (isinstance(x, np.ndarray) and x.dtype == np.bool_)
 
 
-def _bitmap(x, n: int, what: str) -> torch.Tensor:
-    t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-    if t.dim() != 1 or t.shape[0] != n:
+def _bitmap(x, n: int, what: str) -> np.ndarray:
+    t = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if t.ndim != 1 or t.shape[0] != n:
         raise ValueError(f"{what}: a bitmap must have shape ({n},), got {tuple(t.shape)}")
     return t
 
@@ -101,8 +115,8 @@ def _str_lookup(index) -> dict:
     return cached(index, "_filter_id_cache", ("str", id(ids)), build, valid=lambda hit: hit[0] is ids)[1]
 
 
-def _ids_to_rows(index, ids, what: str) -> torch.Tensor:
-    """Row indices (int64 tensor) of the external ids ``ids`` (a sequence)."""
+def _ids_to_rows(index, ids, what: str) -> np.ndarray:
+    """Row indices (int64) of the external ids ``ids`` (a sequence)."""
     n = len(index)
     kind = index.ids_kind
     if isinstance(ids, torch.Tensor):
@@ -123,7 +137,7 @@ def _ids_to_rows(index, ids, what: str) -> torch.Tensor:
     else:
         items = list(ids)
         if not items:
-            return torch.zeros(0, dtype=torch.int64)
+            return np.zeros(0, dtype=np.int64)
         if all(isinstance(i, str) for i in items):
             if kind != "str":
                 raise TypeError(f"{what}: this index has {'integer' if kind == 'int' else 'no stored'} ids "
@@ -135,10 +149,12 @@ def _ids_to_rows(index, ids, what: str) -> torch.Tensor:
                 if r is None:
                     raise ValueError(f"{what}: unknown id {s!r}")
                 rows.extend(r)
-            return torch.tensor(rows, dtype=torch.int64)
+            return np.asarray(rows, dtype=np.int64)
         if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in items):
-            bad = next(i for i in items if not isinstance(i, (int, np.integer, str)) or isinstance(i, (bool, np.bool_)))
-            raise TypeError(f"{what}: ids must be all int or all str, got {type(bad).__name__} {bad!r}")
+            bad = next((i for i in items if not isinstance(i, (int, np.integer, str)) or isinstance(i, (bool, np.bool_))),
+                       None)
+            got = "a mix of int and str" if bad is None else f"{type(bad).__name__} {bad!r}"
+            raise TypeError(f"{what}: ids must be all int or all str, got {got}")
         if kind == "str":
             raise TypeError(f"{what}: this index has string ids, got integers")
         try:
@@ -152,7 +168,7 @@ def _ids_to_rows(index, ids, what: str) -> torch.Tensor:
         bad = (arr < 0) | (arr >= n)
         if bad.any():
             raise ValueError(f"{what}: unknown id {int(arr[bad][0])} (this index has no stored ids: rows 0..{n - 1})")
-        return torch.from_numpy(arr.copy())
+        return arr
     sorted_ids, order = _int_lookup(index)
     lo = np.searchsorted(sorted_ids, arr, "left")
     hi = np.searchsorted(sorted_ids, arr, "right")
@@ -163,10 +179,10 @@ def _ids_to_rows(index, ids, what: str) -> torch.Tensor:
         rows = np.concatenate([order[a:b] for a, b in zip(lo, hi)])
     else:
         rows = order[lo]
-    return torch.from_numpy(np.asarray(rows, dtype=np.int64))
+    return np.asarray(rows, dtype=np.int64)
 
 
-def _one(index, entry, what: str) -> torch.Tensor:
+def _one(index, entry, what: str) -> np.ndarray:
     """Bitmap (n,) of one allow-list entry (a bitmap or a sequence of ids)."""
     n = len(index)
     if _is_bitmap(entry):
@@ -175,10 +191,8 @@ def _one(index, entry, what: str) -> torch.Tensor:
         raise TypeError(f"{what}: an allow-list is a sequence of ids, not a single string")
     if not hasattr(entry, "__len__") and not hasattr(entry, "__iter__"):
         raise TypeError(f"{what}: expected a bitmap or a sequence of ids, got {type(entry).__name__}")
-    m = torch.zeros(n, dtype=torch.bool)
-    rows = _ids_to_rows(index, entry, what)
-    if rows.numel():
-        m[rows] = True
+    m = np.zeros(n, dtype=bool)
+    m[_ids_to_rows(index, entry, what)] = True
     return m
 
 
@@ -200,27 +214,29 @@ def resolve(index, allow, Q: int) -> RowFilter | None:
     count, or an unknown id."""
     n = len(index)
     deleted = check_deleted(getattr(index, "deleted", None), n)
+    gone = None if deleted is None else deleted.numpy()
     if allow is None:
-        if deleted is None or not bool(deleted.any()):
+        if gone is None or not gone.any():
             return None
-        mask = (~deleted)[None]
+        mask = ~gone[None]
     elif _is_bitmap(allow) and getattr(allow, "ndim", 1) == 2:
-        t = allow.detach().cpu() if isinstance(allow, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(allow))
+        t = allow.detach().cpu().numpy() if isinstance(allow, torch.Tensor) else allow
         if tuple(t.shape) != (Q, n):
             raise ValueError(f"allow: a per-query bitmap must have shape ({Q}, {n}), got {tuple(t.shape)}")
-        mask = t.clone()
+        mask = t.copy()
     elif _is_bitmap(allow) and getattr(allow, "ndim", 1) != 1:
         raise ValueError(f"allow: a bitmap must have shape ({n},) or ({Q}, {n}), got {tuple(allow.shape)}")
     elif _is_per_query(allow):
         if len(allow) != Q:
             raise ValueError(f"allow: got {len(allow)} per-query allow-lists for {Q} queries")
-        mask = torch.stack([_one(index, a, f"allow[{q}]") for q, a in enumerate(allow)]) if Q else \
-            torch.zeros((0, n), dtype=torch.bool)
+        mask = np.stack([_one(index, a, f"allow[{q}]") for q, a in enumerate(allow)]) if Q else \
+            np.zeros((0, n), dtype=bool)
     else:
-        mask = _one(index, allow, "allow")[None].clone()
-    if deleted is not None:
-        mask &= ~deleted
-    counts = mask.sum(1, dtype=torch.int64)
+        mask = _one(index, allow, "allow")[None].copy()
+    if gone is not None:
+        mask &= ~gone
+    mask = np.ascontiguousarray(mask)
+    counts = np.count_nonzero(mask, axis=1).astype(np.int64)
     if mask.shape[0] == 1:
-        counts = counts.expand(Q).contiguous()
-    return RowFilter(mask.contiguous(), counts)
+        counts = np.repeat(counts, Q)
+    return RowFilter(torch.from_numpy(mask), torch.from_numpy(counts))
