@@ -66,9 +66,15 @@ def _filtered(run, index, qnets, k: int, rf, exact_below: float, backend: str, n
     counters = {f: torch.zeros(Q, dtype=torch.int64) for f in _COUNTERS}
     counts = rf.counts
     exact = (counts.double() < exact_below * n) | (counts <= k)
+
+    def part(sel):  # the q-nets and filter of some queries (no copy when all)
+        if sel.numel() == Q:
+            return qnets, rf
+        return qnets[sel.to(dev)], rf.select(sel)
+
     g = (~exact).nonzero()[:, 0]
     if g.numel():
-        gs, gi, gc = run(qnets[g.to(dev)] if g.numel() < Q else qnets, rf.select(g) if g.numel() < Q else rf)
+        gs, gi, gc = run(*part(g))
         s[g.to(dev)], i[g.to(dev)] = gs.to(dev), gi.to(dev)
         for f in _COUNTERS:
             counters[f][g] = gc[f].cpu()
@@ -76,7 +82,8 @@ def _filtered(run, index, qnets, k: int, rf, exact_below: float, backend: str, n
         exact[g[filled < counts[g].clamp_max(k)]] = True  # the walk met too few allowed documents
     e = exact.nonzero()[:, 0]
     if e.numel():
-        es, ei = filtered_exact_search(qnets[e.to(dev)], index.vectors, k, rf.select(e), backend=backend,
+        qe, rfe = part(e)
+        es, ei = filtered_exact_search(qe, index.vectors, k, rfe, backend=backend,
                                        num_threads=num_threads if backend == "cpu" else None)
         s[e.to(dev)], i[e.to(dev)] = es, ei
         counters["documents_scored"][e] += counts[e]
