@@ -18,8 +18,8 @@ CANDIDATES = ("auto", "codes", "scan")
 # searched exactly over its allowed rows (measured by bench/bench_filter.py on the Debian
 # set: filtered graph recall@10 against filtered exact search over selectivities; see
 # docs/search.md).
-FILTER_EXACT_BELOW_DEFAULT = 0.05
-FILTER_EXACT_BELOW_PAPER = 0.05
+FILTER_EXACT_BELOW_DEFAULT = 0.03
+FILTER_EXACT_BELOW_PAPER = 0.3
 PRECISIONS = ("auto", "exact", "bf16")
 
 
