@@ -83,6 +83,24 @@ def test_exact_equals_brute_force(data, backend, how, per_query):
     assert r.stats.filtered and r.stats.exact == [True] * Q
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shared_bitmap_in_chunks(data, backend, monkeypatch):
+    """A shared bitmap is gathered in bounded chunks; ties across chunks go to the lower row."""
+    import engine.search.filtered as filtered
+
+    idx, q = data
+    monkeypatch.setattr(filtered, "SHARED_CHUNK", 64)
+    x = idx.vectors.clone()
+    x[500] = x[3]  # equal scores in different chunks
+    mask = rand_mask((N,), 0.9, 12)
+    mask[[3, 500]] = True
+    full = scores_of(engine.Index.from_vectors(x), q, backend)
+    rf = resolve(idx, mask, Q)
+    for k in (1, 10, 700):
+        s, i = filtered_exact_search(q, x, k, rf, backend=backend)
+        assert torch.equal(i, brute(full, mask, k)[1])
+
+
 def test_strategy_by_cost(data):
     idx, _ = data
     assert strategy(resolve(idx, rand_mask((N,), 0.99, 0), Q), N, True) == "gather"  # shared: always

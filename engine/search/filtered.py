@@ -4,8 +4,9 @@ Two strategies return the same top-k (score descending, ties to the lower row id
 cheaper one runs:
 
 - *gather*: score only the allowed rows. One bitmap for the whole batch: the allowed
-  rows are copied out once and searched by the backend's exact scan (fused where it has
-  one), their row ids mapped back. One bitmap per query: each query's allowed rows are
+  rows are copied out in chunks of ``SHARED_CHUNK`` rows (memory stays bounded when
+  almost every row is allowed, as with a few deleted rows) and each chunk is searched by
+  the backend's exact scan (fused where it has one), row ids mapped back, top-k merged. One bitmap per query: each query's allowed rows are
   scored by ``score_gather`` in column blocks (padded to the longest list), merged into
   a running top-k.
 - *dense*: score every row in blocks (``score_dense``), mask the disallowed ones out,
@@ -30,6 +31,7 @@ from .filters import RowFilter
 # Measured by bench/bench_filter.py (--strategies) on the Debian set: per-query gather
 # against masked dense scoring of the same batch; see docs/search.md.
 GATHER_COST = 1.1
+SHARED_CHUNK = 1 << 16  # rows copied at a time (96 MiB at d = 768 in bf16)
 
 
 def _pad(Q: int, k: int, device):
@@ -51,17 +53,23 @@ def strategy(rf: RowFilter, n: int, same_device: bool) -> str:
 
 
 def _gather_shared(qnets, vectors, k, rf, backend, block_size, num_threads):
-    rows = rf.positions()[0]
-    if rows.numel() == 0:
-        return _pad(qnets.num_queries, k, qnets.device)
-    if vectors.device.type == "cpu":  # numpy's copy: torch's threads cost more than a small gather
-        sub = torch.from_numpy(to_numpy(vectors)[rows.numpy()])
-        sub = sub.view(torch.bfloat16) if vectors.dtype == torch.bfloat16 else sub
-    else:
-        sub = vectors.index_select(0, rows.to(vectors.device))
-    s, i = exact_search(qnets, sub, k, backend=backend, block_size=block_size, num_threads=num_threads)
-    rows = rows.to(i.device)
-    return s, torch.where(i >= 0, rows[i.clamp_min(0)], i)
+    all_rows = rf.positions()[0]
+    run_s, run_i = _pad(qnets.num_queries, k, qnets.device)
+    for c0 in range(0, all_rows.numel(), SHARED_CHUNK):
+        rows = all_rows[c0 : c0 + SHARED_CHUNK]
+        if vectors.device.type == "cpu":  # numpy's copy: torch's threads cost more than a small gather
+            sub = torch.from_numpy(to_numpy(vectors)[rows.numpy()])
+            sub = sub.view(torch.bfloat16) if vectors.dtype == torch.bfloat16 else sub
+        else:
+            sub = vectors.index_select(0, rows.to(vectors.device))
+        s, i = exact_search(qnets, sub, k, backend=backend, block_size=block_size, num_threads=num_threads)
+        rows = rows.to(i.device)
+        i = torch.where(i >= 0, rows[i.clamp_min(0)], i)
+        if c0 == 0:
+            run_s, run_i = s, i
+        else:  # later chunks hold higher rows: ties still go to the lower row
+            run_s, run_i = _merge(run_s, run_i, s, i, k)
+    return run_s, run_i
 
 
 def _gather_rows(qnets, vectors, k, rf, be, block, extra):
