@@ -156,6 +156,7 @@ def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "au
         if candidates == "codes" and getattr(index, "codes", None) is None:
             raise ValueError("candidates='codes' needs the index's codes: build them with index.build_codes() "
                              "(index.build_graph() builds both)")
+
     def run(qn, rf):
         mask = None if rf is None else rf.mask
         if preset == "paper":

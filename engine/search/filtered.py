@@ -6,9 +6,9 @@ cheaper one runs:
 - *gather*: score only the allowed rows. One bitmap for the whole batch: the allowed
   rows are copied out in chunks of ``SHARED_CHUNK`` rows (memory stays bounded when
   almost every row is allowed, as with a few deleted rows) and each chunk is searched by
-  the backend's exact scan (fused where it has one), row ids mapped back, top-k merged. One bitmap per query: each query's allowed rows are
-  scored by ``score_gather`` in column blocks (padded to the longest list), merged into
-  a running top-k.
+  the backend's exact scan (fused where it has one), row ids mapped back, top-k merged.
+  One bitmap per query: each query's allowed rows are scored by ``score_gather`` in
+  column blocks (padded to the longest list), merged into a running top-k.
 - *dense*: score every row in blocks (``score_dense``), mask the disallowed ones out,
   merge.
 

@@ -151,8 +151,8 @@ def _ids_to_rows(index, ids, what: str) -> np.ndarray:
                 rows.extend(r)
             return np.asarray(rows, dtype=np.int64)
         if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in items):
-            bad = next((i for i in items if not isinstance(i, (int, np.integer, str)) or isinstance(i, (bool, np.bool_))),
-                       None)
+            odd = (i for i in items if not isinstance(i, (int, np.integer, str)) or isinstance(i, (bool, np.bool_)))
+            bad = next(odd, None)
             got = "a mix of int and str" if bad is None else f"{type(bad).__name__} {bad!r}"
             raise TypeError(f"{what}: ids must be all int or all str, got {got}")
         if kind == "str":
