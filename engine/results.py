@@ -52,8 +52,8 @@ class SearchResult:
 
     scores: ``(Q, k)`` float32, best first. ids: ``(Q, k)`` int64 row indices into the
     index (use :meth:`Index.external_ids` for the stored ids). Slots that no document
-    filled (``k`` larger than the corpus, or than what a graph search reached) hold score
-    ``-inf`` and id ``-1``. ``stats``: :class:`SearchStats`.
+    filled (``k`` larger than the corpus or than a query's allowed rows, or than what a
+    graph search reached) hold score ``-inf`` and id ``-1``. ``stats``: :class:`SearchStats`.
     """
 
     scores: torch.Tensor
