@@ -28,8 +28,9 @@ from ..native_args import to_numpy
 from .exact import DEFAULT_BLOCK, check_block_size, exact_search
 from .filters import RowFilter
 
-# Measured by bench/bench_filter.py (--strategies) on the Debian set: per-query gather
-# against masked dense scoring of the same batch; see docs/search.md.
+# Per-query gather against masked dense scoring of the same batch, per row, measured by
+# bench/bench_filter.py --strategies on the Debian set: 0.6-1.36, most near 1.1, in three
+# runs under load (docs/search.md).
 GATHER_COST = 1.1
 SHARED_CHUNK = 1 << 16  # rows copied at a time (96 MiB at d = 768 in bf16)
 
