@@ -300,3 +300,32 @@ def test_bad_deleted_attribute(data):
         idx.deleted = bad
         with pytest.raises(err, match="deleted"):
             idx.search(q, 5)
+
+
+# ---------------------------------------------------------------- triton (interpreted on CPU)
+def _triton_on_cpu() -> bool:
+    if not engine.backends.availability("triton")[0]:
+        return False
+    from engine.backends import triton as tb
+
+    return tb.supports(torch.device("cpu"))
+
+
+@pytest.mark.skipif(not _triton_on_cpu(), reason="the triton backend runs on CPU tensors only under TRITON_INTERPRET=1")
+def test_triton_backend_honours_filters_and_deletions(data):
+    """The dispatch level: filtered exact search (both strategies) and graph search (the
+    torch twin) through the triton backend's scoring."""
+    idx0, q = data
+    n = 160
+    idx = engine.Index.from_vectors(idx0.vectors[:n]).build_graph(8)
+    q = q[:3]
+    full = scores_of(idx, q, "triton")
+    mask = rand_mask((3, n), 0.3, 13)
+    for how in ("gather", "dense"):
+        s, i = filtered_exact_search(q, idx.vectors, 5, resolve(idx, mask, 3), backend="triton", how=how)
+        assert torch.equal(i, brute(full, mask, 5)[1])
+    idx.deleted = rand_mask((n,), 0.5, 14)
+    r = idx.search(q, 5, backend="triton")
+    assert torch.equal(r.ids, brute(full, ~idx.deleted, 5)[1])
+    r = idx.search(q, 5, mode="graph", backend="triton", allow=mask, filter_exact_below=0.0)
+    assert r.stats.backend == "triton" and allowed_only(r.ids, mask & ~idx.deleted)
