@@ -329,3 +329,22 @@ def test_triton_backend_honours_filters_and_deletions(data):
     assert torch.equal(r.ids, brute(full, ~idx.deleted, 5)[1])
     r = idx.search(q, 5, mode="graph", backend="triton", allow=mask, filter_exact_below=0.0)
     assert r.stats.backend == "triton" and allowed_only(r.ids, mask & ~idx.deleted)
+
+
+@pytest.mark.parametrize("mode", ["exact", "graph"])
+def test_deletions_changed_in_place_or_replaced_are_seen(data, mode):
+    """The filter of the deleted rows is kept between searches, but never a stale one."""
+    idx0, q = data
+    idx = engine.Index.from_vectors(idx0.vectors)
+    idx.set_graph(idx0.graph, idx0.graph_params)
+    full = scores_of(idx, q, "torch")
+    idx.deleted = torch.zeros(N, dtype=torch.bool)
+    first = idx.search(q, 3, mode=mode, backend="torch").ids
+    assert torch.equal(first, brute(full, torch.ones(N, dtype=torch.bool), 3)[1])
+    idx.deleted[first.flatten()] = True  # in place
+    second = idx.search(q, 3, mode=mode, backend="torch").ids
+    assert allowed_only(second, ~idx.deleted) and (second >= 0).all()
+    idx.deleted = torch.zeros(N, dtype=torch.bool)  # replaced
+    assert torch.equal(idx.search(q, 3, mode=mode, backend="torch").ids, first)
+    idx.deleted = None
+    assert torch.equal(idx.search(q, 3, mode=mode, backend="torch").ids, first)

@@ -22,7 +22,7 @@ milliseconds per O(n) op on a loaded machine, more than a whole selective search
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ class RowFilter:
 
     mask: torch.Tensor
     counts: torch.Tensor
+    _pos: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def shared(self) -> bool:
@@ -48,18 +49,23 @@ class RowFilter:
 
     def select(self, queries: torch.Tensor) -> "RowFilter":
         """The filter of a subset of the queries (``queries``: int64 indices)."""
-        mask = self.mask if self.shared else torch.from_numpy(self.mask.numpy()[queries.numpy()])
-        return RowFilter(mask, self.counts[queries])
+        if self.shared:
+            return RowFilter(self.mask, self.counts[queries], self._pos)
+        return RowFilter(torch.from_numpy(self.mask.numpy()[queries.numpy()]), self.counts[queries])
 
     def positions(self) -> torch.Tensor:
-        """``(M, longest)`` int64: each bitmap's allowed rows ascending, -1 after them."""
+        """``(M, longest)`` int64: each bitmap's allowed rows ascending, -1 after them
+        (kept: the filter of the deleted rows alone is reused by every search)."""
+        if self._pos is not None:
+            return self._pos
         m = self.mask.numpy()
         counts = np.count_nonzero(m, axis=1)
         rows, cols = np.nonzero(m)
         starts = np.cumsum(counts) - counts
         pos = np.full((m.shape[0], int(counts.max()) if counts.size else 0), -1, dtype=np.int64)
         pos[rows, np.arange(rows.size) - starts[rows]] = cols
-        return torch.from_numpy(pos)
+        self._pos = torch.from_numpy(pos)
+        return self._pos
 
     def per_query(self, Q: int) -> torch.Tensor:
         """``(Q, n)`` bool (a view when shared)."""
@@ -205,6 +211,14 @@ def _is_per_query(allow) -> bool:
                                  and not (isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim == 0))
 
 
+def _deleted_only(gone: np.ndarray) -> RowFilter | None:
+    """The filter of the deleted rows alone (None when nothing is deleted); counts (1,)."""
+    if not gone.any():
+        return None
+    mask = ~gone[None]
+    return RowFilter(torch.from_numpy(mask), torch.from_numpy(np.count_nonzero(mask, axis=1).astype(np.int64)))
+
+
 def resolve(index, allow, Q: int) -> RowFilter | None:
     """The :class:`RowFilter` of a search of ``Q`` queries: ``allow`` (see the module
     docstring) AND NOT ``index.deleted``; None when neither filters anything.
@@ -216,9 +230,17 @@ def resolve(index, allow, Q: int) -> RowFilter | None:
     deleted = check_deleted(getattr(index, "deleted", None), n)
     gone = None if deleted is None else deleted.numpy()
     if allow is None:
-        if gone is None or not gone.any():
+        if gone is None:
             return None
-        mask = ~gone[None]
+        # Built once per state of the deletion mask (a new tensor or an in-place change
+        # makes a new one): a large index pays its O(n) passes once, not per search.
+        hit = cached(index, "_filter_deleted_cache", "deleted",
+                     lambda: (deleted, deleted._version, _deleted_only(gone)),
+                     valid=lambda h: h[0] is deleted and h[1] == deleted._version)
+        rf = hit[2]
+        if rf is None:
+            return None
+        return RowFilter(rf.mask, rf.counts.expand(Q).contiguous(), rf.positions())
     elif _is_bitmap(allow) and getattr(allow, "ndim", 1) == 2:
         t = allow.detach().cpu().numpy() if isinstance(allow, torch.Tensor) else allow
         if tuple(t.shape) != (Q, n):
