@@ -18,6 +18,10 @@ from .qnet import SUPPORTED_DTYPES
 from .results import SearchResult, SearchStats
 from .scoring import as_vectors, check_backend, check_pair, check_qnets
 from .search.exact import exact_search
+from .search.exact import check_block_size
+from .search.filtered import filtered_exact_search
+from .search.filtered import strategy as filter_strategy
+from .search.filters import resolve as resolve_filter
 from .threads import check_num_threads
 
 SEARCH_MODES = ("exact", "graph")
@@ -126,7 +130,9 @@ class Index:
         self.graph: torch.Tensor | None = None
         self.graph_params: dict = {}
         self.codes = None  # engine.graph.codes.LinearCodes: the default graph search's candidates
-        # Tombstones: None or a torch.bool (n,) CPU tensor, True = hidden from every search.
+        # None or a torch.bool tensor (n,) on the CPU, True = deleted: every search treats
+        # those rows as absent (graph search may still walk through them). Set by
+        # delete() (engine.update) and persisted with the index.
         self.deleted: torch.Tensor | None = None
         self.path: str | None = None
         if graph is not None:
@@ -180,11 +186,11 @@ class Index:
             raise ValueError(f"converting the vectors to {dtype} overflows: {len(rows)} rows (first: row "
                              f"{int(rows[0])}) get Inf values; keep {self.dtype} or rescale the vectors")
         out = Index(vectors, self._ids, _checked=True)
+        out.deleted = self.deleted
         if self.graph is not None:
             out.set_graph(self.graph, self.graph_params)
         if self.codes is not None and dtype in (None, self.dtype):
             out.codes = self.codes  # codes of other values would be wrong: rebuild them
-        out.deleted = self.deleted
         return out
 
     def set_graph(self, neighbors: torch.Tensor, params: dict) -> None:
@@ -278,7 +284,7 @@ class Index:
 
     # ------------------------------------------------------------------ search
     def search(self, qnets: QNet, k: int, *, mode: str = "exact", backend: str = "auto",
-               block_size: int | None = None, num_threads: int | None = None,
+               block_size: int | None = None, num_threads: int | None = None, allow=None,
                **graph_options) -> SearchResult:
         """Top-``k`` documents for each q-net, best first.
 
@@ -298,10 +304,24 @@ class Index:
                 (:func:`engine.set_num_threads`). A call splits its work over threads only
                 when the work pays for the hand-off; it never changes a result. Other
                 backends ignore it (torch has ``torch.set_num_threads``).
+            allow: the documents each query may return (None: all). One allow-list for the
+                batch or a list of ``Q``, one per query; each a bitmap over rows (bool
+                tensor/ndarray ``(n,)``; ``(Q, n)`` for one per query) or a sequence of the
+                index's external ids (int or str as stored; row indices when the index has
+                no ids). Rows of :attr:`deleted` are never returned, with or without it.
+                Exact search returns the true top-k of the allowed rows; graph search
+                searches a query exactly when its allowed share of the index is under
+                ``filter_exact_below`` (a graph search parameter), and flags it in
+                ``stats.exact``. A query with fewer allowed rows than ``k`` gets padding.
+                See :mod:`engine.search.filters`.
 
         Returns:
             :class:`SearchResult` with ``scores`` (Q, k) float32 and ``ids`` (Q, k) int64 on
             the q-nets' device.
+
+        Raises:
+            TypeError / ValueError: a bad argument, including an allow-list of the wrong
+            kind or shape, or naming an id the index does not hold (ValueError).
         """
         import time
 
@@ -311,15 +331,24 @@ class Index:
         if self.vectors.device == qnets.device:
             check_pair(qnets, self.vectors)
         t0 = time.perf_counter()
+        rf = resolve_filter(self, allow, qnets.num_queries)
         if mode == "exact":
             if graph_options:
                 raise TypeError(f"unexpected options for exact search: {sorted(graph_options)}")
-            scores, ids = exact_search(qnets, self.vectors, int(k), backend=backend, block_size=block_size,
-                                       num_threads=num_threads)
             be = backends.get_backend(backend, qnets.device)
-            impl = "fused" if hasattr(be, "exact_topk") and self.vectors.device == qnets.device else "stream"
-            stats = SearchStats("exact", backends.backend_name(be), impl,
-                                documents_scored=len(self) * qnets.num_queries)
+            if rf is None:
+                scores, ids = exact_search(qnets, self.vectors, int(k), backend=backend, block_size=block_size,
+                                           num_threads=num_threads)
+                impl = "fused" if hasattr(be, "exact_topk") and self.vectors.device == qnets.device else "stream"
+                scored = len(self) * qnets.num_queries
+            else:
+                check_block_size(block_size, len(self))
+                scores, ids = filtered_exact_search(qnets, self.vectors, int(k), rf, backend=backend,
+                                                    block_size=block_size, num_threads=num_threads)
+                impl = "filtered-" + filter_strategy(rf, len(self), self.vectors.device == qnets.device)
+                scored = int(rf.counts.sum()) if impl == "filtered-gather" else len(self) * qnets.num_queries
+            stats = SearchStats("exact", backends.backend_name(be), impl, documents_scored=scored,
+                                filtered=rf is not None, exact=[True] * qnets.num_queries)
         else:
             if block_size is not None:
                 raise TypeError("block_size applies to exact search only")
@@ -328,8 +357,8 @@ class Index:
             from .graph.search import graph_search
 
             scores, ids, st = graph_search(self, qnets, int(k), backend=backend, num_threads=num_threads,
-                                           **graph_options)
-            stats = SearchStats("graph", **st)
+                                           allow=rf, **graph_options)
+            stats = SearchStats("graph", **st, filtered=rf is not None, exact=list(st["per_query"].exact))
         if qnets.device.type == "cuda":
             torch.cuda.synchronize(qnets.device)
         stats.seconds = time.perf_counter() - t0

@@ -21,6 +21,11 @@ class SearchStats:
     were scanned), steps (mean beam steps per query), fallbacks (queries whose q-net had a
     degenerate gradient), per_query (the counters of each query) and params (the typed
     search parameters used).
+    filtered: whether an allow-list or the index's deleted rows restricted the search.
+    exact: per query (a list of Q bools), whether its results are the exact top-k of the
+    rows it may return: always True for exact search; for graph search True where a
+    filter sent the query to exact search (see ``filter_exact_below``), False where the
+    results are the graph search's approximation.
     """
 
     mode: str
@@ -37,6 +42,8 @@ class SearchStats:
     fallbacks: int = 0
     per_query: object | None = None
     params: object | None = None
+    filtered: bool = False
+    exact: list | None = None
 
 
 @dataclass

@@ -96,15 +96,18 @@ def base_args(name, Q, n, d, L, rng):
         a = qnet(rng, max(Q, 1), dims)
         one = rng.integers(0, max(n, 1), 5) if n else np.zeros(0, np.int64)
         return dict(a, q=0, vectors=vec, ids=one, out=np.zeros(one.shape, np.float32))
+    # allow: None, one bitmap for all queries or one per query
+    allow = [None, (rng.random((1, n)) < 0.5).astype(np.uint8), (rng.random((Q, n)) < 0.5).astype(np.uint8)][
+        int(rng.integers(3))]
     if name == "graph_paper_search":
         ent = np.arange(min(n, 8), dtype=np.int64)
         return dict(a, vectors=vec, graph=graph, entries=ent, k=5, ncandidates=4, max_iter=3, early_stop=True,
-                    num_threads=2)
+                    num_threads=2, allow=allow)
     if name == "graph_default_search":
         return dict(a, vectors=vec, graph=graph, mean=vec.mean(0) if n else np.zeros(d, np.float32),
                     samples=np.arange(min(n, 8), dtype=np.int64), codes=codes_tuple(rng, n, d) if n else None,
                     k=5, ef=8, ef_lin=8, width=2, max_steps=4, passes=2, shortlist=8, rerank=16,
-                    bf16=bool(rng.integers(2)), num_threads=2)
+                    bf16=bool(rng.integers(2)), num_threads=2, allow=allow)
     if name == "graph_linear_topk":
         return {"vectors": vec, "w": w, "m": 5, "num_threads": 2}
     if name == "graph_rows_topk":
@@ -253,7 +256,8 @@ def keep_isa():
 def test_valid_arguments_succeed(name, sz):
     """The fuzzers' starting points are valid: every call succeeds, with sane results."""
     Q, n, d, L, rng = sz
-    out = call(name, base_args(name, Q, n, d, L, rng))
+    args = base_args(name, Q, n, d, L, rng)
+    out = call(name, args)
     if name == "cpu_exact_topk":
         s, i = out
         assert s.shape == i.shape == (Q, 5) and ((i >= -1) & (i < max(n, 1))).all()
@@ -261,6 +265,10 @@ def test_valid_arguments_succeed(name, sz):
         s, i, stats = out
         assert s.shape == i.shape == (Q, 5) and stats.shape == (Q, 5)
         assert ((i >= -1) & (i < max(n, 1))).all()
+        allow = args["allow"]
+        if allow is not None and n:  # only allowed documents are returned
+            bits = np.broadcast_to(allow, (Q, n)).astype(bool)
+            assert all(bits[q, j] for q in range(Q) for j in i[q] if j >= 0)
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)

@@ -46,6 +46,22 @@ const int64_t* parse_ids(const py::array& a, const char* name, std::vector<int64
   return p;
 }
 
+// The allow bitmap of a batch of Q queries: None, or uint8 (1, n) (all queries) or (Q, n).
+graph::AllowView parse_allow(const py::object& a, int64_t Q, int64_t n) {
+  graph::AllowView av;
+  if (a.is_none()) return av;
+  const py::array arr = a.cast<py::array>();
+  check_kind(arr, "allow", Kind::U8);
+  check_shape(arr, "allow", {-1, n});
+  if (arr.shape(0) != 1 && arr.shape(0) != Q)
+    throw std::invalid_argument("allow: expected 1 or " + std::to_string(Q) + " rows, got " +
+                                std::to_string(arr.shape(0)));
+  av.bits = static_cast<const uint8_t*>(arr.data());
+  av.n = n;
+  av.per_query = arr.shape(0) != 1;
+  return av;
+}
+
 const float* parse_finite(const py::array& a, const char* name, std::vector<int64_t> shape) {
   check_kind(a, name, Kind::F32);
   check_shape(a, name, shape);
@@ -138,12 +154,13 @@ void raise_bad_graph(bool ok, int64_t n) {
 
 py::tuple py_paper_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
                           py::array entries, int64_t k, int64_t ncandidates, int64_t max_iter, bool early_stop,
-                          int num_threads) {
+                          int num_threads, py::object allow) {
   QNetArgs h;
   parse_qnet(h, weights, biases, flags);
   const VectorsView v = parse_vectors(vectors, h.dims[0]);
   const GraphView g = parse_graph(graph, v.n);
   const int64_t* ent = parse_ids(entries, "entries", {-1}, v.n);
+  const graph::AllowView av = parse_allow(allow, h.view.num_queries, v.n);
   graph::PaperParams p;
   p.k = k_arg(k);
   p.ncandidates = bounded(ncandidates, "ncandidates", v.n);
@@ -153,7 +170,7 @@ py::tuple py_paper_search(py::list weights, py::list biases, py::dict flags, py:
   Output out(h.view.num_queries, p.k);
   const bool ok = native_call([&] {
     h.widen();
-    return graph::paper_search(h.view, v, g, ent, entries.shape(0), p, nt, out.view, out.st.data());
+    return graph::paper_search(h.view, v, g, ent, entries.shape(0), av, p, nt, out.view, out.st.data());
   });
   raise_bad_graph(ok, v.n);
   return out.result();
@@ -162,13 +179,14 @@ py::tuple py_paper_search(py::list weights, py::list biases, py::dict flags, py:
 py::tuple py_default_search(py::list weights, py::list biases, py::dict flags, py::array vectors, py::array graph,
                             py::array mean, py::array samples, py::object codes, int64_t k, int64_t ef,
                             int64_t ef_lin, int64_t width, int64_t max_steps, int64_t passes, int64_t shortlist,
-                            int64_t rerank, bool bf16, int num_threads) {
+                            int64_t rerank, bool bf16, int num_threads, py::object allow) {
   QNetArgs h;
   parse_qnet(h, weights, biases, flags);
   const VectorsView v = parse_vectors(vectors, h.dims[0]);
   const GraphView g = parse_graph(graph, v.n);
   const float* mp = parse_finite(mean, "mean", {v.d});
   const int64_t* sp = parse_ids(samples, "samples", {-1}, v.n);
+  const graph::AllowView av = parse_allow(allow, h.view.num_queries, v.n);
   CodesView cv;
   graph::DefaultParams p;
   if (!codes.is_none()) {
@@ -189,7 +207,7 @@ py::tuple py_default_search(py::list weights, py::list biases, py::dict flags, p
   Output out(h.view.num_queries, p.k);
   const bool ok = native_call([&] {
     h.widen();
-    return graph::default_search(h.view, v, g, p.use_codes ? &cv : nullptr, mp, sp, samples.shape(0), p, nt,
+    return graph::default_search(h.view, v, g, p.use_codes ? &cv : nullptr, mp, sp, samples.shape(0), av, p, nt,
                                  out.view, out.st.data());
   });
   raise_bad_graph(ok, v.n);
@@ -311,14 +329,17 @@ py::tuple py_linearize(py::list weights, py::list biases, py::dict flags, py::ar
 void register_graph(py::module_& m) {
   m.def("graph_paper_search", &py_paper_search, py::arg("weights"), py::arg("biases"), py::arg("flags"),
         py::arg("vectors"), py::arg("graph"), py::arg("entries"), py::arg("k"), py::arg("ncandidates"),
-        py::arg("max_iter"), py::arg("early_stop"), py::arg("num_threads"),
-        "The paper's graph search: (scores (Q, k), ids (Q, k), stats (Q, 5) int64).");
+        py::arg("max_iter"), py::arg("early_stop"), py::arg("num_threads"), py::arg("allow") = py::none(),
+        "The paper's graph search: (scores (Q, k), ids (Q, k), stats (Q, 5) int64); allow: None or uint8 (1 or Q, "
+        "n), nonzero = a document the query may return.");
   m.def("graph_default_search", &py_default_search, py::arg("weights"), py::arg("biases"), py::arg("flags"),
         py::arg("vectors"), py::arg("graph"), py::arg("mean"), py::arg("samples"), py::arg("codes"), py::arg("k"),
         py::arg("ef"), py::arg("ef_lin"), py::arg("width"), py::arg("max_steps"), py::arg("passes"),
         py::arg("shortlist"), py::arg("rerank"), py::arg("bf16"), py::arg("num_threads"),
+        py::arg("allow") = py::none(),
         "The default graph search of a query batch: (scores (Q, k), ids (Q, k), stats (Q, 5) int64: scored, "
-        "steps, linear rows, coded rows, fallback).");
+        "steps, linear rows, coded rows, fallback); allow: None or uint8 (1 or Q, n), nonzero = a document the "
+        "query may return.");
   m.def("graph_linear_topk", &py_linear_topk, py::arg("vectors"), py::arg("w"), py::arg("m"), py::arg("num_threads"),
         "Exact top-m by x . w_q over all rows: (scores (Q, min(m, n)), ids), best first, ties to the lower id.");
   m.def("graph_rows_topk", &py_rows_topk, py::arg("vectors"), py::arg("ids"), py::arg("w"), py::arg("m"),

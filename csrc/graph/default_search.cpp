@@ -13,10 +13,13 @@ namespace graph {
 namespace {
 
 // A best-first beam: a list of at most `ef` scored documents, best first; each step
-// takes the `width` best unexpanded ones and scores their unvisited neighbours.
+// takes the `width` best unexpanded ones and scores their unvisited neighbours. With an
+// allow bitmap the walk still goes through every document, and the results are a second
+// list of the best `ef` allowed documents scored.
 class Beam {
  public:
-  Beam(const GraphView& g, Visited& vis, int64_t ef, int64_t width) : g_(g), vis_(vis), ef_(ef), width_(width) {}
+  Beam(const GraphView& g, Visited& vis, int64_t ef, int64_t width, const uint8_t* allow)
+      : g_(g), vis_(vis), ef_(ef), width_(width), allow_(allow) {}
 
   // Scores the documents of ids[0..m) not yet visited and merges them into the list.
   template <class Score>
@@ -44,21 +47,24 @@ class Beam {
     }
   }
 
-  // Scores every entry of the list again (with an exact q-net after a bf16 search) and
-  // sorts it again.
+  // Scores every entry of the results again (with an exact q-net after a bf16 search)
+  // and sorts them again.
   template <class Score>
   void rescore(Score& score) {
-    const int64_t m = static_cast<int64_t>(list_.size());
+    std::vector<Entry>& r = allow_ ? res_ : list_;
+    const int64_t m = static_cast<int64_t>(r.size());
     if (m == 0) return;
     fresh_.resize(m);
     sc_.resize(m);
-    for (int64_t j = 0; j < m; ++j) fresh_[j] = list_[j].id;
+    for (int64_t j = 0; j < m; ++j) fresh_[j] = r[j].id;
     score(fresh_.data(), m, sc_.data());
-    for (int64_t j = 0; j < m; ++j) list_[j].s = sc_[j];
-    std::sort(list_.begin(), list_.end(), better<Entry>);
+    for (int64_t j = 0; j < m; ++j) r[j].s = sc_[j];
+    std::sort(r.begin(), r.end(), better<Entry>);
   }
 
   const std::vector<Entry>& list() const { return list_; }
+  // What the search returns: the walk's list, or the allowed documents met.
+  const std::vector<Entry>& results() const { return allow_ ? res_ : list_; }
   int64_t scored() const { return scored_; }
   int64_t steps() const { return steps_; }
   bool graph_ok() const { return ok_; }
@@ -72,15 +78,25 @@ class Beam {
     score(fresh_.data(), m, sc_.data());
     scored_ += m;
     for (int64_t j = 0; j < m; ++j) list_.push_back(Entry{sc_[j], fresh_[j], false});
-    const int64_t keep = std::min<int64_t>(ef_, static_cast<int64_t>(list_.size()));
-    std::partial_sort(list_.begin(), list_.begin() + keep, list_.end(), better<Entry>);
-    list_.resize(keep);
+    cut(list_);
+    if (allow_) {
+      for (int64_t j = 0; j < m; ++j)
+        if (allow_[fresh_[j]]) res_.push_back(Entry{sc_[j], fresh_[j], false});
+      cut(res_);
+    }
+  }
+
+  void cut(std::vector<Entry>& l) const {
+    const int64_t keep = std::min<int64_t>(ef_, static_cast<int64_t>(l.size()));
+    std::partial_sort(l.begin(), l.begin() + keep, l.end(), better<Entry>);
+    l.resize(keep);
   }
 
   const GraphView& g_;
   Visited& vis_;
   int64_t ef_, width_;
-  std::vector<Entry> list_;
+  const uint8_t* allow_;
+  std::vector<Entry> list_, res_;
   std::vector<int64_t> fresh_;
   std::vector<float> sc_;
   int64_t scored_ = 0, steps_ = 0;
@@ -98,8 +114,8 @@ bool direction(const QNetView& qn, int64_t q, const float* at, float* w, Lineari
 }  // namespace
 
 bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g, const CodesView* codes,
-                    const float* mean, const int64_t* samples, int64_t nsamples, const DefaultParams& p,
-                    int threads, const ResultView& out, QueryStats* stats) {
+                    const float* mean, const int64_t* samples, int64_t nsamples, const AllowView& allow,
+                    const DefaultParams& p, int threads, const ResultView& out, QueryStats* stats) {
   const int64_t Q = qn.num_queries, d = v.d;
   const cpu::ScanOps& ops = cpu::scan_ops(active_isa());
   const cpu::KernelOps& kops = cpu::kernel_ops(active_isa());
@@ -128,15 +144,16 @@ bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g
       auto score = [&](const int64_t* x, int64_t m, float* o) { score_ids(net, v, x, m, o, sp.inner); };
       vis.next();
       QueryStats st;
-      Beam beam(g, vis, ef_q, p.width);
+      const uint8_t* al = allow.row(q);
+      Beam beam(g, vis, ef_q, p.width, al);
       lin.clear();
       if (direction(qn, q, mean, w.data(), ls, st.fallback)) {
         if (p.use_codes) {
-          codes_topk(ops, *codes, v, w.data(), p.rerank, keep, sp.inner, lin);
+          codes_topk(ops, *codes, v, w.data(), p.rerank, keep, sp.inner, lin, al);
           st.coded_rows += v.n;
           st.linear_rows += std::min(std::max(p.rerank, keep), v.n);
         } else {
-          linear_topk(ops, v, w.data(), keep, sp.inner, lin);
+          linear_topk(ops, v, w.data(), keep, sp.inner, lin, al);
           st.linear_rows += v.n;
         }
         ids.clear();
@@ -170,7 +187,7 @@ bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g
       if (!beam.graph_ok()) ok.store(false, std::memory_order_relaxed);
       st.scored = beam.scored();
       st.steps = beam.steps();
-      out.write(q, beam.list(), std::min<int64_t>(p.k, static_cast<int64_t>(beam.list().size())));
+      out.write(q, beam.results(), std::min<int64_t>(p.k, static_cast<int64_t>(beam.results().size())));
       stats[q] = st;
   });
   return ok.load();

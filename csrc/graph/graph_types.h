@@ -21,6 +21,15 @@ struct GraphView {
   int64_t n = 0, R = 0;
 };
 
+// Which documents a query may return: none (every one), one bitmap (n,) for all queries,
+// or one per query ((Q, n) row-major); nonzero = allowed.
+struct AllowView {
+  const uint8_t* bits = nullptr;
+  int64_t n = 0;
+  bool per_query = false;
+  const uint8_t* row(int64_t q) const { return bits ? bits + (per_query ? q * n : 0) : nullptr; }
+};
+
 // Visited marks by epoch: a new query bumps the epoch instead of clearing n entries.
 struct Visited {
   std::vector<uint32_t> mark;

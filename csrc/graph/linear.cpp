@@ -23,7 +23,7 @@ void best_of(std::vector<Item>& all, int64_t m, std::vector<Scored>& out) {
 }  // namespace
 
 void linear_topk(const cpu::ScanOps& ops, const VectorsView& v, const float* w, int64_t m, int threads,
-                 std::vector<Scored>& out) {
+                 std::vector<Scored>& out, const uint8_t* allow) {
   out.clear();
   if (v.n == 0 || m <= 0) return;
   constexpr int64_t kChunk = 2048;  // rows per scheduled task: many per thread at 1M rows
@@ -42,7 +42,8 @@ void linear_topk(const cpu::ScanOps& ops, const VectorsView& v, const float* w, 
     const int64_t lo = c * kChunk, hi = std::min(v.n, lo + kChunk);
     std::iota(me.rows.begin(), me.rows.begin() + (hi - lo), lo);
     ops.dots(v.dtype, v.data, v.d, me.rows.data(), hi - lo, w, me.sc.data());
-    for (int64_t r = 0; r < hi - lo; ++r) me.top.offer(me.sc[r], lo + r);
+    for (int64_t r = 0; r < hi - lo; ++r)
+      if (!allow || allow[lo + r]) me.top.offer(me.sc[r], lo + r);
   });
   std::vector<TopM<float>::Item> all;
   for (auto& t : mine.all())
@@ -99,7 +100,7 @@ void build_lut(const CodesView& c, const float* w, uint8_t* lut) {
 }
 
 void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& v, const float* w,
-                int64_t rerank, int64_t m, int threads, std::vector<Scored>& out) {
+                int64_t rerank, int64_t m, int threads, std::vector<Scored>& out, const uint8_t* allow) {
   out.clear();
   if (c.n == 0 || m <= 0) return;
   rerank = std::min(c.n, std::max(rerank, m));
@@ -122,7 +123,9 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
     uint16_t* s = sums.data() + b0 * cpu::kCodeBlock;
     ops.lut_scan(c.codes + b0 * pairs * cpu::kCodeBlock, nb, c.nsub, lut.data(), s);
     const int64_t count = std::min(nb * cpu::kCodeBlock, c.n - b0 * cpu::kCodeBlock);
-    for (int64_t i = 0; i < count; ++i) ++h[s[i]];
+    const int64_t first = b0 * cpu::kCodeBlock;
+    for (int64_t i = 0; i < count; ++i)
+      if (!allow || allow[first + i]) ++h[s[i]];
   });
   int64_t above = 0, cut = kBins - 1;
   for (; cut > 0; --cut) {
@@ -140,6 +143,7 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
   parallel_tasks(nt, chunks, [&](int, int64_t ch) {
     const int64_t lo = ch * kChunkBlocks * cpu::kCodeBlock, hi = std::min(c.n, lo + kChunkBlocks * cpu::kCodeBlock);
     for (int64_t i = lo; i < hi; ++i) {
+      if (allow && !allow[i]) continue;
       const uint16_t si = sums[i];
       if (si >= thr) (si > thr ? over[ch] : equal[ch]).push_back(i);
     }

@@ -44,8 +44,9 @@ struct TopM {
 
 // Exact top-m by x . w over all n rows of v, best first, ties to the lower id (`threads`
 // threads over row chunks). Every row's value is ops.dots's.
+// `allow` (optional, (n,) nonzero = allowed): only allowed rows are offered.
 void linear_topk(const cpu::ScanOps& ops, const VectorsView& v, const float* w, int64_t m, int threads,
-                 std::vector<Scored>& out);
+                 std::vector<Scored>& out, const uint8_t* allow = nullptr);
 
 // As linear_topk over the rows ids[0..S) only (distinct, in [0, n)).
 void rows_topk(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* ids, int64_t S, const float* w,
@@ -68,8 +69,9 @@ struct CodesView {
 
 // Approximate top-m: the `rerank` documents with the largest code estimate of x . w
 // (ties to the lower id), then the exact x . w of those, keeping the best m, best first.
+// `allow` (optional): only allowed documents are selected.
 void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& v, const float* w,
-                int64_t rerank, int64_t m, int threads, std::vector<Scored>& out);
+                int64_t rerank, int64_t m, int threads, std::vector<Scored>& out, const uint8_t* allow = nullptr);
 
 // The uint8 lookup tables of w (nsub x 16): sub-code j's entry e estimates the part of
 // (x - mean) . w of the coordinates it holds, shifted and scaled so that every entry is in

@@ -8,7 +8,7 @@ namespace hyp {
 namespace graph {
 
 bool paper_search(const QNetView& qn, const VectorsView& v, const GraphView& g, const int64_t* entries, int64_t E,
-                  const PaperParams& p, int threads, const ResultView& out, QueryStats* stats) {
+                  const AllowView& allow, const PaperParams& p, int threads, const ResultView& out, QueryStats* stats) {
   const int64_t Q = qn.num_queries;
   std::atomic<bool> ok{true};
   const Split sp = split_threads(Q, threads);
@@ -26,6 +26,7 @@ bool paper_search(const QNetView& qn, const VectorsView& v, const GraphView& g, 
       std::vector<float>& sc = S.sc;
       std::vector<Scored>&items = S.items, &heap = S.heap;
       PackedQNet net(qn, q);
+      const uint8_t* al = allow.row(q);
       vis.next();
       cand.clear();
       for (int64_t i = 0; i < E; ++i)
@@ -49,7 +50,9 @@ bool paper_search(const QNetView& qn, const VectorsView& v, const GraphView& g, 
         int64_t added = 0;
         for (int64_t r = 0; r < T; ++r) {
           const Scored& x = items[r];
-          if (static_cast<int64_t>(heap.size()) < p.k) {
+          if (al && !al[x.id]) {
+            // not a result, but still a way through the graph
+          } else if (static_cast<int64_t>(heap.size()) < p.k) {
             heap.push_back(x);
             std::push_heap(heap.begin(), heap.end(), heap_cmp);
             ++added;

@@ -31,8 +31,9 @@ struct PaperParams {
 };
 
 // Returns false when the graph holds a neighbour id outside [-1, n).
+// Only documents that `allow` admits enter the results (the walk goes through all).
 bool paper_search(const QNetView& qn, const VectorsView& v, const GraphView& g, const int64_t* entries, int64_t E,
-                  const PaperParams& p, int threads, const ResultView& out, QueryStats* stats);
+                  const AllowView& allow, const PaperParams& p, int threads, const ResultView& out, QueryStats* stats);
 
 // The default: linearise the q-net at the corpus mean in closed form, take the documents
 // with the largest x . w (from the codes and an exact re-rank, or an exact scan), score
@@ -40,6 +41,8 @@ bool paper_search(const QNetView& qn, const VectorsView& v, const GraphView& g, 
 // graph (list ef, `width` expansions per step); with passes = 2, linearise again at the
 // best document found and continue from the best ef_lin of the first list (its top
 // `shortlist`) under the new direction. See engine/graph/default.py for the rationale.
+// With `allow`, the linear candidates are the allowed documents only, the beam walks
+// through every document and only allowed ones enter the results.
 struct DefaultParams {
   int64_t k = 10, ef = 32, ef_lin = 128, width = 4, max_steps = 256, passes = 2;
   int64_t shortlist = 0;  // rows of the first linear list kept for the second pass
@@ -49,7 +52,8 @@ struct DefaultParams {
 };
 
 bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g, const CodesView* codes,
-                    const float* mean, const int64_t* samples, int64_t nsamples, const DefaultParams& p,
+                    const float* mean, const int64_t* samples, int64_t nsamples, const AllowView& allow,
+                    const DefaultParams& p,
                     int threads, const ResultView& out, QueryStats* stats);
 
 }  // namespace graph

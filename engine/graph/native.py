@@ -55,12 +55,17 @@ def _result(out):
     return torch.from_numpy(s), torch.from_numpy(i), counters
 
 
-def paper_search(index, qnets, k: int, p, num_threads: int):
+def _allow(allow):
+    """The allow bitmap (None, or bool (1 or Q, n)) as the uint8 array of _C."""
+    return None if allow is None else allow.contiguous().view(torch.uint8).numpy()
+
+
+def paper_search(index, qnets, k: int, p, num_threads: int, allow=None):
     _C, _ = _module()
     w, b, flags = _qnet_args(qnets.weights, qnets.biases, qnets.config).values()
     ent = entry_points(index, p.num_entry_points)
     return _result(_C.graph_paper_search(w, b, flags, to_numpy(index.vectors), _graph(index), to_numpy(ent), int(k),
-                                         p.ncandidates, p.max_iter, p.early_stop, num_threads))
+                                         p.ncandidates, p.max_iter, p.early_stop, num_threads, _allow(allow)))
 
 
 def bf16_dot() -> bool:
@@ -76,7 +81,7 @@ def bf16_candidates(weight_dtype, vector_dtype) -> bool:
     return bf16_requested(weight_dtype, vector_dtype) and bf16_dot()
 
 
-def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, num_threads: int):
+def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, num_threads: int, allow=None):
     _C, _ = _module()
     w, b, flags = _qnet_args(qnets.weights, qnets.biases, qnets.config).values()
     n = len(index)
@@ -87,4 +92,4 @@ def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, num_thr
     samples = entry_points(index, p.num_samples, salt=1)
     return _result(_C.graph_default_search(
         w, b, flags, to_numpy(index.vectors), _graph(index), to_numpy(corpus_mean(index)), to_numpy(samples), codes,
-        int(k), p.ef, ef_lin, p.width, p.max_steps, p.passes, keep, rerank, bool(bf16), num_threads))
+        int(k), p.ef, ef_lin, p.width, p.max_steps, p.passes, keep, rerank, bool(bf16), num_threads, _allow(allow)))

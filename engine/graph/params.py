@@ -13,6 +13,13 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 CANDIDATES = ("auto", "codes", "scan")
+
+# Filtered search: below this share of the index allowed for a query, the query is
+# searched exactly over its allowed rows (measured by bench/bench_filter.py on the Debian
+# set: filtered graph recall@10 against filtered exact search over selectivities; see
+# docs/search.md).
+FILTER_EXACT_BELOW_DEFAULT = 0.03
+FILTER_EXACT_BELOW_PAPER = 0.3
 PRECISIONS = ("auto", "exact", "bf16")
 
 
@@ -57,6 +64,10 @@ class DefaultSearchParams:
     shortlist: rows of the first linear list kept for the second pass, as a share of n
         (at least ``8 * ef_lin``).
     num_samples: documents scored when a q-net has no usable direction at all.
+    filter_exact_below: with an allow-list or deleted rows, a query whose allowed rows are
+        fewer than this share of the index (0..1) is searched exactly over them instead:
+        a selective filter leaves the graph walk too few allowed documents to find the
+        top-k (docs/search.md has the measurement behind the default); 0 never, 1 always.
     precision: how candidates are scored by the q-net during the search: ``"exact"``
         (float32 arithmetic on the stored values), ``"bf16"`` (weights and activations
         rounded to bfloat16, about twice the throughput where the CPU has a bf16 dot product;
@@ -79,6 +90,7 @@ class DefaultSearchParams:
     shortlist: float = 0.001
     num_samples: int = 1024
     precision: str = "auto"
+    filter_exact_below: float = FILTER_EXACT_BELOW_DEFAULT
 
     def __post_init__(self):
         _int("ef", self.ef)
@@ -97,6 +109,7 @@ class DefaultSearchParams:
         _int("num_samples", self.num_samples)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _number("filter_exact_below", self.filter_exact_below, 0.0, 1.0)
 
     def ef_lin(self) -> int:
         return max(1, int(math.ceil(self.lin_factor * self.ef)))
@@ -114,12 +127,15 @@ class DefaultSearchParams:
 
 @dataclass(frozen=True)
 class PaperSearchParams:
-    """The paper's algorithm (``preset="paper"``), with the official code's defaults."""
+    """The paper's algorithm (``preset="paper"``), with the official code's defaults.
+
+    filter_exact_below: as for :class:`DefaultSearchParams` (its own measured default)."""
 
     num_entry_points: int = 10_000
     ncandidates: int = 50
     max_iter: int = 16
     early_stop: bool = True
+    filter_exact_below: float = FILTER_EXACT_BELOW_PAPER
 
     def __post_init__(self):
         _int("num_entry_points", self.num_entry_points)
@@ -127,6 +143,7 @@ class PaperSearchParams:
         _int("max_iter", self.max_iter)
         if not isinstance(self.early_stop, bool):
             raise TypeError(f"early_stop must be a bool, got {type(self.early_stop).__name__}")
+        _number("filter_exact_below", self.filter_exact_below, 0.0, 1.0)
 
 
 PRESETS = {"default": DefaultSearchParams, "paper": PaperSearchParams}
@@ -159,3 +176,4 @@ class PerQuery:
     linear_rows: list = field(default_factory=list)
     coded_rows: list = field(default_factory=list)
     fallback: list = field(default_factory=list)
+    exact: list = field(default_factory=list)  # True: searched exactly over its allowed rows (a filter)

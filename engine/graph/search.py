@@ -26,6 +26,13 @@ native one for CPU tensors when the backend is ``"auto"`` or ``"cpu"``, the torc
 otherwise; an explicit conflict (``impl="native"`` with ``backend="torch"``, or with
 CUDA tensors) raises.
 
+Filters (``allow``, a :class:`engine.search.filters.RowFilter`: allow-lists and deleted
+rows): the walk goes through every document, only allowed ones enter the results, and
+the linear candidates are allowed rows only. A query whose allowed share of the index is
+under ``filter_exact_below`` is searched exactly over its allowed rows instead, and so is
+a query whose graph search returned fewer than ``min(k, allowed)`` results; such queries
+are flagged ``exact`` in the per-query stats.
+
 Path of a default search on CPU: ``Index.search`` (validation) -> this module (typed
 parameters from :mod:`.params`, the implementation chosen once) -> :mod:`.native` (numpy
 views of the arrays, the index's cached entry points and mean from :mod:`.common`) -> one
@@ -43,6 +50,44 @@ from . import native, torch_impl
 from .params import PerQuery, make_params
 
 IMPLS = ("auto", "native", "torch")
+_COUNTERS = ("documents_scored", "steps", "linear_rows", "coded_rows", "fallback")
+
+
+def _filtered(run, index, qnets, k: int, rf, exact_below: float, backend: str, num_threads: int):
+    """A filtered graph search: the graph for the queries whose allowed share reaches
+    ``exact_below``, exact search over the allowed rows for the others and for those the
+    graph left short of ``min(k, allowed)`` results. Returns ``(scores, ids, counters,
+    exact (Q,) bool)``."""
+    from ..search.filtered import filtered_exact_search
+
+    Q, n, dev = qnets.num_queries, len(index), qnets.device
+    s = torch.full((Q, k), float("-inf"), device=dev)
+    i = torch.full((Q, k), -1, dtype=torch.int64, device=dev)
+    counters = {f: torch.zeros(Q, dtype=torch.int64) for f in _COUNTERS}
+    counts = rf.counts
+    exact = (counts.double() < exact_below * n) | (counts <= k)
+
+    def part(sel):  # the q-nets and filter of some queries (no copy when all)
+        if sel.numel() == Q:
+            return qnets, rf
+        return qnets[sel.to(dev)], rf.select(sel)
+
+    g = (~exact).nonzero()[:, 0]
+    if g.numel():
+        gs, gi, gc = run(*part(g))
+        s[g.to(dev)], i[g.to(dev)] = gs.to(dev), gi.to(dev)
+        for f in _COUNTERS:
+            counters[f][g] = gc[f].cpu()
+        filled = (gi >= 0).sum(1).cpu()
+        exact[g[filled < counts[g].clamp_max(k)]] = True  # the walk met too few allowed documents
+    e = exact.nonzero()[:, 0]
+    if e.numel():
+        qe, rfe = part(e)
+        es, ei = filtered_exact_search(qe, index.vectors, k, rfe, backend=backend,
+                                       num_threads=num_threads if backend == "cpu" else None)
+        s[e.to(dev)], i[e.to(dev)] = es, ei
+        counters["documents_scored"][e] += counts[e]
+    return s, i, counters, exact
 
 
 def _choose(impl: str, backend: str, device: torch.device):
@@ -67,7 +112,7 @@ def _choose(impl: str, backend: str, device: torch.device):
 
 
 def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "auto", preset: str = "default",
-                 params=None, num_threads: int | None = None, **options):
+                 params=None, num_threads: int | None = None, allow=None, **options):
     """Approximate top-``k`` of ``index`` for every q-net over its neighbour graph.
 
     Args:
@@ -80,6 +125,8 @@ def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "au
             options of the same names (``ef=64``).
         num_threads: threads of the native implementation (None: the engine-wide
             number, :mod:`engine.threads`).
+        allow: None or a :class:`engine.search.filters.RowFilter` (validated by the
+            caller): the rows each query may return.
 
     Returns:
         ``(scores (Q, k) float32, ids (Q, k) int64, stats dict)``: unfilled slots hold
@@ -109,20 +156,24 @@ def graph_search(index, qnets, k: int, *, backend: str = "auto", impl: str = "au
         if candidates == "codes" and getattr(index, "codes", None) is None:
             raise ValueError("candidates='codes' needs the index's codes: build them with index.build_codes() "
                              "(index.build_graph() builds both)")
+    def run(qn, rf):
+        mask = None if rf is None else rf.mask
+        if preset == "paper":
+            return mod.paper_search(index, qn, k, p, nt if be is None else be, allow=mask)
+        return mod.default_search(index, qn, k, p, candidates == "codes", precision == "bf16",
+                                  nt if be is None else be, allow=mask)
+
+    exact = torch.zeros(Q, dtype=torch.bool)
     if Q == 0 or n == 0:  # nothing to search: what exact search returns
         s = torch.full((Q, k), float("-inf"), device=qnets.device)
         i = torch.full((Q, k), -1, dtype=torch.int64, device=qnets.device)
         zero = torch.zeros(Q, dtype=torch.int64)
-        counters = {f: zero for f in ("documents_scored", "steps", "linear_rows", "coded_rows", "fallback")}
-    elif preset == "paper":
-        run = mod.paper_search
-        s, i, counters = run(index, qnets, k, p, nt if be is None else be)
+        counters = {f: zero for f in _COUNTERS}
+    elif allow is None:
+        s, i, counters = run(qnets, None)
     else:
-        use_codes = candidates == "codes"
-        s, i, counters = mod.default_search(index, qnets, k, p, use_codes, precision == "bf16",
-                                            nt if be is None else be)
-    per = PerQuery(**{f: counters[f].cpu().tolist() for f in ("documents_scored", "steps", "linear_rows",
-                                                              "coded_rows", "fallback")})
+        s, i, counters, exact = _filtered(run, index, qnets, k, allow, p.filter_exact_below, be_name, nt)
+    per = PerQuery(**{f: counters[f].cpu().tolist() for f in _COUNTERS}, exact=exact.tolist())
     stats = {
         "preset": preset,
         "impl": mod.NAME,

@@ -21,9 +21,17 @@ from ..native_args import precision_scope
 NAME = "torch"
 
 
-def linear_topk(vectors: torch.Tensor, w: torch.Tensor, m: int, block: int | None = None) -> torch.Tensor:
+def _allowed(allow, ids):
+    """Whether each id (-1: padding, not allowed) is in ``allow`` ((1 or Q, n) bool)."""
+    a = allow.expand(ids.shape[0], -1) if allow.shape[0] == 1 else allow
+    return torch.gather(a, 1, ids.clamp_min(0)) & (ids >= 0)
+
+
+def linear_topk(vectors: torch.Tensor, w: torch.Tensor, m: int, block: int | None = None,
+                allow: torch.Tensor | None = None) -> torch.Tensor:
     """Ids ``(Q, min(m, n))`` of the rows with the largest ``x . w_q``, best first, ties by
-    lower id: blocks as large as a score budget allows, each keeping its best m, one merge."""
+    lower id: blocks as large as a score budget allows, each keeping its best m, one merge.
+    ``allow`` ((1 or Q, n) bool): only allowed rows, -1 padding after them."""
     Q, n = w.shape[0], vectors.shape[0]
     m = min(m, n)
     if block is None:
@@ -37,6 +45,9 @@ def linear_topk(vectors: torch.Tensor, w: torch.Tensor, m: int, block: int | Non
         else:
             sc = w @ xb.float().T
         ids = torch.arange(s0, s0 + xb.shape[0], device=w.device).expand(Q, -1)
+        if allow is not None:
+            ok = allow[:, s0 : s0 + xb.shape[0]].expand(Q, -1)
+            sc, ids = sc.masked_fill(~ok, float("-inf")), torch.where(ok, ids, torch.full_like(ids, -1))
         if sc.shape[1] > m:  # the block's own best m (by key): all that can reach the top m
             sc, ids = sort_by_key(sc, ids)
             sc, ids = sc[:, :m], ids[:, :m]
@@ -50,9 +61,9 @@ def linear_topk(vectors: torch.Tensor, w: torch.Tensor, m: int, block: int | Non
 
 def rows_topk(vectors: torch.Tensor, ids: torch.Tensor, w: torch.Tensor, m: int,
               budget: int = 1 << 25) -> torch.Tensor:
-    """Ids ``(Q, min(m, S))`` of the rows among ``ids[q]`` ((Q, S), distinct) with the
-    largest ``x . w_q``, best first, ties by lower id; queries in groups of at most
-    ``budget`` gathered elements."""
+    """Ids ``(Q, min(m, S))`` of the rows among ``ids[q]`` ((Q, S), distinct; -1 padding,
+    kept last) with the largest ``x . w_q``, best first, ties by lower id; queries in
+    groups of at most ``budget`` gathered elements."""
     Q, S = ids.shape
     m = min(m, S)
     if S == 0:
@@ -66,29 +77,38 @@ def rows_topk(vectors: torch.Tensor, ids: torch.Tensor, w: torch.Tensor, m: int,
             sc = torch.bmm(xs, wq.to(xs.dtype)[:, :, None])[:, :, 0].float()
         else:
             sc = torch.bmm(xs.float(), wq[:, :, None].float())[:, :, 0]
+        sc = sc.masked_fill(xi < 0, float("-inf"))
         _, oi = sort_by_key(sc, xi)
         out.append(oi[:, :m])
     return torch.cat(out)
 
 
-def codes_topk(codes, vectors: torch.Tensor, w: torch.Tensor, rerank: int, m: int) -> torch.Tensor:
+def codes_topk(codes, vectors: torch.Tensor, w: torch.Tensor, rerank: int, m: int,
+               allow: torch.Tensor | None = None) -> torch.Tensor:
     """Ids ``(Q, min(m, n))``: the ``rerank`` best code estimates of ``x . w_q`` (ties by
-    lower id), re-ranked by their exact ``x . w_q``."""
+    lower id), re-ranked by their exact ``x . w_q``; with ``allow``, of the allowed rows
+    only (-1 padding after them)."""
     n = vectors.shape[0]
     rerank = min(n, max(rerank, m))
-    sums = codes.sums(codes.lut(w))
+    sums = codes.sums(codes.lut(w)).float()
     ids = torch.arange(n, device=w.device).expand(w.shape[0], -1)
-    _, cand = sort_by_key(sums.float(), ids)
+    if allow is not None:
+        ok = allow.expand(w.shape[0], -1)
+        sums, ids = sums.masked_fill(~ok, float("-inf")), torch.where(ok, ids, torch.full_like(ids, -1))
+    _, cand = sort_by_key(sums, ids)
     return rows_topk(vectors, cand[:, :rerank].contiguous(), w, m)
 
 
-def beam(be, qnets, vectors, graph, ef: int, width: int, max_steps: int, *, entries=None, state=None):
+def beam(be, qnets, vectors, graph, ef: int, width: int, max_steps: int, *, entries=None, state=None,
+         allow=None):
     """Batched best-first beam search (twin of the Beam of csrc/graph/default_search.cpp).
 
     ``entries`` ((Q, m), -1 padding): documents to score and merge first (visited ones are
-    skipped). ``state``: a previous call's state to continue from. Returns the state
-    ``(scores, ids, expanded, visited)`` ((Q, ef) each but visited (Q, n + 1), -inf/-1
-    padding) and per-query ``(scored, steps)``.
+    skipped). ``state``: a previous call's state to continue from. ``allow`` ((1 or Q, n)
+    bool): the walk goes through every document, the results hold the allowed ones.
+    Returns the state ``(scores, ids, expanded, visited, result scores, result ids)``
+    ((Q, ef) each but visited (Q, n + 1), -inf/-1 padding; the results are the list
+    itself without ``allow``) and per-query ``(scored, steps)``.
     """
     Q, n = qnets.num_queries, vectors.shape[0]
     dev = vectors.device
@@ -97,17 +117,23 @@ def beam(be, qnets, vectors, graph, ef: int, width: int, max_steps: int, *, entr
         li = torch.full((Q, ef), -1, dtype=torch.int64, device=dev)
         ex = torch.zeros((Q, ef), dtype=torch.bool, device=dev)
         visited = torch.zeros((Q, n + 1), dtype=torch.bool, device=dev)
+        rs, ri = ls.clone(), li.clone()
     else:
-        ls, li, ex, visited = state
+        ls, li, ex, visited, rs, ri = state
     scored = torch.zeros(Q, dtype=torch.int64, device=dev)
     steps = torch.zeros(Q, dtype=torch.int64, device=dev)
 
     def merge(ids, count):
-        nonlocal ls, li, ex
+        nonlocal ls, li, ex, rs, ri
         s = score_ids(be, qnets, vectors, ids)
         cs, ci, ce = sort_by_key(torch.cat([ls, s], 1), torch.cat([li, ids], 1),
                                  torch.cat([ex, torch.zeros_like(ids, dtype=torch.bool)], 1))
         ls, li, ex = cs[:, :ef].contiguous(), ci[:, :ef].contiguous(), ce[:, :ef].contiguous()
+        if allow is not None:
+            ok = _allowed(allow, ids)
+            cs, ci = sort_by_key(torch.cat([rs, s.masked_fill(~ok, float("-inf"))], 1),
+                                 torch.cat([ri, torch.where(ok, ids, torch.full_like(ids, -1))], 1))
+            rs, ri = cs[:, :ef].contiguous(), ci[:, :ef].contiguous()
         return count
 
     if entries is not None and entries.numel():
@@ -131,7 +157,9 @@ def beam(be, qnets, vectors, graph, ef: int, width: int, max_steps: int, *, entr
         steps += active
         if m:
             scored += merge(ids[:, :m], count)
-    return (ls, li, ex, visited), scored, steps
+    if allow is None:
+        rs, ri = ls, li
+    return (ls, li, ex, visited, rs, ri), scored, steps
 
 
 def _direction(qnets, at):
@@ -145,7 +173,7 @@ def _direction(qnets, at):
     return w, ok, fell
 
 
-def _default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
+def _default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be, allow=None):
     exact_qnets = qnets
     if bf16 and qnets.dtype != torch.bfloat16:
         qnets = qnets.to(dtype=torch.bfloat16)  # candidates scored in bf16, the final list exactly
@@ -157,12 +185,14 @@ def _default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
     keep = p.shortlist_rows(n) if p.passes > 1 else ef_lin
     zero = torch.zeros(Q, dtype=torch.int64, device=dev)
     w, ok, fell = _direction(qnets, corpus_mean(index).to(dev))
+    if allow is not None:
+        allow = allow.to(dev)
     if use_codes:
-        lin = codes_topk(index.codes.to(dev), vectors, w, p.rerank_rows(n, keep), keep)
+        lin = codes_topk(index.codes.to(dev), vectors, w, p.rerank_rows(n, keep), keep, allow=allow)
         linear_rows = zero + min(n, p.rerank_rows(n, keep))
         coded_rows = zero + n
     else:
-        lin = linear_topk(vectors, w, keep)
+        lin = linear_topk(vectors, w, keep, allow=allow)
         linear_rows, coded_rows = zero + n, zero
     linear_rows, coded_rows = linear_rows * ok, coded_rows * ok
     samples = entry_points(index, p.num_samples, salt=1).to(dev)
@@ -172,7 +202,7 @@ def _default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
     if not bool(ok.all()):  # no direction at all: start from the fixed sample of documents
         entries[~ok] = -1
         entries[~ok, : samples.numel()] = samples
-    state, scored, steps = beam(be, qnets, vectors, graph, ef_q, p.width, p.max_steps, entries=entries)
+    state, scored, steps = beam(be, qnets, vectors, graph, ef_q, p.width, p.max_steps, entries=entries, allow=allow)
     if p.passes > 1 and lin.shape[1]:
         best = state[1][:, 0]
         go = ok & (best >= 0)
@@ -183,15 +213,14 @@ def _default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
             second = torch.where(go[:, None], second, torch.full_like(second, -1))
             linear_rows = linear_rows + go * lin.shape[1]
             state, sc2, st2 = beam(be, qnets, vectors, graph, ef_q, p.width, p.max_steps, entries=second,
-                                   state=state)
+                                   state=state, allow=allow)
             scored, steps = scored + sc2, steps + st2
+    rs, ri = state[4], state[5]
     if qnets is not exact_qnets:
-        ls, li = state[0], state[1]
         with precision_scope("fp32"):  # the returned scores in float32 arithmetic
-            ls = score_ids(be, exact_qnets, vectors, li)
-        ls, li = sort_by_key(ls, li)
-        state = (ls, li) + tuple(state[2:])
-    s, i = state[0][:, :k].contiguous(), state[1][:, :k].contiguous()
+            rs = score_ids(be, exact_qnets, vectors, ri)
+        rs, ri = sort_by_key(rs, ri)
+    s, i = rs[:, :k].contiguous(), ri[:, :k].contiguous()
     if s.shape[1] < k:
         s = torch.cat([s, s.new_full((Q, k - s.shape[1]), float("-inf"))], 1)
         i = torch.cat([i, i.new_full((Q, k - i.shape[1]), -1)], 1)
@@ -200,7 +229,7 @@ def _default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
     return s, i, counters
 
 
-def _paper_search(index, qnets, k: int, p, be):
+def _paper_search(index, qnets, k: int, p, be, allow=None):
     """The paper's algorithm (see csrc/graph/search.h), batched over queries.
 
     Batched form of its heap: offering a step's items best first to a bounded min-heap
@@ -232,10 +261,14 @@ def _paper_search(index, qnets, k: int, p, be):
         steps += active
         s, i = sort_by_key(scores, cand)
         s, i = s[:, :top], i[:, :top]
-        best_s, best_i = s[:, 0], i[:, 0]
+        rs_, ri_ = s, i
+        if allow is not None:  # results from the allowed items offered; the walk goes on through all
+            ok = _allowed(allow, i)
+            rs_, ri_ = sort_by_key(s.masked_fill(~ok, float("-inf")), torch.where(ok, i, torch.full_like(i, -1)))
+        best_s, best_i = rs_[:, 0], ri_[:, 0]
         min_s, min_i = res_s[:, -1], res_i[:, -1]
         pushed = (best_i >= 0) & ((min_i < 0) | (best_s > min_s) | ((best_s == min_s) & (best_i < min_i)))
-        res_s, res_i = sort_by_key(torch.cat([res_s, s], 1), torch.cat([res_i, i], 1))
+        res_s, res_i = sort_by_key(torch.cat([res_s, rs_], 1), torch.cat([res_i, ri_], 1))
         res_s, res_i = res_s[:, :k].contiguous(), res_i[:, :k].contiguous()
         if p.early_stop:
             active = active & pushed
@@ -259,11 +292,11 @@ def _paper_search(index, qnets, k: int, p, be):
 # The CPU backend's precision policy would compute half-precision inputs in bf16; graph
 # search sets its precision itself: float32 arithmetic except the candidates of
 # ``bf16=True`` (scored with bf16 q-nets), like the native implementation.
-def paper_search(index, qnets, k: int, p, be):
+def paper_search(index, qnets, k: int, p, be, allow=None):
     with precision_scope("fp32"):
-        return _paper_search(index, qnets, k, p, be)
+        return _paper_search(index, qnets, k, p, be, None if allow is None else allow.to(qnets.device))
 
 
-def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be):
+def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be, allow=None):
     with precision_scope("bf16" if bf16 else "fp32"):
-        return _default_search(index, qnets, k, p, use_codes, bf16, be)
+        return _default_search(index, qnets, k, p, use_codes, bf16, be, allow)
