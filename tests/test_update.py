@@ -205,6 +205,10 @@ def test_delete_sets_tombstones_and_persists_them(tmp_path):
     assert back.deleted.dtype == torch.bool and back.deleted.shape == (200,)
     assert back.deleted.nonzero().flatten().tolist() == [3, 7, 9] == idx.deleted.nonzero().flatten().tolist()
     assert json.loads((p / "manifest.json").read_text())["deleted"] == {"count": 3}
+    q = qnets()
+    for mode in ("exact", "graph"):
+        found = back.search(q, 100, mode=mode).ids
+        assert not set(found.flatten().tolist()) & {3, 7, 9}, mode
 
 
 def test_delete_by_row_without_ids():
