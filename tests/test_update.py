@@ -382,3 +382,13 @@ def test_concurrent_readers_see_whole_versions(tmp_path):
         t.join()
     assert not errors, errors[:3]
     assert len(seen) >= 1
+
+
+def test_shards_keep_their_rows_tombstones(tmp_path):
+    from engine.distributed.split import shard_index
+
+    idx = Index.from_vectors(corpus(100), ids=ids_of(100))
+    idx.delete(ids_of(100)[[2, 70]])
+    shard_index(idx, tmp_path / "sharded", 2, graph=False, codes=False)
+    a, b = (Index.load(tmp_path / "sharded" / f"shard-0000{i}", verify=True) for i in range(2))
+    assert a.deleted.nonzero().flatten().tolist() == [2] and b.deleted.nonzero().flatten().tolist() == [20]
