@@ -48,13 +48,16 @@ class Rows:
         return torch.cat(out) if len(out) > 1 else (out[0] if out else torch.empty(0, self.d))
 
     def take(self, ids: torch.Tensor) -> torch.Tensor:
-        """``ids`` (any shape, int64; -1 reads a zero row) -> float32 ``(*ids.shape, d)``."""
-        flat = ids.reshape(-1)
-        out = torch.zeros((flat.numel(), self.d), dtype=torch.float32)
+        """``ids`` (any shape, int64) -> float32 ``(*ids.shape, d)``; a -1 reads some row
+        (callers mask it)."""
+        flat = ids.reshape(-1).clamp_min(0)
+        if len(self.pieces) == 1 or (flat.numel() and int(flat.max()) < self.starts[1]):
+            return torch.index_select(self.pieces[0], 0, flat).float().reshape(*ids.shape, self.d)
+        out = torch.empty((flat.numel(), self.d), dtype=torch.float32)
         for p, lo, hi in zip(self.pieces, self.starts, self.starts[1:]):
             sel = torch.nonzero((flat >= lo) & (flat < hi)).flatten()
             if sel.numel():
-                out[sel] = p[flat[sel] - lo].float()
+                out[sel] = torch.index_select(p, 0, flat[sel] - lo).float()
         return out.reshape(*ids.shape, self.d)
 
     def sqnorms(self, a: int, b: int, chunk: int = 1 << 16) -> torch.Tensor:
@@ -80,9 +83,11 @@ def _drop_repeats(ids: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
     return dist.masked_fill(mask, _INF)
 
 
-def _best(ids: torch.Tensor, dist: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``r`` nearest of each row by (distance, id), -1 / inf where fewer exist."""
-    dist = _drop_repeats(ids, dist)
+def _best(ids: torch.Tensor, dist: torch.Tensor, r: int, distinct: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``r`` nearest of each row by (distance, id), -1 / inf where fewer exist
+    (``distinct``: no id repeats within a row, -1 entries already at inf)."""
+    if not distinct:
+        dist = _drop_repeats(ids, dist)
     if dist.shape[1] < r:
         pad = r - dist.shape[1]
         dist = torch.cat([dist, torch.full((dist.shape[0], pad), _INF)], 1)
@@ -142,38 +147,46 @@ class _Lists:
 
 
 def _beam_search(rows: Rows, norms: torch.Tensor, lists: _Lists, x: torch.Tensor, limit: int,
-                 entries: torch.Tensor, ef: int, width: int = 4, max_steps: int = 64):
+                 entries: torch.Tensor, ef: int, width: int = 4, max_steps: int = 256):
     """Approximate ``ef`` nearest of each row of ``x`` among documents ``0..limit-1``:
-    a beam search in L2 over their lists from ``entries``; ``(ids, dist)`` (b, ef)."""
+    a beam search in L2 over their lists from ``entries``, each document scored once per
+    row (a visited mark); ``(ids, dist)`` (b, ef)."""
     b = x.shape[0]
     d0 = torch.addmm(norms[entries][None], x, rows.take(entries).T, alpha=-2.0)
     ef = min(ef, entries.numel())
     bd, pos = torch.topk(d0, ef, dim=1, largest=False, sorted=True)
     bi = entries[pos]
     expanded = torch.zeros_like(bi, dtype=torch.bool)
+    visited = torch.zeros((b, limit + 1), dtype=torch.bool)  # the last column absorbs padding
+    visited[:, entries] = True
     w = min(width, ef)
     for _ in range(max_steps):
         sd, sp = torch.topk(torch.where(expanded, _INF, bd), w, dim=1, largest=False)
         active = torch.isfinite(sd)
-        if not bool(active.any()):
+        act = torch.nonzero(active.any(1)).flatten()
+        if act.numel() == 0:
             break
-        expanded.scatter_(1, sp, True)
-        nodes = torch.where(active, torch.gather(bi, 1, sp), -1)
-        nb = lists.ids[nodes.clamp_min(0)]  # (b, w, R)
-        nb = torch.where(active[:, :, None] & (nb < limit), nb, -1).reshape(b, -1)
-        dn = _dist_to(rows, norms, x, nb)
-        ids = torch.cat([bi, nb], 1)
-        dist = torch.cat([bd, dn], 1)
-        exp = torch.cat([expanded, torch.zeros_like(nb, dtype=torch.bool)], 1)
-        # A document met again keeps its expanded copy (sorted first by the key).
-        key = torch.where(ids < 0, -1, ids * 2 + (~exp).long())
-        srt, perm = torch.sort(key, dim=1)
-        rep = torch.zeros_like(srt, dtype=torch.bool)
-        rep[:, 1:] = (srt[:, 1:] >> 1) == (srt[:, :-1] >> 1)
-        rep = torch.zeros_like(rep).scatter_(1, perm, rep) | (ids < 0)
-        dist = dist.masked_fill(rep, _INF)
-        bd, pos = torch.topk(dist, ef, dim=1, largest=False, sorted=True)
-        bi, expanded = torch.gather(ids, 1, pos), torch.gather(exp, 1, pos)
+        active, sp = active[act], sp[act]
+        exp_a = expanded[act].scatter_(1, sp, True)
+        expanded[act] = exp_a
+        nodes = torch.where(active, torch.gather(bi[act], 1, sp), -1)
+        nb = lists.ids[nodes.clamp_min(0)]  # (a, w, R)
+        nb = torch.where(active[:, :, None] & (nb >= 0) & (nb < limit), nb, limit).reshape(act.numel(), -1)
+        # Keep each document once: not visited before, not twice in this step.
+        nb, _ = torch.sort(nb, dim=1)
+        rep = torch.zeros_like(nb, dtype=torch.bool)
+        rep[:, 1:] = nb[:, 1:] == nb[:, :-1]
+        vis = visited[act]
+        fresh = ~rep & ~torch.gather(vis, 1, nb) & (nb < limit)
+        vis.scatter_(1, nb, True)
+        visited[act] = vis
+        nb = torch.where(fresh, nb, -1)
+        dn = _dist_to(rows, norms, x[act], nb)
+        d_all = torch.cat([bd[act], dn], 1)
+        top, pos = torch.topk(d_all, ef, dim=1, largest=False, sorted=True)
+        bd[act] = top
+        bi[act] = torch.gather(torch.cat([bi[act], nb], 1), 1, pos)
+        expanded[act] = torch.gather(torch.cat([exp_a, torch.zeros_like(nb, dtype=torch.bool)], 1), 1, pos)
     return torch.where(torch.isinf(bd), -1, bi), bd
 
 
@@ -216,7 +229,8 @@ def insert(rows: Rows, graph: torch.Tensor, *, method: str = "auto", ef: int = 6
                 ce = min(s, c + _COL_BLOCK)
                 dist = torch.addmm(norms[c:ce][None], x, rows.slice(c, ce).T, alpha=-2.0)
                 ids = torch.arange(c, ce).expand(b, -1)
-                best_i, best_d = _best(torch.cat([best_i, ids], 1), torch.cat([best_d, dist], 1), r)
+                # Columns of different blocks are different documents: no repeats to drop.
+                best_i, best_d = _best(torch.cat([best_i, ids], 1), torch.cat([best_d, dist], 1), r, distinct=True)
                 # Seen from the earlier document u: |v|^2 - 2 u.v.
                 du = dist - norms[c:ce][None] + norms[s:e][:, None]
                 lists.ensure(torch.arange(c, ce))
