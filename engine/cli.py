@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("demo", "build", "search", "info", "encode", "eval", "shard")
+COMMANDS = ("demo", "build", "search", "info", "encode", "eval", "shard", "compact")
 # Errors whose message speaks for itself; anything else is shown with its type name.
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ImportError)
 

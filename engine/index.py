@@ -135,7 +135,8 @@ class Index:
         self.graph_params: dict = {}
         self.codes = None  # engine.graph.codes.LinearCodes: the default graph search's candidates
         # None or a torch.bool tensor (n,) on the CPU, True = deleted: every search treats
-        # those rows as absent (graph search may still walk through them).
+        # those rows as absent (graph search may still walk through them). Set by
+        # delete() (engine.update) and persisted with the index.
         self.deleted: torch.Tensor | None = None
         self.path: str | None = None
         if graph is not None:
@@ -448,10 +449,36 @@ class Index:
         # Stream in row chunks: a memory-mapped source is never read whole.
         step = max(1, (64 << 20) // max(1, d * self.vectors.element_size()))
         chunks = (self.vectors[s : s + step] for s in range(0, n, step))
-        write_index_files(path, chunks, n, d, storage.TORCH_TO_NAME[self.dtype],
-                          ids=self._ids, scales=self.scales, graph=self.graph, graph_params=self.graph_params, codes=self.codes,
-                          vectors_link=self._unchanged_vectors_file())
+        manifest = write_index_files(path, chunks, n, d, storage.TORCH_TO_NAME[self.dtype],
+                                     ids=self._ids, scales=self.scales, graph=self.graph,
+                                     graph_params=self.graph_params, codes=self.codes,
+                                     vectors_link=self._unchanged_vectors_file(), deleted=self.deleted)
         self.path = os.fspath(path)
+        st = os.stat(self.path)
+        self._disk = ((st.st_dev, st.st_ino), manifest, False)
+
+    # ------------------------------------------------------------------ updates
+    def add(self, vectors, ids=None, *, on_existing: str = "error", method: str = "auto") -> "Index":
+        """Append documents: see :func:`engine.update.add` (in memory, and on disk when the
+        index was loaded or saved: committed atomically, vectors appended). Returns self."""
+        from . import update
+
+        update.add(self, vectors, ids, on_existing=on_existing, method=method)
+        return self
+
+    def delete(self, ids, *, missing_ok: bool = False) -> int:
+        """Hide documents from every search (tombstones): see :func:`engine.update.delete`.
+        Returns the number of rows newly hidden."""
+        from . import update
+
+        return update.delete(self, ids, missing_ok=missing_ok)
+
+    def compact(self) -> "Index":
+        """Rewrite the index without its deleted rows: see :func:`engine.update.compact`."""
+        from . import update
+
+        update.compact(self)
+        return self
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, verify: bool = False, mmap: bool = True,
@@ -484,6 +511,8 @@ class Index:
                     if root == path:
                         raise
                     raise type(e)(str(e).replace(root, path)) from None
+                st = os.stat(root)
+                index._disk = ((st.st_dev, st.st_ino), index._disk_manifest, mmap)
             index.path = path
             return index
         raise AssertionError("unreachable")  # pragma: no cover
@@ -538,6 +567,12 @@ class Index:
             except ValueError as e:
                 raise storage.IndexFormatError(f"{path}: {e}") from None
             index.codes = codes
+        if m["deleted"] is not None:
+            mask = storage.map_array(os.path.join(root, storage.DELETED_FILE), files[storage.DELETED_FILE])
+            if mask.numel() and int(mask.max()) > 1:
+                raise storage.IndexFormatError(f"{path}: {storage.DELETED_FILE} holds a value other than 0 and 1")
+            index.deleted = mask.to(torch.bool)
+        index._disk_manifest = m
         if populate and mmap:
             for t in (index.vectors, index.scales, index.graph,
                       *(getattr(index.codes, a) for a in ("codes",) if index.codes)):
@@ -547,9 +582,10 @@ class Index:
 
 
 def write_index_files(path: str | os.PathLike, vector_chunks, n: int, d: int, dtype_name: str, *,
-                      ids=None, scales: torch.Tensor | None = None, graph: torch.Tensor | None = None, graph_params: dict | None = None,
-                      codes=None, vectors_link=None,
-                      extra_arrays: dict[str, torch.Tensor] | None = None) -> None:
+                      ids=None, scales: torch.Tensor | None = None, graph: torch.Tensor | None = None,
+                      graph_params: dict | None = None, codes=None, vectors_link=None,
+                      deleted: torch.Tensor | None = None,
+                      extra_arrays: dict[str, torch.Tensor] | None = None) -> dict:
     """Write an index directory atomically from an iterator of vector row chunks.
 
     ``scales``: the (n,) float32 row scales, required for int8 / float8_e4m3 vectors.
@@ -557,8 +593,9 @@ def write_index_files(path: str | os.PathLike, vector_chunks, n: int, d: int, dt
     ``vectors_link``: ``(path, manifest entry)`` of an existing vectors file holding
     exactly these rows, hard-linked instead of written (when the file system allows).
     ``extra_arrays`` (file name -> tensor) are written and listed in the manifest beside
-    the standard files. The target is checked (:func:`engine.storage.save_target`) before
-    anything is written.
+    the standard files. ``deleted``: tombstones (bool (n,)), written when any is set.
+    The target is checked (:func:`engine.storage.save_target`) before anything is
+    written. Returns the manifest written.
     """
     target = storage.save_target(path)
     with storage.temp_dir(target) as tmp:
@@ -575,13 +612,19 @@ def write_index_files(path: str | os.PathLike, vector_chunks, n: int, d: int, dt
         if vectors_link is not None:
             try:
                 os.link(vectors_link[0], os.path.join(tmp, "vectors.bin"))
-                files["vectors.bin"] = {"dtype": dtype_name, "shape": [n, d],
-                                        **{k: vectors_link[1][k] for k in ("size", "sha256")}}
+                src = vectors_link[1]
+                parts = src.get("parts") or [[src["size"], src["sha256"]]]
+                files["vectors.bin"] = {"dtype": dtype_name, "shape": [n, d], "size": src["size"],
+                                        "parts": parts, "sha256": storage.parts_digest(parts)}
                 linked = True
             except OSError:  # another file system: write the rows
                 pass
         if not linked:
             add("vectors.bin", vector_chunks, dtype_name, [n, d])
+            # Append-only from here on (engine.update appends its rows as further parts).
+            e = files["vectors.bin"]
+            e["parts"] = [[e["size"], e["sha256"]]]
+            e["sha256"] = storage.parts_digest(e["parts"])
         if (dtype_name in storage.QUANTIZED_DTYPES) != (scales is not None):
             raise ValueError(f"{dtype_name} vectors " + ("need" if scales is None else "take no") + " row scales")
         if scales is not None:
@@ -606,6 +649,10 @@ def write_index_files(path: str | os.PathLike, vector_chunks, n: int, d: int, dt
                 t = getattr(codes, attr).contiguous()
                 add(fname, t, dt, list(t.shape))
             codes_entry = {"params": dict(codes.params)}
+        deleted_entry = None
+        if deleted is not None and bool(deleted.any()):
+            add(storage.DELETED_FILE, deleted.to(torch.uint8), "uint8", [n])
+            deleted_entry = {"count": int(deleted.sum())}
         for name, arr in (extra_arrays or {}).items():
             if name in files:
                 raise ValueError(f"extra array {name!r} would replace a standard index file")
@@ -619,6 +666,8 @@ def write_index_files(path: str | os.PathLike, vector_chunks, n: int, d: int, dt
             "ids": kind,
             "graph": graph_entry,
             "codes": codes_entry,
+            "deleted": deleted_entry,
             "files": files,
         }
         storage.commit_dir(tmp, target, manifest)
+    return manifest

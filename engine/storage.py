@@ -2,12 +2,13 @@
 
 ``manifest.json``::
 
-    {"format": "hypencoder-engine-index", "version": 2,
+    {"format": "hypencoder-engine-index", "version": 3,
      "count": n, "dim": d,
      "dtype": "float32" | "float16" | "bfloat16" | "int8" | "float8_e4m3",
      "ids": "none" | "int" | "str",
      "graph": null | {"degree": R, "params": {...}},
      "codes": null | {"params": {...}},
+     "deleted": null | {"count": k},
      "files": {"vectors.bin": {"dtype": ..., "shape": [n, d], "size": bytes, "sha256": hex},
                ...}}
 
@@ -17,9 +18,28 @@ the graph search's candidate codes (see engine/graph/codes.py) ``codes.u8.bin``,
 ``codes.rotation.f32.bin``, ``codes.dims.i32.bin``, ``codes.bits.i32.bin``,
 ``codes.levels.f32.bin`` and ``codes.mean.f32.bin``; for int8 / float8_e4m3 vectors (float8
 e4m3fn stored as its raw byte) ``scales.f32.bin`` (n,) float32, one scale per row (see
-engine/quant.py and docs/storage.md). Version 2 added the codes, version 3 the quantised
-storage; older indexes are read as they are, and an older reader refuses a newer index by
-its version number.
+engine/quant.py and docs/storage.md). Version 2 added the codes; older indexes are read
+as they are, and an older reader refuses a newer index by its version number.
+
+Version 3 adds the quantised storage (above) and, for incremental updates
+(:mod:`engine.update`):
+
+- ``deleted.u8.bin`` (n,) uint8, 1 = a tombstoned row (``Index.deleted``), listed when the
+  manifest's ``deleted`` is an object (``count``: the rows set); absent or null: none.
+- ``files["vectors.bin"].parts``: ``[[size, sha256], ...]``, the byte ranges of the file in
+  order (one per save or add; their sizes sum to ``size``). A file with parts is
+  append-only: an add links it into the new version and appends its rows, so the file
+  may hold bytes beyond ``size`` (an interrupted add's, or a later version's when an old
+  version is read): they are ignored, only the first ``size`` bytes are the index's.
+  ``verify`` checks each part's SHA-256; the entry's ``sha256`` is then the SHA-256 of the
+  parts' hex digests concatenated. Without parts (versions 1 and 2) the size must match.
+
+Updates never change a file of a committed version except by appending past its listed
+size; every other file of a new version is written fresh or hard-linked unchanged, and
+the version is committed like a save. Writers of one index serialise on a lock file
+beside it (``.NAME.lock``, :func:`writer_lock`); a second writer is refused with
+:class:`IndexBusyError`. ``HYPENCODER_CRASH_AT`` (a test seam) kills the writing process
+with SIGKILL at the named point of a write (:func:`crash_point`).
 
 Saving never costs data:
 
@@ -67,6 +87,8 @@ CODE_FILES = {"codes": ("codes.u8.bin", "uint8"), "rotation": ("codes.rotation.f
               "dims": ("codes.dims.i32.bin", "int32"), "bits": ("codes.bits.i32.bin", "int32"),
               "levels": ("codes.levels.f32.bin", "float32"), "mean": ("codes.mean.f32.bin", "float32")}
 MANIFEST = "manifest.json"
+DELETED_FILE = "deleted.u8.bin"
+CRASH_ENV = "HYPENCODER_CRASH_AT"
 
 # name -> (numpy storage dtype, torch dtype); bfloat16 is stored as its raw 16 bits.
 DTYPES = {
@@ -93,6 +115,48 @@ _MAX_MANIFEST_BYTES = 16 << 20
 
 class IndexFormatError(ValueError):
     """The directory is not a valid index of a supported format version."""
+
+
+class IndexBusyError(RuntimeError):
+    """Another writer (an add, delete or compaction) holds the index's lock."""
+
+
+class IndexChangedError(RuntimeError):
+    """The index on disk is no longer the version this object was loaded from."""
+
+
+def crash_point(name: str) -> None:
+    """Test seam: SIGKILL this process when ``HYPENCODER_CRASH_AT`` names this point."""
+    if os.environ.get(CRASH_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def writer_lock(target: str) -> Iterator[None]:
+    """Hold the update lock of the index at ``target`` (an flock on ``.NAME.lock`` beside
+    it; released when the process dies). Raises :class:`IndexBusyError` at once when
+    another writer holds it, in this process or another."""
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    fd = os.open(os.path.join(parent, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise IndexBusyError(f"another writer is updating the index at {target}; retry when it is done") from None
+        raise
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def parts_digest(parts: list) -> str:
+    """The ``sha256`` of a file entry with ``parts``: SHA-256 of the parts' hex digests."""
+    return hashlib.sha256("".join(p[1] for p in parts).encode()).hexdigest()
 
 
 class SaveTargetError(FileExistsError, ValueError):
@@ -354,13 +418,16 @@ def commit_dir(tmp: str, target: str, manifest: dict, check=None) -> None:
     written are never deleted.
     """
     path = os.path.join(tmp, MANIFEST)
+    crash_point("before-manifest")
     write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
     _fsync_dir(tmp)
+    crash_point("before-swap")
     parent = os.path.dirname(target)
     (check or check_replaceable)(target)
     if os.path.lexists(target):
         if _exchange(tmp, target):
             _fsync_dir(parent)
+            crash_point("after-swap")
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old index
             return
         # No atomic exchange: move the old one aside first; a crash in between leaves it
@@ -403,6 +470,16 @@ def _file_entry(mpath: str, name, entry) -> None:
     if expect != size:
         raise IndexFormatError(f"{mpath}: manifest field {field}: shape {shape} of {dtype} needs {expect} bytes, "
                                f"size says {size}")
+    parts = entry.get("parts")
+    if parts is not None:
+        ok = isinstance(parts, list) and len(parts) >= 1 and all(
+            isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and p[0] >= 0 and isinstance(p[1], str)
+            and len(p[1]) == 64 and all(c in "0123456789abcdef" for c in p[1]) for p in parts)
+        if not ok or sum(p[0] for p in parts) != size:
+            raise IndexFormatError(f"{mpath}: manifest field {field}.parts must be a list of [size, sha256] "
+                                   f"whose sizes sum to {size}")
+        if parts_digest(parts) != sha:
+            raise IndexFormatError(f"{mpath}: manifest field {field}.sha256 is not the digest of its parts")
 
 
 def _require(mpath: str, files: dict, name: str, dtype: str, shape: list | None, why: str) -> None:
@@ -456,6 +533,9 @@ def read_manifest(path: str) -> dict:
         ("files", lambda x: isinstance(x, dict), "an object"),
         ("graph", lambda x: x is None or isinstance(x, dict), "null or an object"),
         ("codes", lambda x: x is None or isinstance(x, dict), "null or an object"),
+        ("deleted", lambda x: x is None or (isinstance(x, dict) and _is_int(x.get("count"))
+                                            and 0 <= x["count"] <= m.get("count", -1)),
+         "null or an object with a count within the index's"),
     ):
         if not ok(m.get(key)):
             raise IndexFormatError(f"{mpath}: manifest field {key!r} must be {want}, got {m.get(key)!r}")
@@ -483,6 +563,9 @@ def read_manifest(path: str) -> dict:
         if not isinstance(g.get("params", {}), dict):
             raise IndexFormatError(f"{mpath}: manifest field 'graph.params' must be an object, got {g['params']!r}")
         _require(mpath, files, "graph.i32.bin", "int32", [n, g["degree"]], "the graph")
+    if m.get("deleted") is not None:
+        _require(mpath, files, DELETED_FILE, "uint8", [n], "the tombstones")
+    m["deleted"] = m.get("deleted")  # absent (versions 1 and 2): nothing deleted
     c = m["codes"] = m.get("codes")  # absent (version 1): no codes
     if c is not None:
         if not isinstance(c.get("params", {}), dict):
@@ -496,14 +579,29 @@ def check_file(root: str, name: str, entry: dict, verify: bool) -> str:
     """Check one listed file (an entry :func:`read_manifest` accepted): a regular file of
     the listed size and, if ``verify``, checksum."""
     path = os.path.join(root, name)
+    parts = entry.get("parts")
     with open_regular(path, f"index file {name}") as f:
         size = os.fstat(f.fileno()).st_size
-    if size != entry["size"]:
-        raise IndexFormatError(
-            f"index file {name} has {size} bytes, the manifest says {entry['size']} "
-            "(truncated or replaced)"
-        )
-    if verify and sha256_file(path, f"index file {name}") != entry["sha256"]:
+        # An append-only file (parts) may run past its listed size: a later version's rows.
+        if size != entry["size"] and not (parts is not None and size > entry["size"]):
+            raise IndexFormatError(
+                f"index file {name} has {size} bytes, the manifest says {entry['size']} "
+                "(truncated or replaced)"
+            )
+        if verify and parts is not None:
+            for i, (psize, psha) in enumerate(parts):
+                h = hashlib.sha256()
+                left = psize
+                while left:
+                    b = f.read(min(left, _CHUNK_BYTES))
+                    if not b:
+                        break
+                    h.update(b)
+                    left -= len(b)
+                if left or h.hexdigest() != psha:
+                    raise IndexFormatError(f"index file {name} fails the SHA-256 check of its part {i} "
+                                           "(corrupted or tampered)")
+    if verify and parts is None and sha256_file(path, f"index file {name}") != entry["sha256"]:
         raise IndexFormatError(f"index file {name} fails its SHA-256 check (corrupted or tampered)")
     return path
 

@@ -147,6 +147,8 @@ def shard_index(source, out, num_shards: int | None = None, *, sizes=None, graph
             name = f"shard-{i:05d}"
             sub = Index.from_vectors(source.vectors[offset:offset + size], _ids_slice(ids, offset, offset + size),
                                      scales=None if source.scales is None else source.scales[offset:offset + size])
+            if source.deleted is not None and bool(source.deleted[offset:offset + size].any()):
+                sub.deleted = source.deleted[offset:offset + size].clone()  # tombstones go with their rows
             if size and degree is not None:
                 sub.build_graph(degree, codes=code_bytes is not None, code_bytes=code_bytes or 64,
                                 progress=progress, **graph_options)

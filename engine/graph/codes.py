@@ -114,6 +114,56 @@ class LinearCodes:
         """The tuple ``engine._C`` takes (numpy views, no copies of contiguous arrays)."""
         return tuple(getattr(self, a).contiguous().numpy() for a in ("codes", "rotation", "dims", "bits", "levels"))
 
+    def _groups(self) -> list:
+        """The quantisers of the coded coordinates as :func:`_encode` takes them: per bit
+        width, the coordinates and the midpoints between their levels."""
+        width = torch.zeros(self.rotation.shape[1], dtype=torch.int64)
+        used = (self.dims >= 0) & (self.bits > 0)
+        width[self.dims[used].long()] = self.bits[used].long()
+        groups = []
+        for b in (1, 2, 4):
+            sel = torch.nonzero(width == b).flatten()
+            if sel.numel():
+                lev = self.levels[sel, : 1 << b]
+                groups.append((b, (sel, (lev[:, 1:] + lev[:, :-1]) / 2)))
+        return groups
+
+    def appended(self, rows, n: int, chunk: int = 1 << 15) -> "LinearCodes":
+        """The codes of a corpus of ``n`` documents whose first ``self.n`` are this one's:
+        the new rows encoded with this rotation, mean and quantisers (no training).
+        ``rows(start, stop)`` returns the corpus rows ``start:stop`` (any float dtype);
+        only the rows from the last partial block of 32 on are read."""
+        if n < self.n:
+            raise ValueError(f"appended codes need n >= {self.n}, got {n}")
+        groups, dims, bits = self._groups(), self.dims, self.bits
+        b0 = self.n // BLOCK
+        out = torch.empty((-(-n // BLOCK), self.codes.shape[1], BLOCK), dtype=torch.uint8)
+        out[:b0] = self.codes[:b0]
+        rotation, mean = self.rotation, self.mean
+        for s in range(b0 * BLOCK, n, chunk):
+            x = rows(s, min(n, s + chunk)).to("cpu", torch.float32)
+            y = (x - mean) @ rotation
+            padded = -(-y.shape[0] // BLOCK) * BLOCK
+            if padded > y.shape[0]:
+                y = torch.cat([y, torch.zeros(padded - y.shape[0], y.shape[1])])
+            out[s // BLOCK : s // BLOCK + padded // BLOCK] = _encode(y, groups, dims, bits)
+        return LinearCodes(out, rotation, dims, bits, self.levels, mean, n, dict(self.params))
+
+    def select(self, rows: torch.Tensor) -> "LinearCodes":
+        """The codes of the documents ``rows`` (int64 (m,), in the order given), as they
+        are: no document is encoded again."""
+        nb, half, _ = self.codes.shape
+        per_row = self.codes.permute(0, 2, 1).reshape(nb * BLOCK, half)[rows]
+        m = int(rows.numel())
+        padded = -(-m // BLOCK) * BLOCK
+        if padded > m:
+            # Padding slots hold the code of a zero row, as build_codes writes them.
+            zero = _encode(torch.zeros(BLOCK, self.rotation.shape[1]), self._groups(), self.dims, self.bits)
+            pad = zero.permute(0, 2, 1).reshape(BLOCK, half)[: padded - m]
+            per_row = torch.cat([per_row, pad])
+        out = per_row.reshape(padded // BLOCK, BLOCK, half).permute(0, 2, 1).contiguous()
+        return LinearCodes(out, self.rotation, self.dims, self.bits, self.levels, self.mean, m, dict(self.params))
+
     def to(self, device) -> "LinearCodes":
         return LinearCodes(*(getattr(self, a).to(device) for a in self.ARRAYS), self.n, dict(self.params))
 
