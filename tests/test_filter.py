@@ -348,3 +348,26 @@ def test_deletions_changed_in_place_or_replaced_are_seen(data, mode):
     assert torch.equal(idx.search(q, 3, mode=mode, backend="torch").ids, first)
     idx.deleted = None
     assert torch.equal(idx.search(q, 3, mode=mode, backend="torch").ids, first)
+
+
+@pytest.mark.parametrize("kind", ["int8", "float8_e4m3"])
+@pytest.mark.parametrize("how", ["gather", "dense"])
+def test_filtered_exact_search_on_quantised_storage_equals_brute_force(kind, how):
+    from engine import quant
+    from engine.search.filtered import filtered_exact_search
+    from engine.search.filters import resolve
+
+    x = engine.synthetic.vectors(900, 24, seed=4)
+    idx = engine.Index.from_vectors(x, storage=kind)
+    q = engine.synthetic.qnets(4, [24, 16, 1], seed=2)
+    g = torch.Generator().manual_seed(1)
+    allow = torch.rand(4, 900, generator=g) < 0.2
+    s, i = filtered_exact_search(q, idx.vectors, 10, resolve(idx, allow, 4), backend="torch", how=how,
+                                 scales=idx.scales)
+    full = engine.score(q, quant.dequantize(idx.vectors, idx.scales), backend="torch")
+    full = full.masked_fill(~allow, float("-inf"))
+    ts, ti = full.topk(10, dim=1)
+    assert torch.equal(i, ti)
+    torch.testing.assert_close(s, ts)
+    r = idx.search(q, 10, allow=allow)
+    assert torch.equal(r.ids, ti)

@@ -392,3 +392,39 @@ def test_shards_keep_their_rows_tombstones(tmp_path):
     shard_index(idx, tmp_path / "sharded", 2, graph=False, codes=False)
     a, b = (Index.load(tmp_path / "sharded" / f"shard-0000{i}", verify=True) for i in range(2))
     assert a.deleted.nonzero().flatten().tolist() == [2] and b.deleted.nonzero().flatten().tolist() == [20]
+
+
+# ------------------------------------------------------------------ quantised storage
+@pytest.mark.parametrize("kind", ["int8", "float8_e4m3"])
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_add_and_compact_on_quantised_storage_equal_a_fresh_index(tmp_path, kind, on_disk):
+    x, ids = corpus(), ids_of(600)
+    idx = Index.from_vectors(x[:500], ids=ids[:500], storage=kind).build_graph(16)
+    if on_disk:
+        idx.save(tmp_path / "idx")
+        idx = Index.load(tmp_path / "idx")
+    idx.add(x[500:], ids[500:])
+    fresh = Index.from_vectors(x, ids=ids, storage=kind)
+    # Rows are quantised one by one: the same bytes and scales as a build over all rows.
+    assert torch.equal(idx.vectors.view(torch.uint8), fresh.vectors.view(torch.uint8))
+    assert torch.equal(idx.scales, fresh.scales)
+    q = qnets()
+    a, b = idx.search(q, 20), fresh.search(q, 20)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.scores, b.scores)
+    g = idx.search(q, 10, mode="graph", ef=32)
+    assert recall(g.ids, b.ids) >= 0.9
+    idx.delete(ids[::7].tolist())
+    idx.compact()
+    if on_disk:
+        idx = Index.load(tmp_path / "idx", verify=True)
+    keep = np.setdiff1d(np.arange(600), np.arange(0, 600, 7))
+    live = Index.from_vectors(x[keep], ids=ids[keep], storage=kind)
+    assert torch.equal(idx.scales, live.scales)
+    a, b = idx.search(q, 20), live.search(q, 20)
+    assert torch.equal(a.scores, b.scores) and idx.external_ids(a.ids) == live.external_ids(b.ids)
+
+
+def test_add_to_quantised_storage_refuses_quantised_rows():
+    idx = Index.from_vectors(corpus(), storage="int8")
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        idx.add(torch.zeros(3, DIM, dtype=torch.int8))
