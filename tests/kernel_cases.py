@@ -27,6 +27,17 @@ from engine.qnet_config import QNetConfig
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
+
+def triton_device() -> torch.device:
+    """The device the Triton tests of a module run on (the CPU under TRITON_INTERPRET=1);
+    skips the calling module where the backend cannot run. Call at module level."""
+    ok, why = backends.availability("triton")
+    if not ok:
+        pytest.skip(f"triton backend unavailable: {why}", allow_module_level=True)
+    if not INTERPRET and not torch.cuda.is_available():
+        pytest.skip("TRITON_INTERPRET is off and there is no CUDA device", allow_module_level=True)
+    return torch.device("cpu" if INTERPRET else "cuda")
+
 # Tolerance relative to the largest reference score: fp32 is exact up to summation order;
 # fp16/bf16 round the activations at every layer as any half-precision kernel must.
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}

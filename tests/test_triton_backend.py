@@ -14,19 +14,13 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
-from engine.backends import availability, get_backend, topk_keys, torch_ref
-from kernel_cases import INTERPRET, make_qnet, make_vectors, ref_topk
+from engine.backends import get_backend, topk_keys, torch_ref
+from kernel_cases import INTERPRET, make_qnet, make_vectors, ref_topk, triton_device
 
-ok, why = availability("triton")
-if not ok:
-    pytest.skip(f"triton backend unavailable: {why}", allow_module_level=True)
+DEVICE = triton_device()
 
 from engine.backends import triton as tb  # noqa: E402
 from engine.kernels import qnet_layers  # noqa: E402
-
-DEVICE = torch.device("cpu" if INTERPRET else "cuda")
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("TRITON_INTERPRET is off and there is no CUDA device", allow_module_level=True)
 
 
 def test_available_and_supports():

@@ -18,19 +18,13 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
-from engine.backends import availability, torch_ref
+from engine.backends import torch_ref
 from engine.qnet_config import QNetConfig
-from kernel_cases import INTERPRET, TOL, assert_close, make_ids, make_qnet
+from kernel_cases import INTERPRET, TOL, assert_close, make_ids, make_qnet, triton_device
 
-ok, why = availability("triton")
-if not ok:
-    pytest.skip(f"triton backend unavailable: {why}", allow_module_level=True)
+DEVICE = triton_device()
 
 from engine.backends import triton as tb  # noqa: E402
-
-DEVICE = torch.device("cpu" if INTERPRET else "cuda")
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("TRITON_INTERPRET is off and there is no CUDA device", allow_module_level=True)
 
 QDTYPES = (torch.int8, torch.float8_e4m3fn)
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}

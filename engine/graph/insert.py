@@ -108,8 +108,10 @@ def _best(ids: torch.Tensor, dist: torch.Tensor, r: int, distinct: bool = False)
 
 
 class _Lists:
-    """The graph being updated: ``(n, R)`` neighbour lists and their distances, the
-    distances computed the first time a list is touched."""
+    """The graph being updated: ``(n, R)`` neighbour lists (nearest first) and their
+    distances, computed the first time a list takes a new entry. Whether a document
+    enters a list needs only the list's last distance, kept apart: testing every earlier
+    document costs one distance each (O(n d)), not R (O(n R d))."""
 
     def __init__(self, rows: Rows, norms: torch.Tensor, graph: torch.Tensor, n: int):
         r = graph.shape[1]
@@ -117,6 +119,7 @@ class _Lists:
         self.ids = torch.full((n, r), -1, dtype=torch.int64)
         self.ids[: graph.shape[0]] = graph.long()
         self.dist = torch.full((n, r), float("nan"))
+        self.last = torch.full((n,), float("nan"))  # distance to the last (farthest) entry
 
     def ensure(self, u: torch.Tensor, chunk: int = 4096) -> None:
         todo = u[torch.isnan(self.dist[u, 0])].unique()
@@ -124,9 +127,12 @@ class _Lists:
             t = todo[s : s + chunk]
             self.dist[t] = _dist_to(self.rows, self.norms, self.rows.take(t), self.ids[t])
 
-    def worst(self, u: torch.Tensor) -> torch.Tensor:
-        self.ensure(u)
-        return self.dist[u, -1]
+    def worst(self, u: torch.Tensor, chunk: int = 1 << 15) -> torch.Tensor:
+        todo = u[torch.isnan(self.last[u])].unique()
+        for s in range(0, todo.numel(), chunk):
+            t = todo[s : s + chunk]
+            self.last[t] = _dist_to(self.rows, self.norms, self.rows.take(t), self.ids[t, -1:])[:, 0]
+        return self.last[u]
 
     def offer(self, u: torch.Tensor, v: torch.Tensor, d: torch.Tensor) -> None:
         """Offer document ``v[i]`` at distance ``d[i]`` to the list of ``u[i]``: it enters
@@ -150,8 +156,9 @@ class _Lists:
         new_d = torch.full((lists.numel(), self.r), _INF)
         new_i[first[sel], rank[sel]] = v[sel]
         new_d[first[sel], rank[sel]] = d[sel]
+        self.ensure(lists)
         ids, dist = _best(torch.cat([self.ids[lists], new_i], 1), torch.cat([self.dist[lists], new_d], 1), self.r)
-        self.ids[lists], self.dist[lists] = ids, dist
+        self.ids[lists], self.dist[lists], self.last[lists] = ids, dist, dist[:, -1]
 
 
 def _beam_search(rows: Rows, norms: torch.Tensor, lists: _Lists, x: torch.Tensor, limit: int,
@@ -241,8 +248,7 @@ def insert(rows: Rows, graph: torch.Tensor, *, method: str = "auto", ef: int = 6
                 best_i, best_d = _best(torch.cat([best_i, ids], 1), torch.cat([best_d, dist], 1), r, distinct=True)
                 # Seen from the earlier document u: |v|^2 - 2 u.v.
                 du = dist - norms[c:ce][None] + norms[s:e][:, None]
-                lists.ensure(torch.arange(c, ce))
-                vi, ui = torch.nonzero(du < lists.dist[c:ce, -1][None], as_tuple=True)
+                vi, ui = torch.nonzero(du < lists.worst(torch.arange(c, ce))[None], as_tuple=True)
                 lists.offer(ui + c, vi + s, du[vi, ui])
         elif s > 0:
             rng = np.random.default_rng([seed, s, 0x1A5E])
@@ -254,7 +260,7 @@ def insert(rows: Rows, graph: torch.Tensor, *, method: str = "auto", ef: int = 6
             vi = own[:, None].expand_as(bi)[ok]
             ui = bi[ok]
             lists.offer(ui, vi, bdist[ok] - norms[ui] + norms[vi])
-        lists.ids[s:e], lists.dist[s:e] = best_i, best_d
+        lists.ids[s:e], lists.dist[s:e], lists.last[s:e] = best_i, best_d, best_d[:, -1]
     return lists.ids.to(torch.int32).contiguous()
 
 
