@@ -231,12 +231,18 @@ class Index:
             rows = (~torch.isfinite(vectors)).any(dim=1).nonzero()[:, 0]
             raise ValueError(f"converting the vectors to {dtype} overflows: {len(rows)} rows (first: row "
                              f"{int(rows[0])}) get Inf values; keep {self.dtype} or rescale the vectors")
+        out = self._like(vectors, scales)
+        if self.codes is not None and dtype in (None, self.dtype):
+            out.codes = self.codes  # codes of other values would be wrong: rebuild them
+        return out
+
+    def _like(self, vectors: torch.Tensor, scales) -> "Index":
+        """An index of these rows stored as ``vectors`` / ``scales``, with this one's ids,
+        graph and tombstones (not its codes, which depend on the stored values)."""
         out = Index(vectors, self._ids, scales=scales, _checked=True)
         out.deleted = self.deleted
         if self.graph is not None:
             out.set_graph(self.graph, self.graph_params)
-        if self.codes is not None and dtype in (None, self.dtype):
-            out.codes = self.codes  # codes of other values would be wrong: rebuild them
         return out
 
     def _convert_storage(self, dtype: torch.dtype, device) -> "Index":
@@ -258,10 +264,7 @@ class Index:
                 vectors[s : s + step] = src[s : s + step].to(device, dtype)
             if n and not bool(torch.isfinite(vectors).all()):
                 raise ValueError(f"converting the vectors to {dtype} overflows; keep {self.dtype}")
-        out = Index(vectors, self._ids, scales=scales, _checked=True)
-        if self.graph is not None:
-            out.set_graph(self.graph, self.graph_params)
-        return out  # codes of other values would be wrong: rebuild them
+        return self._like(vectors, scales)  # codes of other values would be wrong: rebuild them
 
     def set_graph(self, neighbors: torch.Tensor, params: dict) -> None:
         """Attach a neighbour graph: ``(n, R)`` int32 row indices, -1 for no neighbour."""

@@ -396,3 +396,17 @@ def test_every_fp8_byte_every_isa(restore_isa, d):
         with precision_scope("fp32"):
             got = cpu.score_dense(qn.weights, qn.biases, qn.config, x, scales=s)
         assert_close(got[0], want.sum(1), 1e-6)
+
+
+def test_storage_conversion_keeps_tombstones():
+    x = engine.synthetic.vectors(200, 16, seed=3)
+    idx = Index.from_vectors(x)
+    idx.deleted = torch.zeros(200, dtype=torch.bool)
+    idx.deleted[::5] = True
+    for dtype in ("int8", torch.float16):
+        out = idx.to(dtype=dtype)
+        assert out.deleted is idx.deleted
+        back = out.to(dtype=torch.float32)
+        assert back.deleted is idx.deleted
+        assert not set(back.search(engine.synthetic.qnets(2, [16, 8, 1], seed=1), 200).ids.flatten().tolist()) \
+            & set(range(0, 200, 5))
