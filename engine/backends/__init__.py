@@ -21,6 +21,7 @@ import os
 
 import torch
 
+from ..quant import is_quantized
 from .auto import MeasuredAuto, auto_choices
 from .protocol import Backend, ExactTopK, ModuleBackend
 
@@ -128,6 +129,6 @@ def takes_scales(be) -> bool:
 def check_storage(be, dtype) -> None:
     """Refuse (``ValueError``) a backend that cannot read vectors of ``dtype`` rather than
     let it misread them: int8 / float8_e4m3 rows need a backend that takes ``scales=``."""
-    if dtype in (torch.int8, torch.float8_e4m3fn) and not takes_scales(be):
+    if is_quantized(dtype) and not takes_scales(be):
         raise ValueError(f"backend {backend_name(be)!r} cannot search {dtype} vectors yet; use backend 'cpu' "
                          "or 'torch', or an index of float storage (index.to(dtype=torch.float16))")

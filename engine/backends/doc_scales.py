@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import torch
 
-QUANT_DTYPES = (torch.int8, torch.float8_e4m3fn)
-
-
-def is_quantized(vectors: torch.Tensor) -> bool:
-    return vectors.dtype in QUANT_DTYPES
+from ..quant import is_quantized
 
 
 def check_scales(vectors: torch.Tensor, scales) -> torch.Tensor | None:
@@ -27,7 +23,7 @@ def check_scales(vectors: torch.Tensor, scales) -> torch.Tensor | None:
     TypeError when scales is not a tensor. The values themselves (finite, >= 0) are the
     storage's to check when it loads them: checking them here would cost a device
     synchronisation per call."""
-    quant = is_quantized(vectors)
+    quant = is_quantized(vectors.dtype)
     if scales is None:
         if quant:
             raise ValueError(f"{vectors.dtype} vectors need scales= (float32, one per row: the value of a "
