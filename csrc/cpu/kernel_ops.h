@@ -82,5 +82,17 @@ const KernelOps& kernel_ops_amx_emulated(); // the AMX kernel with tile operatio
 
 const KernelOps& kernel_ops(Isa isa);
 
+// Row `row` of v as float32 into dst[0..d): the ISA's exact conversion of the stored
+// values, times the row's scale for quantised storage (one float32 product per element,
+// as the torch reference computes it). What the scoring kernels and the graph search read.
+inline void read_row(const KernelOps& ops, const VectorsView& v, int64_t row, float* dst) {
+  ops.convert_row(v.dtype, static_cast<const char*>(v.data) + static_cast<size_t>(row) * v.d * vector_dtype_size(v.dtype),
+                  dst, v.d);
+  if (v.scales) {
+    const float s = v.scales[row];
+    for (int64_t j = 0; j < v.d; ++j) dst[j] *= s;
+  }
+}
+
 }  // namespace cpu
 }  // namespace hyp

@@ -313,18 +313,8 @@ ForwardFn forward_for(const KernelOps& ops, PackFormat f) {
 // Loads rows of v into ws.x: ids[r] if ids, else first + r; zeroes the padding rows.
 void load_rows(const KernelOps& ops, const VectorsView& v, const int64_t* ids, int64_t first,
                int64_t rows, int64_t rp, const Workspace& ws) {
-  const size_t es = dtype_size(v.dtype);
-  const char* base = static_cast<const char*>(v.data);
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t row = ids ? ids[r] : first + r;
-    const char* src = base + static_cast<size_t>(row) * v.d * es;
-    float* dst = ws.x + r * ws.ld;
-    ops.convert_row(v.dtype, src, dst, v.d);
-    if (v.scales) {  // quantised: the row's scale applied as the row enters the block, before layer 1
-      const float s = v.scales[row];
-      for (int64_t j = 0; j < v.d; ++j) dst[j] *= s;
-    }
-  }
+  // Quantised rows take their scale here, as they enter the block, before layer 1.
+  for (int64_t r = 0; r < rows; ++r) read_row(ops, v, ids ? ids[r] : first + r, ws.x + r * ws.ld);
   for (int64_t r = rows; r < rp; ++r) std::fill(ws.x + r * ws.ld, ws.x + r * ws.ld + v.d, 0.0f);
 }
 

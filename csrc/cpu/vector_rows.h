@@ -1,6 +1,6 @@
-// Element sizes and the scalar reading of quantised document rows. The kernels read every
+// Element sizes of document storage, and the exact float8 e4m3 table. The kernels read every
 // storage through their ISA's convert_row (exact; int8 and float8 e4m3 to the stored values)
-// into a block of rows and multiply a quantised row by its scale there (VectorsView::scales),
+// into a block of rows and multiply a quantised row by its scale there (cpu::read_row),
 // never into a float32 copy of the corpus: the value of a quantised element is
 // float(q) * scale, one float32 product, as the torch reference computes it.
 #pragma once
@@ -24,8 +24,6 @@ inline size_t vector_dtype_size(DType t) {
   return 4;
 }
 
-inline bool is_quantized(DType t) { return t == DType::I8 || t == DType::F8E4M3; }
-
 // float8 e4m3 ("fn": no infinities; S.1111.111 is NaN) -> float32, exact, by table.
 inline const float* fp8_e4m3_table() {
   static const struct Table {
@@ -42,18 +40,6 @@ inline const float* fp8_e4m3_table() {
     }
   } table;
   return table.v;
-}
-
-// dst[j] = float(row[j]) * scale for j < n, row of a quantised dtype.
-inline void dequantize_row(DType t, const void* row, float scale, float* dst, int64_t n) {
-  if (t == DType::I8) {
-    const int8_t* q = static_cast<const int8_t*>(row);
-    for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(q[j]) * scale;
-  } else {
-    const float* lut = fp8_e4m3_table();
-    const uint8_t* q = static_cast<const uint8_t*>(row);
-    for (int64_t j = 0; j < n; ++j) dst[j] = lut[q[j]] * scale;
-  }
 }
 
 }  // namespace hyp

@@ -5,7 +5,6 @@
 
 #include "cpu/isa.h"
 #include "cpu/kernel_ops.h"
-#include "cpu/vector_rows.h"
 #include "graph/linearize.h"
 #include "graph/search.h"
 
@@ -174,11 +173,7 @@ bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g
       beam.run(p.max_steps, score);
       if (p.passes > 1 && !beam.list().empty() && !lin.empty()) {
         const int64_t best = beam.list()[0].id;
-        const char* src = static_cast<const char*>(v.data) + best * d * vector_dtype_size(v.dtype);
-        if (v.scales)
-          dequantize_row(v.dtype, src, v.scales[best], at.data(), d);
-        else
-          kops.convert_row(v.dtype, src, at.data(), d);
+        cpu::read_row(kops, v, best, at.data());
         int64_t again = 0;
         if (direction(qn, q, at.data(), w.data(), ls, again)) {
           ids.clear();
