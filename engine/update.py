@@ -27,7 +27,6 @@ import torch
 
 from . import once, quant, storage
 from .graph.insert import Rows, insert, remove
-from .search.filters import str_id_rows
 
 ON_EXISTING = ("error", "replace", "append")
 
@@ -92,8 +91,7 @@ def _rows_with_ids(index, wanted) -> tuple[np.ndarray, set]:
         hit = np.isin(ids, w) & live
         rows = np.flatnonzero(hit)
         return rows, set(ids[rows].tolist())
-    table = str_id_rows(index)
-    rows = [r for x in wanted for r in table.get(x, ()) if live[r]]
+    rows = [i for i, x in enumerate(ids) if x in wanted and live[i]]
     return np.asarray(rows, dtype=np.int64), {ids[i] for i in rows}
 
 

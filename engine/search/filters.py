@@ -109,9 +109,7 @@ def _int_lookup(index):
     return cached(index, "_filter_id_cache", ("int", id(ids)), build, valid=lambda hit: hit[0] is ids)[1:]
 
 
-def str_id_rows(index) -> dict:
-    """id -> [rows] of an index with string ids, built once per ids object (cached on the
-    index; an add replaces the ids and so the table)."""
+def _str_lookup(index) -> dict:
     ids = index._ids
 
     def build():
@@ -150,7 +148,7 @@ def _ids_to_rows(index, ids, what: str) -> np.ndarray:
             if kind != "str":
                 raise TypeError(f"{what}: this index has {'integer' if kind == 'int' else 'no stored'} ids "
                                 f"(address rows by integer), got strings")
-            table = str_id_rows(index)
+            table = _str_lookup(index)
             rows = []
             for s in items:
                 r = table.get(s)
