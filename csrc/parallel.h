@@ -38,8 +38,12 @@ double min_part_micros();
 // Zen 4 with AVX-512 by bench/bench_handoff.py; slower CPUs split a little more often).
 constexpr double kMicrosPerFlop = 1.0 / 90e3;      // fused q-net kernel, ~90 GFLOP/s
 constexpr double kMicrosPerRowByte = 1.0 / 16e3;   // x . w over stored rows, ~16 GB/s
+// x . w over rows read at random from a corpus beyond the last-level cache (every row a
+// DRAM and TLB miss): ~5 GB/s, 16,384 rows of 1.5 KB at 1M x 768 bf16.
+constexpr double kMicrosPerRandomRowByte = 1.0 / 5e3;
+constexpr int64_t kCachedCorpusBytes = int64_t(64) << 20;
 constexpr double kMicrosPerCodeByte = 1.0 / 11e3;  // 4-bit table scan and its top list, ~11 GB/s
-constexpr double kMicrosPerPackByte = 1.0 / 4e3;   // packing q-net weights, ~4 GB/s
+constexpr double kMicrosPerPackByte = 1.0 / 4e3;   // packing q-net weights, bytes read + written
 
 // Parts of min_part_micros() that `micros` of work makes (any number when it is 0).
 inline double parts_of(double micros) {
@@ -64,9 +68,12 @@ struct Parts {
 inline Parts plan_parts(int threads, int64_t items, double item_micros, int64_t min_items = 1) {
   if (threads <= 1 || items < 2 * std::max<int64_t>(1, min_items)) return {};
   const double by_work = parts_of(static_cast<double>(items) * item_micros);
-  const int64_t tasks = static_cast<int64_t>(
+  int64_t tasks = static_cast<int64_t>(
       std::min<double>({by_work, static_cast<double>(items / std::max<int64_t>(1, min_items)), 4.0 * threads}));
   if (tasks < 2) return {};
+  // Equal parts in a multiple of the threads: 3 parts on 2 threads leave one thread a
+  // third of the call idle at the end.
+  if (tasks > threads) tasks -= tasks % threads;
   return {static_cast<int>(std::min<int64_t>(threads, tasks)), tasks};
 }
 

@@ -173,6 +173,13 @@ PackPlan make_plan(const QNetView& qn, const KernelOps& ops, bool bf16 = false) 
   return pl;
 }
 
+// Bytes one query's packing reads and writes: what its cost is estimated from.
+double pack_bytes(const QNetView& qn, const PackPlan& pl) {
+  double src = 0;
+  for (int i = 0; i <= qn.num_layers; ++i) src += static_cast<double>(qn.dims[i] * qn.dims[i + 1]);
+  return src * static_cast<double>(dtype_size(qn.wdtype)) + static_cast<double>(pl.bytes);
+}
+
 // Packing is split into tasks so that large q-nets pack on all threads: chunks of
 // kPackRows (even) weight rows, each row read once, sequentially, converted and scattered
 // into the panels, plus one task for the biases and output weights.
@@ -235,23 +242,27 @@ void pack_task(const QNetView& qn, int64_t q, const PackPlan& pl, const KernelOp
     }
   } else {  // BF16_PAIRS: each weight rounded to bf16 (exact for bf16 weights), padding zero
     // Rows k and k + 1 (k0 and in_pad are even) are rounded together and written as one
-    // 32-bit pair per column: plain loops the compiler vectorises.
+    // 32-bit pair per column, straight into the panels: float32 rows are read in place,
+    // other dtypes converted first; plain loops the compiler vectorises.
     const int64_t ip = pl.in_pad[layer], k1 = std::min(ip, k0 + kPackRows);
     uint32_t* dst = reinterpret_cast<uint32_t*>(base + pl.w_off[layer]);
     thread_local std::vector<float> row2;
-    thread_local std::vector<uint32_t> pairs;
     row2.assign(static_cast<size_t>(op), 0.0f);
-    pairs.resize(static_cast<size_t>(op));
     for (int64_t k = k0; k < k1; k += 2) {
+      const float* r[2];
       for (int h = 0; h < 2; ++h) {
-        std::vector<float>& r = h ? row2 : row;
-        if (k + h < in) ops.convert_row(qn.wdtype, src + (k + h) * out * es, r.data(), out);
-        else std::fill(r.begin(), r.end(), 0.0f);
+        std::vector<float>& buf = h ? row2 : row;
+        r[h] = buf.data();
+        if (k + h >= in) std::fill(buf.begin(), buf.end(), 0.0f);
+        else if (qn.wdtype == DType::F32 && out == op) r[h] = reinterpret_cast<const float*>(src + (k + h) * out * es);
+        else ops.convert_row(qn.wdtype, src + (k + h) * out * es, buf.data(), out);
       }
-      for (int64_t j = 0; j < op; ++j)
-        pairs[j] = static_cast<uint32_t>(bf16_round(row[j])) | static_cast<uint32_t>(bf16_round(row2[j])) << 16;
-      for (int64_t c = 0; c < op; c += nr)
-        std::memcpy(dst + c * (ip / 2) + (k / 2) * nr, pairs.data() + c, static_cast<size_t>(nr) * 4);
+      const float *a = r[0], *b = r[1];
+      for (int64_t c = 0; c < op; c += nr) {
+        uint32_t* d = dst + c * (ip / 2) + (k / 2) * nr;
+        for (int64_t j = 0; j < nr; ++j)
+          d[j] = static_cast<uint32_t>(bf16_round(a[c + j])) | static_cast<uint32_t>(bf16_round(b[c + j])) << 16;
+      }
     }
   }
 }
@@ -406,7 +417,7 @@ void pack_group(const QNetView& qn, const PackPlan& pl, const PackTasks& tasks, 
                 int64_t q0, int64_t gq, char* base, PackedLayer* layers, PackedQuery* views, int threads) {
   const int64_t ntasks = static_cast<int64_t>(tasks.layer.size());
   const int64_t nl = std::max(1, qn.num_layers);
-  const int nt = threads_worth(threads, static_cast<double>(gq * pl.bytes) * kMicrosPerPackByte);
+  const int nt = threads_worth(threads, static_cast<double>(gq) * pack_bytes(qn, pl) * kMicrosPerPackByte);
   parallel_tasks(nt, gq * ntasks, [&](int, int64_t t) {
     const int64_t qi = t / ntasks, ti = t % ntasks;
     char* b = base + qi * pl.bytes;
@@ -568,7 +579,7 @@ struct PackedQNet::Impl {
     plan = make_plan(qn, *ops, bf16);
     char* base = static_cast<char*>(buf.get(plan.bytes));
     const PackTasks t = make_tasks(qn, plan);
-    const int nt = threads_worth(threads, static_cast<double>(plan.bytes) * kMicrosPerPackByte);
+    const int nt = threads_worth(threads, pack_bytes(qn, plan) * kMicrosPerPackByte);
     parallel_tasks(nt, static_cast<int64_t>(t.layer.size()),
                    [&](int, int64_t i) { pack_task(qn, q, plan, *ops, t.layer[i], t.index[i], base); });
     layers.resize(static_cast<size_t>(std::max(1, qn.num_layers)));
