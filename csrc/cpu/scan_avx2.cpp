@@ -137,6 +137,21 @@ void lut_scan(const uint8_t* codes, int64_t nblocks, int64_t nsub, const uint8_t
   }
 }
 
+// 16 estimates per compare (unsigned: max(s, t) == s), the few that pass read off the mask.
+int64_t select_ge(const uint16_t* s, int64_t n, uint16_t thr, int64_t base, int64_t* out) {
+  const __m256i t = _mm256_set1_epi16(static_cast<short>(thr));
+  int64_t c = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    uint32_t m = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(v, t), v)));
+    m &= 0x55555555u;  // one bit per 16-bit lane
+    for (; m; m &= m - 1) out[c++] = base + i + (__builtin_ctz(m) >> 1);
+  }
+  for (; i < n; ++i)
+    if (s[i] >= thr) out[c++] = base + i;
+  return c;
+}
+
 void axpy(int64_t n, float a, const float* x, float* y) {
   const __m256 va = _mm256_set1_ps(a);
   int64_t i = 0;
@@ -159,7 +174,8 @@ float dot(int64_t n, const float* x, const float* y) {
 }  // namespace scan_avx2
 
 const ScanOps& scan_ops_avx2() {
-  static const ScanOps ops{Isa::Avx2, &scan_avx2::dots, &scan_avx2::lut_scan, &scan_avx2::axpy, &scan_avx2::dot};
+  static const ScanOps ops{Isa::Avx2, &scan_avx2::dots, &scan_avx2::lut_scan, &scan_avx2::axpy, &scan_avx2::dot,
+                           &scan_avx2::select_ge};
   return ops;
 }
 

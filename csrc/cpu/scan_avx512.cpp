@@ -141,6 +141,19 @@ void lut_scan(const uint8_t* codes, int64_t nblocks, int64_t nsub, const uint8_t
   }
 }
 
+// 32 estimates per compare; the few that pass are read off the mask.
+int64_t select_ge(const uint16_t* s, int64_t n, uint16_t thr, int64_t base, int64_t* out) {
+  const __m512i t = _mm512_set1_epi16(static_cast<short>(thr));
+  int64_t c = 0, i = 0;
+  for (; i + 32 <= n; i += 32) {
+    uint32_t m = _mm512_cmpge_epu16_mask(_mm512_loadu_si512(s + i), t);
+    for (; m; m &= m - 1) out[c++] = base + i + __builtin_ctz(m);
+  }
+  for (; i < n; ++i)
+    if (s[i] >= thr) out[c++] = base + i;
+  return c;
+}
+
 void axpy(int64_t n, float a, const float* x, float* y) {
   const __m512 va = _mm512_set1_ps(a);
   int64_t i = 0;
@@ -168,7 +181,7 @@ float dot(int64_t n, const float* x, const float* y) {
 
 const ScanOps& scan_ops_avx512() {
   static const ScanOps ops{Isa::Avx512, &scan_avx512::dots, &scan_avx512::lut_scan, &scan_avx512::axpy,
-                           &scan_avx512::dot};
+                           &scan_avx512::dot, &scan_avx512::select_ge};
   return ops;
 }
 

@@ -34,6 +34,9 @@ struct ScanOps {
   void (*axpy)(int64_t n, float a, const float* x, float* y);
   // sum_i x[i] * y[i] (its backward pass).
   float (*dot)(int64_t n, const float* x, const float* y);
+  // Writes base + i for every i < n with s[i] >= thr, in increasing order, into out (room
+  // for n); returns how many. Selects the code estimates worth re-ranking.
+  int64_t (*select_ge)(const uint16_t* s, int64_t n, uint16_t thr, int64_t base, int64_t* out);
 };
 
 const ScanOps& scan_ops_portable();

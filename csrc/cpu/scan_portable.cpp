@@ -58,10 +58,19 @@ float dot(int64_t n, const float* x, const float* y) {
   return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
+int64_t select_ge(const uint16_t* s, int64_t n, uint16_t thr, int64_t base, int64_t* out) {
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    out[c] = base + i;
+    c += s[i] >= thr;  // branch-free: which estimates pass is unpredictable
+  }
+  return c;
+}
+
 }  // namespace
 
 const ScanOps& scan_ops_portable() {
-  static const ScanOps ops{Isa::Portable, &dots, &lut_scan, &axpy, &dot};
+  static const ScanOps ops{Isa::Portable, &dots, &lut_scan, &axpy, &dot, &select_ge};
   return ops;
 }
 

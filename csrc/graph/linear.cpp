@@ -90,7 +90,9 @@ void rows_topk(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* ids
   out.clear();
   if (S == 0 || m <= 0) return;
   std::vector<float> sc(static_cast<size_t>(S));
-  split_range(threads, S, 256, static_cast<double>(v.d * vector_dtype_size(v.dtype)) * kMicrosPerRowByte,
+  const int64_t row_bytes = v.d * vector_dtype_size(v.dtype);
+  const double per_byte = v.n * row_bytes > kCachedCorpusBytes ? kMicrosPerRandomRowByte : kMicrosPerRowByte;
+  split_range(threads, S, 256, static_cast<double>(row_bytes) * per_byte,
               [&](int64_t lo, int64_t hi) {
     row_dots(ops, v, ids + lo, hi - lo, w, sc.data() + lo);
   });
@@ -142,12 +144,13 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
   build_lut(c, w, lut.data());
   const int64_t pairs = c.nsub / 2, nblocks = (c.n + cpu::kCodeBlock - 1) / cpu::kCodeBlock;
   constexpr int64_t kChunkBlocks = 256;  // 8192 documents per task
-  constexpr int kBins = 1 << 16;         // every uint16 sum
+  // Histogram bins: the top bits of the uint16 sums, few enough to stay in L1 while a
+  // chunk is counted (every sum's own bin, 64K counters, cost a quarter of the pass).
+  constexpr int kShift = 4, kBins = 1 << (16 - kShift);
   const int64_t chunks = (nblocks + kChunkBlocks - 1) / kChunkBlocks;
   const int nt = std::min<int64_t>(chunks, threads_worth(threads, static_cast<double>(c.n * pairs) * kMicrosPerCodeByte));
-  // Pass 1: every document's sum, and a histogram of the sums per participant. The
-  // selection is then a threshold: the `rerank` best are every document above it and the
-  // lowest ids at it, the exact top under (sum desc, id asc) without sorting anything.
+  // Pass 1: every document's sum, and a histogram of the sums per participant; the
+  // `rerank` best are then every document above a bin, and the best of that bin.
   std::vector<uint16_t> sums(static_cast<size_t>(nblocks * cpu::kCodeBlock));
   auto zeros = [] { return std::vector<uint32_t>(kBins, 0); };
   PerParticipant<std::vector<uint32_t>> hist(nt);
@@ -159,7 +162,7 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
     const int64_t count = std::min(nb * cpu::kCodeBlock, c.n - b0 * cpu::kCodeBlock);
     const int64_t first = b0 * cpu::kCodeBlock;
     for (int64_t i = 0; i < count; ++i)
-      if (!allow || allow[first + i]) ++h[s[i]];
+      if (!allow || allow[first + i]) ++h[s[i] >> kShift];
   });
   int64_t above = 0, cut = kBins - 1;
   for (; cut > 0; --cut) {
@@ -169,34 +172,47 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
     if (above + at >= rerank) break;
     above += at;
   }
-  const int64_t at_cut = rerank - above;  // documents taken with sum == cut, lowest ids first
-  // Pass 2, by chunks on the threads: the ids above the cut and those at it, each list in
-  // storage order; the first `at_cut` of the latter complete the set.
-  const uint16_t thr = static_cast<uint16_t>(cut);
-  std::vector<std::vector<int64_t>> over(static_cast<size_t>(chunks)), equal(static_cast<size_t>(chunks));
+  // Pass 2, by chunks on the threads: the ids at or above the cut bin (the ISA's
+  // select_ge), split into those above it and those in it with their sums.
+  const uint16_t thr = static_cast<uint16_t>(cut << kShift);
+  struct InBin {
+    uint16_t s;
+    int64_t id;
+  };
+  std::vector<std::vector<int64_t>> over(static_cast<size_t>(chunks));
+  std::vector<std::vector<InBin>> bin(static_cast<size_t>(chunks));
   parallel_tasks(nt, chunks, [&](int, int64_t ch) {
     const int64_t lo = ch * kChunkBlocks * cpu::kCodeBlock, hi = std::min(c.n, lo + kChunkBlocks * cpu::kCodeBlock);
-    for (int64_t i = lo; i < hi; ++i) {
+    thread_local std::vector<int64_t> sel;
+    sel.resize(static_cast<size_t>(kChunkBlocks * cpu::kCodeBlock));
+    const int64_t got = ops.select_ge(sums.data() + lo, hi - lo, thr, lo, sel.data());
+    for (int64_t j = 0; j < got; ++j) {
+      const int64_t i = sel[j];
       if (allow && !allow[i]) continue;
-      const uint16_t si = sums[i];
-      if (si >= thr) (si > thr ? over[ch] : equal[ch]).push_back(i);
+      if ((sums[i] >> kShift) > cut) over[ch].push_back(i);
+      else bin[ch].push_back(InBin{sums[i], i});
     }
   });
-  std::vector<int64_t> ids;  // in storage order: fewer page and TLB misses in the re-rank
-  ids.reserve(static_cast<size_t>(rerank));
-  int64_t left = at_cut;
+  // The cut bin's best `rerank - above` by (sum desc, id asc): the exact top of the sums.
+  std::vector<InBin> edge;
+  size_t total = 0;
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    size_t a = 0, b = 0;  // merge the two sorted lists of the chunk, taking `left` of the second
-    while (a < over[ch].size() || b < equal[ch].size()) {
-      const bool take_equal = b < equal[ch].size() && (a == over[ch].size() || equal[ch][b] < over[ch][a]);
-      if (!take_equal) {
-        ids.push_back(over[ch][a++]);
-      } else {
-        if (left > 0) ids.push_back(equal[ch][b]), --left;
-        ++b;
-      }
-    }
+    edge.insert(edge.end(), bin[ch].begin(), bin[ch].end());
+    total += over[ch].size();
   }
+  const int64_t need = std::min<int64_t>(rerank - above, static_cast<int64_t>(edge.size()));
+  auto edge_better = [](const InBin& a, const InBin& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); };
+  if (need < static_cast<int64_t>(edge.size())) std::nth_element(edge.begin(), edge.begin() + need, edge.end(), edge_better);
+  std::vector<int64_t> taken(static_cast<size_t>(need));
+  for (int64_t j = 0; j < need; ++j) taken[j] = edge[j].id;
+  std::sort(taken.begin(), taken.end());
+  // In storage order (fewer page and TLB misses in the re-rank): the chunks' lists are,
+  // and the few taken from the cut bin merge in.
+  std::vector<int64_t> above_ids;
+  above_ids.reserve(total);
+  for (int64_t ch = 0; ch < chunks; ++ch) above_ids.insert(above_ids.end(), over[ch].begin(), over[ch].end());
+  std::vector<int64_t> ids(above_ids.size() + taken.size());
+  std::merge(above_ids.begin(), above_ids.end(), taken.begin(), taken.end(), ids.begin());
   rows_topk(ops, v, ids.data(), static_cast<int64_t>(ids.size()), w, m, threads, out);
 }
 
