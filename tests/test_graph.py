@@ -354,12 +354,17 @@ def test_native_interface_rejects_bad_input():
 
 
 # ---------------------------------------------------------------- codes
+def _coded(n, d, bytes_per_vector, queries, seed):
+    """(vectors, their codes, `queries` random directions)."""
+    x = engine.synthetic.vectors(n, d, seed=seed, dtype=torch.bfloat16)
+    codes = engine.graph.build_codes(x, bytes_per_vector=bytes_per_vector)
+    w = torch.randn(queries, d, generator=torch.Generator().manual_seed(seed - 6))
+    return x, codes, w
+
+
 @pytest.fixture(scope="module")
 def coded():
-    x = engine.synthetic.vectors(3000, 48, seed=11, dtype=torch.bfloat16)
-    codes = engine.graph.build_codes(x, bytes_per_vector=16)
-    w = torch.randn(4, 48, generator=torch.Generator().manual_seed(5))
-    return x, codes, w
+    return _coded(3000, 48, 16, 4, seed=11)
 
 
 def test_codes_build_respects_the_budget(coded):
@@ -423,10 +428,7 @@ def test_codes_scan_same_on_every_isa(coded, isa):
 @pytest.fixture(scope="module")
 def coded_many():
     """Codes of 20,000 documents: three of the selection's 8,192-document chunks."""
-    x = engine.synthetic.vectors(20_000, 32, seed=12, dtype=torch.bfloat16)
-    codes = engine.graph.build_codes(x, bytes_per_vector=8)
-    w = torch.randn(3, 32, generator=torch.Generator().manual_seed(6))
-    return x, codes, w
+    return _coded(20_000, 32, 8, 3, seed=12)
 
 
 @pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")

@@ -224,19 +224,24 @@ void pack_task(const QNetView& qn, int64_t q, const PackPlan& pl, const KernelOp
   const int64_t in = qn.dims[layer], out = qn.dims[layer + 1], nr = pl.nr;
   const char* src = static_cast<const char*>(qn.weights[layer]) + q * in * out * es;
   const int64_t op = pl.out_pad[layer], k0 = p * kPackRows;
-  thread_local std::vector<float> row;
+  thread_local std::vector<float> row, row2;
   row.assign(static_cast<size_t>(op), 0.0f);  // columns beyond `out` stay zero
+  // Weight row k as op floats: float32 rows read in place, other dtypes converted into
+  // `buf`; a row beyond `in` (bf16 pairs' padding) is zeros.
+  auto weight_row = [&](int64_t k, std::vector<float>& buf) -> const float* {
+    if (k >= in) {
+      std::fill(buf.begin(), buf.end(), 0.0f);
+      return buf.data();
+    }
+    if (qn.wdtype == DType::F32 && out == op) return reinterpret_cast<const float*>(src + k * out * es);
+    ops.convert_row(qn.wdtype, src + k * out * es, buf.data(), out);
+    return buf.data();
+  };
   if (pl.format == PackFormat::F32) {
     const int64_t k1 = std::min(in, k0 + kPackRows);
     float* dst = reinterpret_cast<float*>(base + pl.w_off[layer]);
     for (int64_t k = k0; k < k1; ++k) {
-      // float32 rows are read in place; other dtypes are converted into `row` first.
-      const float* r = row.data();
-      if (qn.wdtype == DType::F32 && out == op) {
-        r = reinterpret_cast<const float*>(src + k * out * es);
-      } else {
-        ops.convert_row(qn.wdtype, src + k * out * es, row.data(), out);
-      }
+      const float* r = weight_row(k, row);
       for (int64_t c = 0; c < op; c += nr)
         std::memcpy(dst + c * in + k * nr, r + c, static_cast<size_t>(nr) * sizeof(float));
     }
@@ -246,18 +251,9 @@ void pack_task(const QNetView& qn, int64_t q, const PackPlan& pl, const KernelOp
     // other dtypes converted first; plain loops the compiler vectorises.
     const int64_t ip = pl.in_pad[layer], k1 = std::min(ip, k0 + kPackRows);
     uint32_t* dst = reinterpret_cast<uint32_t*>(base + pl.w_off[layer]);
-    thread_local std::vector<float> row2;
     row2.assign(static_cast<size_t>(op), 0.0f);
     for (int64_t k = k0; k < k1; k += 2) {
-      const float* r[2];
-      for (int h = 0; h < 2; ++h) {
-        std::vector<float>& buf = h ? row2 : row;
-        r[h] = buf.data();
-        if (k + h >= in) std::fill(buf.begin(), buf.end(), 0.0f);
-        else if (qn.wdtype == DType::F32 && out == op) r[h] = reinterpret_cast<const float*>(src + (k + h) * out * es);
-        else ops.convert_row(qn.wdtype, src + (k + h) * out * es, buf.data(), out);
-      }
-      const float *a = r[0], *b = r[1];
+      const float *a = weight_row(k, row), *b = weight_row(k + 1, row2);
       for (int64_t c = 0; c < op; c += nr) {
         uint32_t* d = dst + c * (ip / 2) + (k / 2) * nr;
         for (int64_t j = 0; j < nr; ++j)

@@ -193,26 +193,22 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
       else bin[ch].push_back(InBin{sums[i], i});
     }
   });
-  // The cut bin's best `rerank - above` by (sum desc, id asc): the exact top of the sums.
+  // The ids in storage order (fewer page and TLB misses in the re-rank): the chunks'
+  // lists above the cut bin are, and the bin's best `rerank - above` under the ranking
+  // order (sum desc, id asc), sorted by id, merge in: the exact top of the sums.
+  std::vector<int64_t> ids;
   std::vector<InBin> edge;
-  size_t total = 0;
   for (int64_t ch = 0; ch < chunks; ++ch) {
+    ids.insert(ids.end(), over[ch].begin(), over[ch].end());
     edge.insert(edge.end(), bin[ch].begin(), bin[ch].end());
-    total += over[ch].size();
   }
   const int64_t need = std::min<int64_t>(rerank - above, static_cast<int64_t>(edge.size()));
-  auto edge_better = [](const InBin& a, const InBin& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); };
-  if (need < static_cast<int64_t>(edge.size())) std::nth_element(edge.begin(), edge.begin() + need, edge.end(), edge_better);
-  std::vector<int64_t> taken(static_cast<size_t>(need));
-  for (int64_t j = 0; j < need; ++j) taken[j] = edge[j].id;
-  std::sort(taken.begin(), taken.end());
-  // In storage order (fewer page and TLB misses in the re-rank): the chunks' lists are,
-  // and the few taken from the cut bin merge in.
-  std::vector<int64_t> above_ids;
-  above_ids.reserve(total);
-  for (int64_t ch = 0; ch < chunks; ++ch) above_ids.insert(above_ids.end(), over[ch].begin(), over[ch].end());
-  std::vector<int64_t> ids(above_ids.size() + taken.size());
-  std::merge(above_ids.begin(), above_ids.end(), taken.begin(), taken.end(), ids.begin());
+  if (need < static_cast<int64_t>(edge.size()))
+    std::nth_element(edge.begin(), edge.begin() + need, edge.end(), better<InBin>);
+  const size_t mid = ids.size();
+  for (int64_t j = 0; j < need; ++j) ids.push_back(edge[j].id);
+  std::sort(ids.begin() + mid, ids.end());
+  std::inplace_merge(ids.begin(), ids.begin() + mid, ids.end());
   rows_topk(ops, v, ids.data(), static_cast<int64_t>(ids.size()), w, m, threads, out);
 }
 
