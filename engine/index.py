@@ -563,8 +563,16 @@ class Index:
         if m["codes"] is not None:
             from .graph.codes import LinearCodes
 
+            from .graph.codes import ResidualBits
+
             arrays = {attr: get(fname) for attr, (fname, _) in storage.CODE_FILES.items()}
-            codes = LinearCodes(**arrays, n=n, params=dict(m["codes"].get("params", {})))
+            residual = None
+            if m["codes"].get("residual"):
+                missing = [f for f, _ in storage.RESIDUAL_FILES.values() if f not in files]
+                if missing:
+                    raise storage.IndexFormatError(f"{path}: the codes' second level lacks {missing}")
+                residual = ResidualBits(**{attr: get(fname) for attr, (fname, _) in storage.RESIDUAL_FILES.items()})
+            codes = LinearCodes(**arrays, n=n, params=dict(m["codes"].get("params", {})), residual=residual)
             try:
                 codes.check(n, m["dim"])
             except ValueError as e:
@@ -578,7 +586,8 @@ class Index:
         index._disk_manifest = m
         if populate and mmap:
             for t in (index.vectors, index.scales, index.graph,
-                      *(getattr(index.codes, a) for a in ("codes",) if index.codes)):
+                      *(getattr(index.codes, a) for a in ("codes",) if index.codes),
+                      *((index.codes.residual.bits,) if index.codes and index.codes.residual is not None else ())):
                 if t is not None:
                     storage.populate(t)
         return index
@@ -648,10 +657,9 @@ def write_index_files(path: str | os.PathLike, vector_chunks, n: int, d: int, dt
             graph_entry = {"degree": int(graph.shape[1]), "params": dict(graph_params or {})}
         codes_entry = None
         if codes is not None:
-            for attr, (fname, dt) in storage.CODE_FILES.items():
-                t = getattr(codes, attr).contiguous()
+            for fname, (t, dt) in storage.code_arrays(codes).items():
                 add(fname, t, dt, list(t.shape))
-            codes_entry = {"params": dict(codes.params)}
+            codes_entry = storage.codes_entry(codes)
         deleted_entry = None
         if deleted is not None and bool(deleted.any()):
             add(storage.DELETED_FILE, deleted.to(torch.uint8), "uint8", [n])

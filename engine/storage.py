@@ -7,7 +7,7 @@
      "dtype": "float32" | "float16" | "bfloat16" | "int8" | "float8_e4m3",
      "ids": "none" | "int" | "str",
      "graph": null | {"degree": R, "params": {...}},
-     "codes": null | {"params": {...}},
+     "codes": null | {"params": {...}, "residual": bool},
      "deleted": null | {"count": k},
      "files": {"vectors.bin": {"dtype": ..., "shape": [n, d], "size": bytes, "sha256": hex},
                ...}}
@@ -16,7 +16,10 @@ Files: ``vectors.bin`` (n, d); ``ids.i64.bin`` (n,) int64 for integer ids; ``ids
 (n + 1,) int64 and ``ids.utf8.bin`` (bytes) for string ids; ``graph.i32.bin`` (n, R) int32;
 the graph search's candidate codes (see engine/graph/codes.py) ``codes.u8.bin``,
 ``codes.rotation.f32.bin``, ``codes.dims.i32.bin``, ``codes.bits.i32.bin``,
-``codes.levels.f32.bin`` and ``codes.mean.f32.bin``; for int8 / float8_e4m3 vectors (float8
+``codes.levels.f32.bin`` and ``codes.mean.f32.bin``, and with ``"residual": true`` their
+second level ``codes.residual.u8.bin``, ``codes.residual.rotation.f32.bin``,
+``codes.residual.levels.f32.bin`` and ``codes.residual.mean.f32.bin`` (a reader that
+predates it uses the first level alone, which changes no result's validity); for int8 / float8_e4m3 vectors (float8
 e4m3fn stored as its raw byte) ``scales.f32.bin`` (n,) float32, one scale per row (see
 engine/quant.py and docs/storage.md). Version 2 added the codes; older indexes are read
 as they are, and an older reader refuses a newer index by its version number.
@@ -86,6 +89,25 @@ READABLE_VERSIONS = (1, 2, 3)
 CODE_FILES = {"codes": ("codes.u8.bin", "uint8"), "rotation": ("codes.rotation.f32.bin", "float32"),
               "dims": ("codes.dims.i32.bin", "int32"), "bits": ("codes.bits.i32.bin", "int32"),
               "levels": ("codes.levels.f32.bin", "float32"), "mean": ("codes.mean.f32.bin", "float32")}
+# Their optional second level (engine.graph.codes.ResidualBits), present when the manifest's
+# "codes" entry says "residual": true. Readers that predate it use the first level alone.
+RESIDUAL_FILES = {"bits": ("codes.residual.u8.bin", "uint8"), "rotation": ("codes.residual.rotation.f32.bin", "float32"),
+                  "levels": ("codes.residual.levels.f32.bin", "float32"),
+                  "mean": ("codes.residual.mean.f32.bin", "float32")}
+
+
+def code_arrays(codes) -> dict:
+    """file name -> (tensor, dtype name) of the codes' arrays, second level included."""
+    out = {fname: (getattr(codes, attr).contiguous(), dt) for attr, (fname, dt) in CODE_FILES.items()}
+    if codes.residual is not None:
+        out.update({fname: (getattr(codes.residual, attr).contiguous(), dt)
+                    for attr, (fname, dt) in RESIDUAL_FILES.items()})
+    return out
+
+
+def codes_entry(codes) -> dict:
+    """The manifest's "codes" entry of ``codes``."""
+    return {"params": dict(codes.params), "residual": codes.residual is not None}
 MANIFEST = "manifest.json"
 DELETED_FILE = "deleted.u8.bin"
 CRASH_ENV = "HYPENCODER_CRASH_AT"

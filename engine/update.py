@@ -245,9 +245,10 @@ def _state_arrays(state: dict, n: int) -> tuple[dict, dict]:
         arrays["graph.i32.bin"] = (state["graph"], "int32")
         fields["graph"] = {"degree": int(state["graph"].shape[1]), "params": state["graph_params"]}
     if state["codes"] is not None:
-        for attr, (fname, dt) in storage.CODE_FILES.items():
-            arrays[fname] = (getattr(state["codes"], attr).contiguous(), dt)
-        fields["codes"] = {"params": dict(state["codes"].params)}
+        arrays.update(storage.code_arrays(state["codes"]))
+        fields["codes"] = storage.codes_entry(state["codes"])
+        if state["codes"].residual is None:  # no stale second level beside new codes
+            fields["drop"] += [fname for fname, _ in storage.RESIDUAL_FILES.values()]
     fields.update(_deleted_fields(state["deleted"], arrays))
     return arrays, fields
 

@@ -44,9 +44,14 @@ def codes_tuple(rng, n, d):
     bits = np.zeros((nsub, 4), np.int32)
     for j in range(nsub):
         dims[j, 0], bits[j, 0] = j % r, 4
-    return (rng.integers(0, 256, ((n + 31) // 32, nsub // 2, 32), dtype=np.uint8),
-            rng.standard_normal((d, r)).astype(np.float32), dims, bits,
-            np.sort(rng.standard_normal((r, 16)).astype(np.float32), axis=1))
+    first = (rng.integers(0, 256, ((n + 31) // 32, nsub // 2, 32), dtype=np.uint8),
+             rng.standard_normal((d, r)).astype(np.float32), dims, bits,
+             np.sort(rng.standard_normal((r, 16)).astype(np.float32), axis=1))
+    if not rng.integers(2):
+        return first
+    rr = 8 * int(rng.integers(1, 3))  # the second level: residual bits, rotation, levels
+    return first + (rng.integers(0, 256, (n, rr // 8), dtype=np.uint8), rng.standard_normal((d, rr)).astype(np.float32),
+                    np.sort(rng.standard_normal((rr, 2)).astype(np.float32), axis=1))
 
 
 @st.composite
@@ -140,7 +145,7 @@ def _base_args(name, Q, n, d, L, rng):
         return dict(a, vectors=vec, graph=graph, mean=vec.mean(0) if n else np.zeros(d, np.float32),
                     samples=np.arange(min(n, 8), dtype=np.int64), codes=codes_tuple(rng, n, d) if n else None,
                     k=5, ef=8, ef_lin=8, width=2, max_steps=4, passes=2, shortlist=8, rerank=16,
-                    bf16=bool(rng.integers(2)), num_threads=2, allow=allow)
+                    residual_rows=40, bf16=bool(rng.integers(2)), num_threads=2, allow=allow)
     if name == "graph_linear_topk":
         return {"vectors": vec, "w": w, "m": 5, "num_threads": 2}
     if name == "graph_rows_topk":
@@ -148,7 +153,12 @@ def _base_args(name, Q, n, d, L, rng):
         return {"vectors": vec, "ids": rows, "w": w, "m": 4, "num_threads": 2}
     if name == "graph_codes_topk":
         return {"codes": codes_tuple(rng, max(n, 1), d), "vectors": vec if n else rng.standard_normal((1, d)).astype(
-            np.float32), "w": w, "rerank": 16, "m": 5, "num_threads": 2}
+            np.float32), "w": w, "rerank": 16, "m": 5, "num_threads": 2, "residual_rows": 40}
+    if name == "graph_residual_sums":
+        c = codes_tuple(rng, max(n, 1), d)
+        while len(c) < 8:
+            c = codes_tuple(rng, max(n, 1), d)
+        return {"codes": c, "n": max(n, 1), "w": w[0], "rows": rng.integers(0, max(n, 1), 7).astype(np.int64)}
     if name == "graph_codes_lut":
         return {"codes": codes_tuple(rng, max(n, 1), d), "n": max(n, 1), "w": w[0]}
     if name == "graph_codes_sums":
@@ -162,7 +172,7 @@ def _base_args(name, Q, n, d, L, rng):
 ENTRY_POINTS = ["topk_merge", "cpu_isa", "cpu_supported_isas", "cpu_kernel_tables", "cpu_set_isa", "cpu_isa_status", "cpu_has_bf16_kernel", "cpu_kernel_name", "cpu_score_dense",
                 "cpu_score_gather", "cpu_exact_topk", "CpuPackedQNets", "cpu_pack_qnets", "cpu_fma_peak_gflops",
                 "cpu_score_gather_query", "graph_paper_search", "graph_default_search", "graph_linear_topk",
-                "graph_rows_topk", "graph_codes_topk", "graph_codes_lut", "graph_codes_sums", "graph_linearize"]
+                "graph_rows_topk", "graph_codes_topk", "graph_codes_lut", "graph_codes_sums", "graph_residual_sums", "graph_linearize"]
 
 
 def test_every_entry_point_is_fuzzed():

@@ -3,6 +3,8 @@ implementation of the paper's algorithm, edge cases, determinism, input checks."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -175,6 +177,9 @@ def test_graph_and_codes_persist(tmp_path, small):
     assert back.graph_params == idx.graph_params
     for name in engine.graph.LinearCodes.ARRAYS:
         assert torch.equal(getattr(back.codes, name), getattr(idx.codes, name)), name
+    assert idx.codes.residual is not None  # built by default, and saved with the first level
+    for name in engine.graph.ResidualBits.ARRAYS:
+        assert torch.equal(getattr(back.codes.residual, name), getattr(idx.codes.residual, name)), name
     assert back.codes.params == idx.codes.params
     for preset, opts in (("paper", {"num_entry_points": 50}), ("default", {"ef": 16})):
         a = idx.search(q, 10, mode="graph", preset=preset, **opts)
@@ -227,7 +232,8 @@ def test_paper_entry_points_fixed_by_seed(small):
 def test_default_finds_exact_top10(small, impl, candidates):
     idx, q = small
     ex = idx.search(q, 10)
-    r = idx.search(q, 10, mode="graph", impl=impl, candidates=candidates, ef=8, passes=1)
+    # A short list and one pass: the beam's steps on the graph bring the recall.
+    r = idx.search(q, 10, mode="graph", impl=impl, candidates=candidates, ef=8, passes=1, max_steps=2)
     assert recall(r.ids, ex.ids) >= 0.95
     # Scores returned are the q-net's own scores of the returned documents.
     ref = engine.score_gather(q, idx.vectors, r.ids)
@@ -493,14 +499,209 @@ def test_codes_check_rejects_damaged_arrays(coded):
         engine.graph.build_codes(x, bytes_per_vector=2.0)
 
 
-def test_damaged_codes_file_is_an_index_format_error(tmp_path, small):
+# ---------------------------------------------------------------- second level of the codes
+@pytest.fixture(scope="module")
+def coded2():
+    """Codes of 6,000 documents with a 64-coordinate residual level, and 3 directions."""
+    x = engine.synthetic.vectors(6000, 64, seed=21, dtype=torch.bfloat16)
+    codes = engine.graph.build_codes(x, bytes_per_vector=12, residual_bytes=8)
+    w = torch.randn(3, 64, generator=torch.Generator().manual_seed(22))
+    return x, codes, w
+
+
+def test_residual_bits_shapes_and_budget(coded2):
+    x, codes, _ = coded2
+    codes.check(6000, 64)
+    res = codes.residual
+    assert res.bits.shape == (6000, 8) and res.bits.dtype == torch.uint8
+    assert res.rotation.shape == (64, 64) and res.levels.shape == (64, 2)
+    assert bool((res.levels[:, 0] < res.levels[:, 1]).all())
+    assert codes.params["residual_bytes"] == 8
+    # At most d / 8 bytes: d = 48 caps 64 requested bytes at 6; 0 builds no second level.
+    y = engine.synthetic.vectors(500, 48, seed=3)
+    assert engine.graph.build_codes(y, bytes_per_vector=8, residual_bytes=64).residual.bits.shape == (500, 6)
+    assert engine.graph.build_codes(y, bytes_per_vector=8, residual_bytes=0).residual is None
+    with pytest.raises(ValueError, match="residual_bytes"):
+        engine.graph.build_codes(y, residual_bytes=-1)
+
+
+def test_residual_bits_sharpen_the_estimate(coded2):
+    """Both levels estimate (x - mean) . w closer than the first alone: a higher
+    correlation with the exact inner product and more of its top-30 among the top-300."""
+    x, codes, w = coded2
+    lut, scale = codes.lut_and_scale(w)
+    sums = codes.sums(lut).double()
+    g = codes.residual_table(w, scale).double()
+    both = sums * engine.graph.codes.RESIDUAL_UNITS + (codes.residual.unpacked().double() @ g.T).T
+    exact = ((x.float() - codes.mean) @ w.T).T.double()
+    for q in range(3):
+        one = np.corrcoef(sums[q].numpy(), exact[q].numpy())[0, 1]
+        two = np.corrcoef(both[q].numpy(), exact[q].numpy())[0, 1]
+        assert two > one > 0.5, (one, two)
+        top = set(torch.topk(exact[q], 30).indices.tolist())
+        hit1 = len(top & set(torch.topk(sums[q], 300).indices.tolist()))
+        hit2 = len(top & set(torch.topk(both[q], 300).indices.tolist()))
+        assert hit2 >= hit1 and hit2 >= 27, (hit1, hit2)
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
+def test_native_residual_sums_equal_torch_twin_on_every_isa(coded2):
+    from engine import _C
+    from engine.backends import cpu
+
+    x, codes, w = coded2
+    rows = np.array([0, 5, 5999, 17, 3000, 2], np.int64)
+    for q in range(3):
+        _, scale = codes.lut_and_scale(w[q : q + 1])
+        g_ref = codes.residual_table(w[q : q + 1], scale)[0]
+        ref = (codes.residual.unpacked(torch.from_numpy(rows)).long() * g_ref.long()).sum(1)
+        for isa in cpu.supported_isas():
+            try:
+                cpu.set_isa(isa)
+                g, sums = _C.graph_residual_sums(codes.native(), 6000, w[q].numpy(), rows)
+            finally:
+                cpu.set_isa("auto")
+            assert np.array_equal(g, g_ref.numpy()), isa
+            assert np.array_equal(sums.astype(np.int64), ref.numpy()), isa
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
+@pytest.mark.parametrize("rerank,first", [(1, 50), (37, 400), (500, 4000), (700, 6000), (300, 300)])
+def test_two_level_selection_is_the_top_of_both_estimates(coded2, rerank, first):
+    """The re-ranked set: among the `first` best table sums (sum desc, id asc), the
+    `rerank` best two-level estimates (estimate desc, id asc), on every ISA and thread
+    count, and the torch twin's; without a second level or with first <= rerank, the
+    first level alone."""
+    from engine import _C
+    from engine.backends import cpu
+    from engine.graph.torch_impl import codes_topk
+
+    x, codes, w = coded2
+    n = 6000
+    for q in range(2):
+        lut, scale = codes.lut_and_scale(w[q : q + 1])
+        sums = codes.sums(lut)[0].long().numpy()
+        order = np.lexsort((np.arange(n), -sums))
+        if first > rerank:
+            cand = order[:first]
+            g = codes.residual_table(w[q : q + 1], scale)[0].long()
+            est = sums[cand] * engine.graph.codes.RESIDUAL_UNITS + (
+                codes.residual.unpacked(torch.from_numpy(cand)).long() * g).sum(1).numpy()
+            want = set(cand[np.lexsort((cand, -est))[:rerank]].tolist())
+        else:
+            want = set(order[:rerank].tolist())
+        twin = codes_topk(codes, x, w[q : q + 1], rerank, rerank, residual_rows=first)
+        assert set(twin[0].tolist()) == want
+        for isa in cpu.supported_isas():
+            for nt in (1, 2):
+                try:
+                    cpu.set_isa(isa)
+                    _, got = _C.graph_codes_topk(codes.native(), _np(x), w[q : q + 1].numpy(), rerank, rerank, nt,
+                                                 residual_rows=first)
+                finally:
+                    cpu.set_isa("auto")
+                assert set(got[0].tolist()) == want, (isa, nt)
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
+def test_two_level_selection_keeps_to_the_allowed_rows(coded2):
+    from engine.graph.torch_impl import codes_topk
+
+    x, codes, w = coded2
+    allow = torch.zeros(6000, dtype=torch.bool)
+    allow[::7] = True
+    ref = codes_topk(codes, x, w, 40, 40, allow=allow[None], residual_rows=300)
+    for q in range(3):
+        assert allow[ref[q][ref[q] >= 0]].all()
+    # Both implementations of the default search, through both levels: allowed documents
+    # only, and the same ones.
+    idx = engine.Index.from_vectors(x).build_graph(8)
+    qn = engine.synthetic.qnets(2, [64, 64, 1], seed=4, corpus_seed=21)
+    res = [idx.search(qn, 10, mode="graph", ef=8, allow=allow, impl=impl, residual_rows=900, rerank=100)
+           for impl in IMPLS]
+    for r in res:
+        assert bool(allow[r.ids[r.ids >= 0]].all())
+    assert all(torch.equal(r.ids, res[0].ids) for r in res)
+
+
+def test_codes_select_and_append_keep_the_second_level(coded2):
+    """Rows taken out keep their bits; rows appended are encoded as the build encodes them."""
+    x, codes, _ = coded2
+    keep = torch.tensor([5999, 0, 17, 3000])
+    sub = codes.select(keep)
+    assert torch.equal(sub.residual.bits, codes.residual.bits[keep])
+    head = codes.select(torch.arange(4000))
+    grown = head.appended(lambda a, b: x[a:b], 6000)
+    assert torch.equal(grown.codes, codes.codes)
+    assert torch.equal(grown.residual.bits, codes.residual.bits)
+    grown.check(6000, 64)
+
+
+def test_index_without_a_second_level_still_loads_and_searches(tmp_path, small):
+    """Codes built without residual bits (as indexes before them) are saved, loaded and
+    searched through the first level alone."""
+    import dataclasses
+
+    idx, q = small
+    plain = engine.Index.from_vectors(idx.vectors).build_graph(12)
+    plain.codes = dataclasses.replace(plain.codes, residual=None)
+    plain.save(tmp_path / "p")
+    back = engine.Index.load(tmp_path / "p", verify=True)
+    assert back.codes.residual is None
+    m = engine.storage.read_manifest(tmp_path / "p")
+    assert m["codes"]["residual"] is False and not any("residual" in f for f in m["files"])
+    for impl in IMPLS:
+        a = plain.search(q, 10, mode="graph", impl=impl, ef=8)
+        b = back.search(q, 10, mode="graph", impl=impl, ef=8)
+        assert torch.equal(a.ids, b.ids)
+
+
+def _edit_manifest(path, edit) -> None:
     import json
 
+    m = json.loads((path / "manifest.json").read_text())
+    edit(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_missing_residual_file_is_an_index_format_error(tmp_path, small):
     idx, _ = small
     idx.save(tmp_path / "i")
-    m = json.loads((tmp_path / "i" / "manifest.json").read_text())
-    m["files"]["codes.dims.i32.bin"]["shape"] = [3, 4]
-    (tmp_path / "i" / "manifest.json").write_text(json.dumps(m))
+    _edit_manifest(tmp_path / "i", lambda m: m["files"].pop("codes.residual.u8.bin"))
+    with pytest.raises(engine.storage.IndexFormatError, match="second level"):
+        engine.Index.load(tmp_path / "i")
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="C++ graph search not built")
+def test_native_refuses_a_damaged_second_level(coded2):
+    from engine import _C
+
+    x, codes, w = coded2
+    t = list(codes.native())
+    bad = list(t)
+    bad[5] = bad[5][:100]  # bits of fewer rows than documents
+    with pytest.raises(ValueError, match="residual bits"):
+        _C.graph_codes_topk(tuple(bad), _np(x), w[:1].numpy(), 10, 10, 1, residual_rows=100)
+    bad = list(t)
+    bad[6] = np.ascontiguousarray(bad[6][:, :60])  # not a multiple of 8 coordinates
+    with pytest.raises(ValueError, match="multiple of 8"):
+        _C.graph_codes_topk(tuple(bad), _np(x), w[:1].numpy(), 10, 10, 1, residual_rows=100)
+    bad = list(t)
+    bad[7] = bad[7].copy()
+    bad[7][3, 1] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        _C.graph_codes_topk(tuple(bad), _np(x), w[:1].numpy(), 10, 10, 1, residual_rows=100)
+    with pytest.raises(ValueError, match="expected"):
+        _C.graph_codes_topk(tuple(t[:6]), _np(x), w[:1].numpy(), 10, 10, 1)
+    with pytest.raises(ValueError, match="no second level"):
+        _C.graph_residual_sums(tuple(t[:5]), 6000, w[0].numpy(), np.array([1], np.int64))
+
+
+@pytest.mark.parametrize("fname,shape", [("codes.dims.i32.bin", [3, 4]), ("codes.residual.levels.f32.bin", [3, 2])])
+def test_damaged_codes_file_is_an_index_format_error(tmp_path, small, fname, shape):
+    idx, _ = small
+    idx.save(tmp_path / "i")
+    _edit_manifest(tmp_path / "i", lambda m: m["files"][fname].__setitem__("shape", shape))
     with pytest.raises(engine.storage.IndexFormatError):
         engine.Index.load(tmp_path / "i")
 
@@ -743,6 +944,28 @@ def test_search_rejects_bad_options(small):
     assert no_codes.search(q, 10, mode="graph").stats.candidates == "scan"
 
 
+def test_rerank_sizes_with_and_without_a_second_level():
+    """Without residual bits: rerank = max(1024, rerank_factor * ef_lin, rerank_share * n);
+    with them, residual_factor times that is estimated again and residual_rerank times it
+    re-ranked exactly; explicit values win; never below the kept list nor above n."""
+    P = engine.graph.DefaultSearchParams
+    p = P(ef=32, lin_factor=12)  # ef_lin 384: first level 12,288 at 1M (32 x 384 > 5,000)
+    assert p.rerank_rows(1_000_000, 3072) == 12_288
+    assert p.residual_rows_(1_000_000, 3072) == int(p.residual_factor * 12_288)
+    assert p.rerank_rows(1_000_000, 3072, residual=True) == max(3072, math.ceil(p.residual_rerank * 12_288))
+    assert p.rerank_rows(10_000_000, 3072) == 50_000  # the share of n
+    assert p.rerank_rows(500, 100, residual=True) == 500 and p.residual_rows_(500, 100) == 500
+    q = P(ef=32, rerank=7000, residual_rows=40_000)
+    assert q.rerank_rows(1_000_000, 3072, residual=True) == 7000 and q.residual_rows_(1_000_000, 3072) == 40_000
+    assert P(rerank=10).rerank_rows(1_000_000, 3072, residual=True) == 3072
+    for bad in (dict(residual_rows=0), dict(residual_factor=0.0), dict(residual_rerank=1.5),
+                dict(residual_rerank=float("nan"))):
+        with pytest.raises(ValueError):
+            P(**bad)
+    with pytest.raises(TypeError):
+        P(residual_rows=2.5)
+
+
 def test_typed_params_object(small):
     idx, q = small
     p = engine.graph.DefaultSearchParams(ef=20, passes=1)
@@ -759,7 +982,7 @@ def test_out_of_range_neighbour_is_a_value_error(impl):
     idx.graph[:, 1] = 1000  # damaged after the checks of set_graph
     q = engine.synthetic.qnets(2, [8, 8, 1], seed=1)
     with pytest.raises(ValueError, match="neighbour"):
-        idx.search(q, 5, mode="graph", impl=impl, ef=40)
+        idx.search(q, 5, mode="graph", impl=impl, ef=40, max_steps=2)
 
 
 def test_device_graph_cached_until_the_graph_changes():

@@ -152,6 +152,33 @@ int64_t select_ge(const uint16_t* s, int64_t n, uint16_t thr, int64_t base, int6
   return c;
 }
 
+// One byte of a row gates 8 lanes of g: the byte broadcast, each lane's bit tested.
+void bit_sums(const uint8_t* bits, int64_t nbytes, const int64_t* rows, int64_t m, const int32_t* g, int32_t* out) {
+  constexpr int64_t kAheadRows = 16;
+  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  for (int64_t r = 0; r < m; ++r) {
+    prefetch_row_ahead(bits, nbytes, rows, r, m, kAheadRows);
+    const uint8_t* b = bits + rows[r] * nbytes;
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+    int64_t j = 0;
+    for (; j + 2 <= nbytes; j += 2) {
+      const __m256i m0 = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(b[j]), sel), sel);
+      const __m256i m1 = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(b[j + 1]), sel), sel);
+      a0 = _mm256_add_epi32(a0, _mm256_and_si256(m0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 8 * j))));
+      a1 = _mm256_add_epi32(a1, _mm256_and_si256(m1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 8 * j + 8))));
+    }
+    if (j < nbytes) {
+      const __m256i m0 = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(b[j]), sel), sel);
+      a0 = _mm256_add_epi32(a0, _mm256_and_si256(m0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 8 * j))));
+    }
+    const __m256i a = _mm256_add_epi32(a0, a1);
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+    out[r] = _mm_cvtsi128_si32(h);
+  }
+}
+
 void axpy(int64_t n, float a, const float* x, float* y) {
   const __m256 va = _mm256_set1_ps(a);
   int64_t i = 0;
@@ -175,7 +202,7 @@ float dot(int64_t n, const float* x, const float* y) {
 
 const ScanOps& scan_ops_avx2() {
   static const ScanOps ops{Isa::Avx2, &scan_avx2::dots, &scan_avx2::lut_scan, &scan_avx2::axpy, &scan_avx2::dot,
-                           &scan_avx2::select_ge};
+                           &scan_avx2::select_ge, &scan_avx2::bit_sums};
   return ops;
 }
 

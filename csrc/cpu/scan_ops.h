@@ -37,7 +37,23 @@ struct ScanOps {
   // Writes base + i for every i < n with s[i] >= thr, in increasing order, into out (room
   // for n); returns how many. Selects the code estimates worth re-ranking.
   int64_t (*select_ge)(const uint16_t* s, int64_t n, uint16_t thr, int64_t base, int64_t* out);
+  // out[r] = sum of g[k] over the bits k set in row rows[r] of `bits` ((n, nbytes) uint8,
+  // bit k in bit k % 8 of byte k / 8; g: 8 * nbytes int32), for r < m: the second level of
+  // the codes. Integers, so every ISA and order of summation agrees; the caller keeps
+  // sum |g| below 2^31.
+  void (*bit_sums)(const uint8_t* bits, int64_t nbytes, const int64_t* rows, int64_t m, const int32_t* g,
+                   int32_t* out);
 };
+
+// Prefetches row rows[r + ahead] of an (n, nbytes) byte array when there is one: the bit
+// sums read rows scattered over the corpus.
+inline void prefetch_row_ahead(const uint8_t* bits, int64_t nbytes, const int64_t* rows, int64_t r, int64_t m,
+                               int64_t ahead) {
+  if (r + ahead >= m) return;
+  const uint8_t* p = bits + rows[r + ahead] * nbytes;
+  for (int64_t o = 0; o < nbytes; o += 64) __builtin_prefetch(p + o);
+  __builtin_prefetch(p + nbytes - 1);
+}
 
 const ScanOps& scan_ops_portable();
 const ScanOps& scan_ops_avx2();

@@ -67,10 +67,20 @@ int64_t select_ge(const uint16_t* s, int64_t n, uint16_t thr, int64_t base, int6
   return c;
 }
 
+void bit_sums(const uint8_t* bits, int64_t nbytes, const int64_t* rows, int64_t m, const int32_t* g, int32_t* out) {
+  for (int64_t r = 0; r < m; ++r) {
+    const uint8_t* b = bits + rows[r] * nbytes;
+    int32_t acc = 0;
+    for (int64_t j = 0; j < nbytes; ++j)
+      for (int k = 0; k < 8; ++k) acc += -static_cast<int32_t>((b[j] >> k) & 1) & g[j * 8 + k];
+    out[r] = acc;
+  }
+}
+
 }  // namespace
 
 const ScanOps& scan_ops_portable() {
-  static const ScanOps ops{Isa::Portable, &dots, &lut_scan, &axpy, &dot, &select_ge};
+  static const ScanOps ops{Isa::Portable, &dots, &lut_scan, &axpy, &dot, &select_ge, &bit_sums};
   return ops;
 }
 

@@ -157,7 +157,7 @@ bool default_search(const QNetView& qn, const VectorsView& v, const GraphView& g
       lin.clear();
       if (direction(qn, q, mean, w.data(), ls, st.fallback)) {
         if (p.use_codes) {
-          codes_topk(ops, *codes, v, w.data(), p.rerank, keep, sp.inner, lin, al);
+          codes_topk(ops, *codes, v, w.data(), p.rerank, p.residual_rows, keep, sp.inner, lin, al);
           st.coded_rows += v.n;
           st.linear_rows += std::min(std::max(p.rerank, keep), v.n);
         } else {

@@ -101,7 +101,7 @@ void rows_topk(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* ids
   best_of(all, m, out);
 }
 
-void build_lut(const CodesView& c, const float* w, uint8_t* lut) {
+double build_lut(const CodesView& c, const float* w, uint8_t* lut) {
   std::vector<double> wr(static_cast<size_t>(c.r), 0.0);
   for (int64_t i = 0; i < c.d; ++i) {
     const float* row = c.rotation + i * c.r;
@@ -133,15 +133,33 @@ void build_lut(const CodesView& c, const float* w, uint8_t* lut) {
       const double q = std::nearbyint((f[j * 16 + e] - lo[j]) * scale);
       lut[j * 16 + e] = static_cast<uint8_t>(std::min(255.0, std::max(0.0, q)));
     }
+  return scale;
+}
+
+void build_residual(const CodesView& c, const float* w, double scale, int32_t* g) {
+  std::vector<double> wr(static_cast<size_t>(c.rr), 0.0);
+  for (int64_t i = 0; i < c.d; ++i) {
+    const float* row = c.res_rotation + i * c.rr;
+    for (int64_t k = 0; k < c.rr; ++k) wr[k] += static_cast<double>(row[k]) * w[i];
+  }
+  const double bound = static_cast<double>((int64_t(1) << 29) / c.rr);
+  for (int64_t k = 0; k < c.rr; ++k) {
+    const double step = static_cast<double>(c.res_levels[2 * k + 1]) - static_cast<double>(c.res_levels[2 * k]);
+    const double q = std::nearbyint(wr[k] * step * (scale * kResidualUnits));
+    g[k] = static_cast<int32_t>(std::isfinite(q) ? std::min(bound, std::max(-bound, q)) : 0.0);
+  }
 }
 
 void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& v, const float* w,
-                int64_t rerank, int64_t m, int threads, std::vector<Scored>& out, const uint8_t* allow) {
+                int64_t rerank, int64_t residual_rows, int64_t m, int threads, std::vector<Scored>& out,
+                const uint8_t* allow) {
   out.clear();
   if (c.n == 0 || m <= 0) return;
   rerank = std::min(c.n, std::max(rerank, m));
+  const bool two = c.res_bits && residual_rows > rerank;
+  const int64_t first = two ? std::min(c.n, residual_rows) : rerank;  // kept by the first level
   std::vector<uint8_t> lut(static_cast<size_t>(c.nsub * 16));
-  build_lut(c, w, lut.data());
+  const double scale = build_lut(c, w, lut.data());
   const int64_t pairs = c.nsub / 2, nblocks = (c.n + cpu::kCodeBlock - 1) / cpu::kCodeBlock;
   constexpr int64_t kChunkBlocks = 256;  // 8192 documents per task
   // Histogram bins: the top bits of the uint16 sums, few enough to stay in L1 while a
@@ -169,46 +187,71 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
     int64_t at = 0;
     for (const auto& h : hist.all())
       if (h) at += (*h)[cut];
-    if (above + at >= rerank) break;
+    if (above + at >= first) break;
     above += at;
   }
   // Pass 2, by chunks on the threads: the ids at or above the cut bin (the ISA's
-  // select_ge), split into those above it and those in it with their sums.
+  // select_ge) with their sums and, with the second level, their bits' sums (the rows
+  // read here, in storage order, while the chunk's ids are at hand).
   const uint16_t thr = static_cast<uint16_t>(cut << kShift);
-  struct InBin {
+  struct Cand {
     uint16_t s;
+    int32_t b;
     int64_t id;
   };
-  std::vector<std::vector<int64_t>> over(static_cast<size_t>(chunks));
-  std::vector<std::vector<InBin>> bin(static_cast<size_t>(chunks));
+  std::vector<int32_t> g;
+  if (two) {
+    g.resize(static_cast<size_t>(c.rr));
+    build_residual(c, w, scale, g.data());
+  }
+  const int64_t nbytes = c.rr / 8;
+  std::vector<std::vector<Cand>> picked(static_cast<size_t>(chunks));
   parallel_tasks(nt, chunks, [&](int, int64_t ch) {
     const int64_t lo = ch * kChunkBlocks * cpu::kCodeBlock, hi = std::min(c.n, lo + kChunkBlocks * cpu::kCodeBlock);
     thread_local std::vector<int64_t> sel;
+    thread_local std::vector<int32_t> bsum;
     sel.resize(static_cast<size_t>(kChunkBlocks * cpu::kCodeBlock));
-    const int64_t got = ops.select_ge(sums.data() + lo, hi - lo, thr, lo, sel.data());
-    for (int64_t j = 0; j < got; ++j) {
-      const int64_t i = sel[j];
-      if (allow && !allow[i]) continue;
-      if ((sums[i] >> kShift) > cut) over[ch].push_back(i);
-      else bin[ch].push_back(InBin{sums[i], i});
-    }
+    int64_t got = ops.select_ge(sums.data() + lo, hi - lo, thr, lo, sel.data());
+    if (allow) got = std::remove_if(sel.begin(), sel.begin() + got, [&](int64_t i) { return !allow[i]; }) - sel.begin();
+    bsum.assign(static_cast<size_t>(got), 0);
+    if (two) ops.bit_sums(c.res_bits, nbytes, sel.data(), got, g.data(), bsum.data());
+    std::vector<Cand>& mine = picked[ch];
+    mine.resize(static_cast<size_t>(got));
+    for (int64_t j = 0; j < got; ++j) mine[j] = Cand{sums[sel[j]], bsum[j], sel[j]};
   });
-  // The ids in storage order (fewer page and TLB misses in the re-rank): the chunks'
-  // lists above the cut bin are, and the bin's best `rerank - above` under the ranking
-  // order (sum desc, id asc), sorted by id, merge in: the exact top of the sums.
-  std::vector<int64_t> ids;
-  std::vector<InBin> edge;
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    ids.insert(ids.end(), over[ch].begin(), over[ch].end());
-    edge.insert(edge.end(), bin[ch].begin(), bin[ch].end());
-  }
-  const int64_t need = std::min<int64_t>(rerank - above, static_cast<int64_t>(edge.size()));
+  // The exact top `first` of the sums under the ranking order (sum desc, id asc): every
+  // id above the cut bin (in storage order, chunk after chunk) and the bin's best.
+  std::vector<Cand> top, edge;
+  for (const auto& mine : picked)
+    for (const Cand& x : mine) ((x.s >> kShift) > cut ? top : edge).push_back(x);
+  const int64_t need = std::min<int64_t>(first - above, static_cast<int64_t>(edge.size()));
   if (need < static_cast<int64_t>(edge.size()))
-    std::nth_element(edge.begin(), edge.begin() + need, edge.end(), better<InBin>);
-  const size_t mid = ids.size();
-  for (int64_t j = 0; j < need; ++j) ids.push_back(edge[j].id);
-  std::sort(ids.begin() + mid, ids.end());
-  std::inplace_merge(ids.begin(), ids.begin() + mid, ids.end());
+    std::nth_element(edge.begin(), edge.begin() + need, edge.end(), better<Cand>);
+  std::vector<int64_t> ids;
+  if (two && static_cast<int64_t>(top.size()) + need > rerank) {
+    // Both levels: kResidualUnits * table sum + the bits' sum, the best `rerank` under
+    // (estimate desc, id asc), then in storage order (fewer page and TLB misses).
+    struct Est {
+      int64_t s;
+      int64_t id;
+    };
+    std::vector<Est> est;
+    est.reserve(top.size() + static_cast<size_t>(need));
+    for (const Cand& x : top) est.push_back(Est{int64_t(kResidualUnits) * x.s + x.b, x.id});
+    for (int64_t j = 0; j < need; ++j) est.push_back(Est{int64_t(kResidualUnits) * edge[j].s + edge[j].b, edge[j].id});
+    std::nth_element(est.begin(), est.begin() + rerank, est.end(), better<Est>);
+    ids.resize(static_cast<size_t>(rerank));
+    for (int64_t j = 0; j < rerank; ++j) ids[j] = est[j].id;
+    std::sort(ids.begin(), ids.end());
+  } else {
+    // In storage order: the ids above the cut bin already are; the bin's merge in.
+    ids.reserve(top.size() + static_cast<size_t>(need));
+    for (const Cand& x : top) ids.push_back(x.id);
+    const size_t mid = ids.size();
+    for (int64_t j = 0; j < need; ++j) ids.push_back(edge[j].id);
+    std::sort(ids.begin() + mid, ids.end());
+    std::inplace_merge(ids.begin(), ids.begin() + mid, ids.end());
+  }
   rows_topk(ops, v, ids.data(), static_cast<int64_t>(ids.size()), w, m, threads, out);
 }
 

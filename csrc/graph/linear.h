@@ -65,18 +65,36 @@ struct CodesView {
   const int32_t* dims = nullptr;   // (nsub, 4)
   const int32_t* bits = nullptr;   // (nsub, 4)
   const float* levels = nullptr;   // (r, 16)
+  // The optional second level (ResidualBits in engine/graph/codes.py): one bit per
+  // coordinate of the residual, row by row; absent when res_bits is null.
+  const uint8_t* res_bits = nullptr;      // (n, rr / 8)
+  int64_t rr = 0;
+  const float* res_rotation = nullptr;    // (d, rr)
+  const float* res_levels = nullptr;      // (rr, 2): the values of bit 0 and bit 1
 };
+
+// Units of the second level's integers per table unit (RESIDUAL_UNITS in codes.py).
+constexpr int kResidualUnits = 64;
 
 // Approximate top-m: the `rerank` documents with the largest code estimate of x . w
 // (ties to the lower id), then the exact x . w of those, keeping the best m, best first.
+// With the second level and residual_rows > rerank: the `residual_rows` best first-level
+// estimates are estimated again with both levels (kResidualUnits * table sum + bit sum,
+// integers) and the `rerank` best of those re-ranked exactly.
 // `allow` (optional): only allowed documents are selected.
 void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& v, const float* w,
-                int64_t rerank, int64_t m, int threads, std::vector<Scored>& out, const uint8_t* allow = nullptr);
+                int64_t rerank, int64_t residual_rows, int64_t m, int threads, std::vector<Scored>& out,
+                const uint8_t* allow = nullptr);
 
 // The uint8 lookup tables of w (nsub x 16): sub-code j's entry e estimates the part of
 // (x - mean) . w of the coordinates it holds, shifted and scaled so that every entry is in
-// [0, 255] with one scale for all tables (the sum then ranks like the estimate).
-void build_lut(const CodesView& c, const float* w, uint8_t* lut);
+// [0, 255] with one scale for all tables (the sum then ranks like the estimate). Returns
+// the scale (table units per unit of x . w; 0 when every table is flat).
+double build_lut(const CodesView& c, const float* w, uint8_t* lut);
+
+// The second level's table of w (rr int32): what bit k adds to an estimate, in units of
+// 1 / kResidualUnits of a table unit at `scale`, each bounded so the sum fits in int32.
+void build_residual(const CodesView& c, const float* w, double scale, int32_t* g);
 
 }  // namespace graph
 }  // namespace hyp

@@ -47,6 +47,7 @@ struct DefaultParams {
   int64_t k = 10, ef = 32, ef_lin = 128, width = 4, max_steps = 256, passes = 2;
   int64_t shortlist = 0;  // rows of the first linear list kept for the second pass
   int64_t rerank = 0;     // codes: approximate candidates re-ranked exactly
+  int64_t residual_rows = 0;  // codes with a second level: first-level candidates estimated again
   bool use_codes = false;
   bool bf16 = false;      // score candidates with bf16 weights (then the final list exactly)
 };

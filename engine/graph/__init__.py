@@ -9,9 +9,9 @@
 """
 
 from .build import build_knn_graph
-from .codes import LinearCodes, build_codes
+from .codes import LinearCodes, ResidualBits, build_codes
 from .params import DefaultSearchParams, PaperSearchParams
 from .search import graph_search
 
-__all__ = ["build_knn_graph", "build_codes", "LinearCodes", "DefaultSearchParams", "PaperSearchParams",
+__all__ = ["build_knn_graph", "build_codes", "LinearCodes", "ResidualBits", "DefaultSearchParams", "PaperSearchParams",
            "graph_search"]

@@ -96,9 +96,11 @@ def default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, num_thr
     ef_lin = p.ef_lin()
     keep = p.shortlist_rows(n) if p.passes > 1 else ef_lin
     codes = index.codes.native() if use_codes else None
-    rerank = p.rerank_rows(n, keep) if use_codes else 0
+    residual = use_codes and index.codes.residual is not None
+    rerank = p.rerank_rows(n, keep, residual) if use_codes else 0
+    residual_rows = p.residual_rows_(n, keep) if residual else 0
     samples = entry_points(index, p.num_samples, salt=1)
     return _result(_C.graph_default_search(
         w, b, flags, to_numpy(index.vectors), _graph(index), to_numpy(corpus_mean(index)), to_numpy(samples), codes,
-        int(k), p.ef, ef_lin, p.width, p.max_steps, p.passes, keep, rerank, bool(bf16), num_threads,
+        int(k), p.ef, ef_lin, p.width, p.max_steps, p.passes, keep, rerank, residual_rows, bool(bf16), num_threads,
         scales=_scales(index), allow=_allow(allow)))

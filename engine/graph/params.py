@@ -57,6 +57,11 @@ class DefaultSearchParams:
         recall@10 from 0.944 to 0.956 for a few ms; see bench/RESULTS.md).
     The defaults were chosen on the measurements of bench/RESULTS.md ("Graph search at
     scale"); ``ef`` alone moves along the latency-recall curve.
+    residual_rows: with codes that have a second level (``ResidualBits``), the best
+        first-level estimates estimated again with both levels, of which the best
+        ``rerank`` are re-ranked exactly (default: ``residual_factor`` times the rerank
+        default above; the exact re-rank then defaults to ``residual_rerank`` times it).
+        Ignored by codes without a second level.
     lin_factor: linear candidates scored by the q-net, ``ef_lin = lin_factor * ef``.
     width: documents expanded per beam step; max_steps: beam steps per pass (few: with
         ``lin_factor * ef`` linear candidates and the second pass, further steps found
@@ -85,6 +90,9 @@ class DefaultSearchParams:
     rerank: int | None = None
     rerank_factor: float = 32.0
     rerank_share: float = 0.005
+    residual_rows: int | None = None
+    residual_factor: float = 2.0
+    residual_rerank: float = 0.667
     lin_factor: float = 16.0
     width: int = 2
     max_steps: int = 2
@@ -102,6 +110,10 @@ class DefaultSearchParams:
             _int("rerank", self.rerank)
         _number("rerank_factor", self.rerank_factor, 0.0, 1e6, lo_open=True)
         _number("rerank_share", self.rerank_share, 0.0, 1.0)
+        if self.residual_rows is not None:
+            _int("residual_rows", self.residual_rows)
+        _number("residual_factor", self.residual_factor, 0.0, 1e6, lo_open=True)
+        _number("residual_rerank", self.residual_rerank, 0.0, 1.0, lo_open=True)
         _number("lin_factor", self.lin_factor, 0.0, 1e6, lo_open=True)
         _int("width", self.width)
         _int("max_steps", self.max_steps, 0)
@@ -116,12 +128,23 @@ class DefaultSearchParams:
     def ef_lin(self) -> int:
         return max(1, int(math.ceil(self.lin_factor * self.ef)))
 
-    def rerank_rows(self, n: int, keep: int) -> int:
+    def _first_level(self, n: int) -> int:
+        return max(1024, int(self.rerank_factor * self.ef_lin()), int(math.ceil(self.rerank_share * n)))
+
+    def rerank_rows(self, n: int, keep: int, residual: bool = False) -> int:
+        """Rows re-ranked exactly (``residual``: the codes have a second level)."""
         if self.rerank is not None:
             r = self.rerank
+        elif residual:
+            r = int(math.ceil(self.residual_rerank * self._first_level(n)))
         else:
-            r = max(1024, int(self.rerank_factor * self.ef_lin()), int(math.ceil(self.rerank_share * n)))
+            r = self._first_level(n)
         return max(1, min(n, max(r, keep)))
+
+    def residual_rows_(self, n: int, keep: int) -> int:
+        """First-level estimates estimated again with the second level (0: none)."""
+        r = self.residual_rows if self.residual_rows is not None else int(self.residual_factor * self._first_level(n))
+        return max(0, min(n, r))
 
     def shortlist_rows(self, n: int) -> int:
         return max(1, min(n, max(int(math.ceil(self.shortlist * n)), 8 * self.ef_lin())))

@@ -15,6 +15,7 @@ import torch
 
 from .common import (corpus_mean, device_graph, entry_points, new_candidates, score_ids, score_shared,
                      sort_by_key)
+from .codes import RESIDUAL_UNITS
 from .linearize import linearize
 from ..native_args import precision_scope
 
@@ -84,18 +85,28 @@ def rows_topk(vectors: torch.Tensor, ids: torch.Tensor, w: torch.Tensor, m: int,
 
 
 def codes_topk(codes, vectors: torch.Tensor, w: torch.Tensor, rerank: int, m: int,
-               allow: torch.Tensor | None = None) -> torch.Tensor:
+               allow: torch.Tensor | None = None, residual_rows: int = 0) -> torch.Tensor:
     """Ids ``(Q, min(m, n))``: the ``rerank`` best code estimates of ``x . w_q`` (ties by
     lower id), re-ranked by their exact ``x . w_q``; with ``allow``, of the allowed rows
-    only (-1 padding after them)."""
+    only (-1 padding after them). With the codes' second level and ``residual_rows >
+    rerank``, the estimates ranked are those of both levels (``RESIDUAL_UNITS`` x table
+    sum + the bits' sum, integers) over the ``residual_rows`` best table sums."""
     n = vectors.shape[0]
     rerank = min(n, max(rerank, m))
-    sums = codes.sums(codes.lut(w)).float()
+    lut, scale = codes.lut_and_scale(w)
+    sums = codes.sums(lut).double()
     ids = torch.arange(n, device=w.device).expand(w.shape[0], -1)
     if allow is not None:
         ok = allow.expand(w.shape[0], -1)
         sums, ids = sums.masked_fill(~ok, float("-inf")), torch.where(ok, ids, torch.full_like(ids, -1))
-    _, cand = sort_by_key(sums, ids)
+    s, cand = sort_by_key(sums, ids)
+    if codes.residual is not None and residual_rows > rerank:
+        first = min(n, residual_rows)
+        s, cand = s[:, :first], cand[:, :first]
+        g = codes.residual_table(w, scale).double()  # (Q, r)
+        bits = codes.residual.unpacked(cand.clamp_min(0)).double()  # (Q, first, r)
+        est = s * RESIDUAL_UNITS + (bits @ g[:, :, None])[..., 0]  # integers: exact in float64
+        _, cand = sort_by_key(est.masked_fill(cand < 0, float("-inf")), cand)
     return rows_topk(vectors, cand[:, :rerank].contiguous(), w, m)
 
 
@@ -188,8 +199,11 @@ def _default_search(index, qnets, k: int, p, use_codes: bool, bf16: bool, be, al
     if allow is not None:
         allow = allow.to(dev)
     if use_codes:
-        lin = codes_topk(index.codes.to(dev), vectors, w, p.rerank_rows(n, keep), keep, allow=allow)
-        linear_rows = zero + min(n, p.rerank_rows(n, keep))
+        residual = index.codes.residual is not None
+        rerank = p.rerank_rows(n, keep, residual)
+        lin = codes_topk(index.codes.to(dev), vectors, w, rerank, keep, allow=allow,
+                         residual_rows=p.residual_rows_(n, keep) if residual else 0)
+        linear_rows = zero + min(n, rerank)
         coded_rows = zero + n
     else:
         lin = linear_topk(vectors, w, keep, allow=allow)
