@@ -63,9 +63,12 @@ class DefaultSearchParams:
         default above; the exact re-rank then defaults to ``residual_rerank`` times it).
         Ignored by codes without a second level.
     lin_factor: linear candidates scored by the q-net, ``ef_lin = lin_factor * ef``.
-    width: documents expanded per beam step; max_steps: beam steps per pass (few: with
-        ``lin_factor * ef`` linear candidates and the second pass, further steps found
-        almost nothing more on the Debian and synthetic sets; see bench/RESULTS.md).
+    width: documents expanded per beam step; max_steps: beam steps on the neighbour graph
+        per pass. 0 by default: with ``lin_factor * ef`` linear candidates, the second
+        level of the codes and the second pass, the steps' extra documents bought no
+        recall@10 at 1M and 8.8M (at 1M, ef 32 / 48 / 64: the same recall@10 with 2 steps,
+        for 2-3 ms more) and cost the Debian set more than a larger ``ef`` does; steps still
+        add a little recall@100 (bench/RESULTS.md, "Graph search at scale").
     passes: 2 linearises again at the best document found and continues from the first
         list under the new direction; 1 stops after the first pass.
     shortlist: rows of the first linear list kept for the second pass, as a share of n
@@ -93,9 +96,9 @@ class DefaultSearchParams:
     residual_rows: int | None = None
     residual_factor: float = 2.0
     residual_rerank: float = 0.667
-    lin_factor: float = 16.0
+    lin_factor: float = 12.0
     width: int = 2
-    max_steps: int = 2
+    max_steps: int = 0
     passes: int = 2
     shortlist: float = 0.001
     num_samples: int = 1024
