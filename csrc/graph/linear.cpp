@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 
 #include "cpu/kernel_ops.h"
@@ -156,7 +157,7 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
   out.clear();
   if (c.n == 0 || m <= 0) return;
   rerank = std::min(c.n, std::max(rerank, m));
-  const bool two = c.res_bits && residual_rows > rerank;
+  const bool two = c.res_bits && residual_rows > rerank && c.n < (int64_t(1) << 33);
   const int64_t first = two ? std::min(c.n, residual_rows) : rerank;  // kept by the first level
   std::vector<uint8_t> lut(static_cast<size_t>(c.nsub * 16));
   const double scale = build_lut(c, w, lut.data());
@@ -191,13 +192,22 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
     above += at;
   }
   // Pass 2, by chunks on the threads: the ids at or above the cut bin (the ISA's
-  // select_ge) with their sums and, with the second level, their bits' sums (the rows
-  // read here, in storage order, while the chunk's ids are at hand).
+  // select_ge) and, with the second level, their bits' sums (the rows read here, in
+  // storage order, while the chunk's ids are at hand). Those above the cut bin are all
+  // kept: their ids, or with two levels their keys; those in it go on with their sums.
   const uint16_t thr = static_cast<uint16_t>(cut << kShift);
   struct Cand {
     uint16_t s;
     int32_t b;
     int64_t id;
+  };
+  // A two-level estimate and its id as one key that orders like (estimate desc, id asc):
+  // the estimate (within +-2^30: build_residual bounds the bits' sum by 2^29) offset into
+  // the top 31 bits, the id's complement in the low 33 (two levels need n < 2^33).
+  constexpr uint64_t kIdMask = (uint64_t(1) << 33) - 1;
+  auto key_of = [](uint16_t s, int32_t b, int64_t id) {
+    const int64_t e = int64_t(kResidualUnits) * s + b + (int64_t(1) << 30);
+    return static_cast<uint64_t>(e) << 33 | (kIdMask - static_cast<uint64_t>(id));
   };
   std::vector<int32_t> g;
   if (two) {
@@ -205,7 +215,9 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
     build_residual(c, w, scale, g.data());
   }
   const int64_t nbytes = c.rr / 8;
-  std::vector<std::vector<Cand>> picked(static_cast<size_t>(chunks));
+  std::vector<std::vector<int64_t>> over(static_cast<size_t>(two ? 0 : chunks));
+  std::vector<std::vector<uint64_t>> keys(static_cast<size_t>(two ? chunks : 0));
+  std::vector<std::vector<Cand>> bin(static_cast<size_t>(chunks));
   parallel_tasks(nt, chunks, [&](int, int64_t ch) {
     const int64_t lo = ch * kChunkBlocks * cpu::kCodeBlock, hi = std::min(c.n, lo + kChunkBlocks * cpu::kCodeBlock);
     thread_local std::vector<int64_t> sel;
@@ -215,38 +227,39 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
     if (allow) got = std::remove_if(sel.begin(), sel.begin() + got, [&](int64_t i) { return !allow[i]; }) - sel.begin();
     bsum.assign(static_cast<size_t>(got), 0);
     if (two) ops.bit_sums(c.res_bits, nbytes, sel.data(), got, g.data(), bsum.data());
-    std::vector<Cand>& mine = picked[ch];
-    mine.resize(static_cast<size_t>(got));
-    for (int64_t j = 0; j < got; ++j) mine[j] = Cand{sums[sel[j]], bsum[j], sel[j]};
+    for (int64_t j = 0; j < got; ++j) {
+      const int64_t i = sel[j];
+      if ((sums[i] >> kShift) <= cut) bin[ch].push_back(Cand{sums[i], bsum[j], i});
+      else if (two) keys[ch].push_back(key_of(sums[i], bsum[j], i));
+      else over[ch].push_back(i);
+    }
   });
   // The exact top `first` of the sums under the ranking order (sum desc, id asc): every
-  // id above the cut bin (in storage order, chunk after chunk) and the bin's best.
-  std::vector<Cand> top, edge;
-  for (const auto& mine : picked)
-    for (const Cand& x : mine) ((x.s >> kShift) > cut ? top : edge).push_back(x);
+  // id above the cut bin and the bin's best.
+  std::vector<Cand> edge;
+  for (const auto& b : bin) edge.insert(edge.end(), b.begin(), b.end());
   const int64_t need = std::min<int64_t>(first - above, static_cast<int64_t>(edge.size()));
   if (need < static_cast<int64_t>(edge.size()))
     std::nth_element(edge.begin(), edge.begin() + need, edge.end(), better<Cand>);
   std::vector<int64_t> ids;
-  if (two && static_cast<int64_t>(top.size()) + need > rerank) {
-    // Both levels: kResidualUnits * table sum + the bits' sum, the best `rerank` under
-    // (estimate desc, id asc), then in storage order (fewer page and TLB misses).
-    struct Est {
-      int64_t s;
-      int64_t id;
-    };
-    std::vector<Est> est;
-    est.reserve(top.size() + static_cast<size_t>(need));
-    for (const Cand& x : top) est.push_back(Est{int64_t(kResidualUnits) * x.s + x.b, x.id});
-    for (int64_t j = 0; j < need; ++j) est.push_back(Est{int64_t(kResidualUnits) * edge[j].s + edge[j].b, edge[j].id});
-    std::nth_element(est.begin(), est.begin() + rerank, est.end(), better<Est>);
-    ids.resize(static_cast<size_t>(rerank));
-    for (int64_t j = 0; j < rerank; ++j) ids[j] = est[j].id;
+  if (two) {
+    // Both levels: the best `rerank` keys, then their ids in storage order (fewer page
+    // and TLB misses in the re-rank).
+    std::vector<uint64_t> key;
+    key.reserve(static_cast<size_t>(first));
+    for (const auto& k : keys) key.insert(key.end(), k.begin(), k.end());
+    for (int64_t j = 0; j < need; ++j) key.push_back(key_of(edge[j].s, edge[j].b, edge[j].id));
+    if (static_cast<int64_t>(key.size()) > rerank) {
+      std::nth_element(key.begin(), key.begin() + rerank, key.end(), std::greater<uint64_t>());
+      key.resize(static_cast<size_t>(rerank));
+    }
+    ids.resize(key.size());
+    for (size_t j = 0; j < key.size(); ++j) ids[j] = static_cast<int64_t>(kIdMask - (key[j] & kIdMask));
     std::sort(ids.begin(), ids.end());
   } else {
-    // In storage order: the ids above the cut bin already are; the bin's merge in.
-    ids.reserve(top.size() + static_cast<size_t>(need));
-    for (const Cand& x : top) ids.push_back(x.id);
+    // In storage order: the ids above the cut bin already are (chunk after chunk); the
+    // bin's merge in.
+    for (const auto& o : over) ids.insert(ids.end(), o.begin(), o.end());
     const size_t mid = ids.size();
     for (int64_t j = 0; j < need; ++j) ids.push_back(edge[j].id);
     std::sort(ids.begin() + mid, ids.end());

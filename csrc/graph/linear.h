@@ -80,7 +80,8 @@ constexpr int kResidualUnits = 64;
 // (ties to the lower id), then the exact x . w of those, keeping the best m, best first.
 // With the second level and residual_rows > rerank: the `residual_rows` best first-level
 // estimates are estimated again with both levels (kResidualUnits * table sum + bit sum,
-// integers) and the `rerank` best of those re-ranked exactly.
+// integers) and the `rerank` best of those re-ranked exactly (n < 2^33; beyond, the
+// first level alone).
 // `allow` (optional): only allowed documents are selected.
 void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& v, const float* w,
                 int64_t rerank, int64_t residual_rows, int64_t m, int threads, std::vector<Scored>& out,

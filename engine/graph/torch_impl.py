@@ -90,7 +90,7 @@ def codes_topk(codes, vectors: torch.Tensor, w: torch.Tensor, rerank: int, m: in
     lower id), re-ranked by their exact ``x . w_q``; with ``allow``, of the allowed rows
     only (-1 padding after them). With the codes' second level and ``residual_rows >
     rerank``, the estimates ranked are those of both levels (``RESIDUAL_UNITS`` x table
-    sum + the bits' sum, integers) over the ``residual_rows`` best table sums."""
+    sum + the bits' sum, integers) over the ``residual_rows`` best table sums (n < 2^33)."""
     n = vectors.shape[0]
     rerank = min(n, max(rerank, m))
     lut, scale = codes.lut_and_scale(w)
@@ -100,7 +100,7 @@ def codes_topk(codes, vectors: torch.Tensor, w: torch.Tensor, rerank: int, m: in
         ok = allow.expand(w.shape[0], -1)
         sums, ids = sums.masked_fill(~ok, float("-inf")), torch.where(ok, ids, torch.full_like(ids, -1))
     s, cand = sort_by_key(sums, ids)
-    if codes.residual is not None and residual_rows > rerank:
+    if codes.residual is not None and residual_rows > rerank and n < 1 << 33:
         first = min(n, residual_rows)
         s, cand = s[:, :first], cand[:, :first]
         g = codes.residual_table(w, scale).double()  # (Q, r)
