@@ -50,7 +50,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CACHE = os.environ.get("HYPENCODER_BENCH_CACHE", os.path.expanduser("~/.cache/hypencoder-bench"))
 DEBIAN = os.path.join(ROOT, "..", "shared", "data", "debian-minilm")
-EFS = (8, 16, 32, 48, 64)
+EFS = (8, 16, 24, 32, 40, 48, 64)
 
 
 def machine() -> dict:

@@ -79,6 +79,7 @@ def main() -> int:
     torch.save(out, os.path.join(spec["out"], f"rank{rank}.pt"))
     if spec["scenario"] in ("kill", "stall"):
         os._exit(0)  # the group is broken: leave without the teardown collectives
+    dist.barrier()  # every rank past its last collective before any tears the group down
     dist.destroy_process_group()
     return 0
 

@@ -35,5 +35,6 @@ def run_search(args) -> int:
         print(f"{st.mode} search: {st.seconds * 1e3:.1f} ms for {result.ids.shape[0]} queries "
               f"({st.ranks} ranks, {st.shards} shards)")
     if started:
+        dist.barrier()  # every rank past its last collective before any tears the group down
         dist.destroy_process_group()
     return 0

@@ -104,8 +104,9 @@ def codes_topk(codes, vectors: torch.Tensor, w: torch.Tensor, rerank: int, m: in
         first = min(n, residual_rows)
         s, cand = s[:, :first], cand[:, :first]
         g = codes.residual_table(w, scale).double()  # (Q, r)
-        bits = codes.residual.unpacked(cand.clamp_min(0)).double()  # (Q, first, r)
-        est = s * RESIDUAL_UNITS + (bits @ g[:, :, None])[..., 0]  # integers: exact in float64
+        est = s * RESIDUAL_UNITS  # + the bits' sums: integers, exact in float64
+        for q in range(w.shape[0]):  # one query's (first, r) bits at a time
+            est[q] += codes.residual.unpacked(cand[q].clamp_min(0)).double() @ g[q]
         _, cand = sort_by_key(est.masked_fill(cand < 0, float("-inf")), cand)
     return rows_topk(vectors, cand[:, :rerank].contiguous(), w, m)
 
