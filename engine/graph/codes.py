@@ -198,11 +198,6 @@ class LinearCodes:
             return first
         return first + tuple(getattr(self.residual, a).contiguous().numpy() for a in ("bits", "rotation", "levels"))
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The first level's reconstruction ``(rows, d)`` float32 of rows ``x`` (float32)."""
-        y = (x - self.mean) @ self.rotation
-        return self.mean + _dequantize(y, self._groups(), self.levels) @ self.rotation.T
-
     def _groups(self) -> list:
         """The quantisers of the coded coordinates as :func:`_encode` takes them: per bit
         width, the coordinates and the midpoints between their levels."""
