@@ -290,17 +290,23 @@ class Index:
         self.graph_params = dict(params)
 
     def build_graph(self, degree: int = 32, *, codes: bool = True, code_bytes: int = 64,
-                    progress: bool = False, **kwargs) -> "Index":
+                    residual_bytes: int = 64, progress: bool = False, **kwargs) -> "Index":
         """Build what graph search needs: the ``degree`` nearest other documents of every
         document by L2 (see :func:`engine.graph.build.build_knn_graph`, which takes the
         other keyword options) and, with ``codes``, the compressed candidate codes of
-        ``code_bytes`` bytes per document (:meth:`build_codes`); returns self."""
+        ``code_bytes`` bytes per document and their second level of ``residual_bytes``
+        (:meth:`build_codes`); returns self. Nothing changes unless both are built."""
         from .graph.build import build_knn_graph
+        from .graph.codes import build_codes
 
-        if codes:
-            self.build_codes(code_bytes, progress=progress)
         neighbors, params = build_knn_graph(self.float_rows(), degree, progress=progress, **kwargs)
+        new_codes = None
+        if codes:
+            new_codes = build_codes(self.float_rows(), bytes_per_vector=code_bytes, residual_bytes=residual_bytes,
+                                    progress=progress)
         self.set_graph(neighbors, params)
+        if codes:
+            self.codes = new_codes
         return self
 
     def build_codes(self, bytes_per_vector: int = 64, **kwargs) -> "Index":
@@ -567,7 +573,10 @@ class Index:
 
             arrays = {attr: get(fname) for attr, (fname, _) in storage.CODE_FILES.items()}
             residual = None
-            if m["codes"].get("residual"):
+            has_residual = m["codes"].get("residual", False)
+            if not isinstance(has_residual, bool):
+                raise storage.IndexFormatError(f"{path}: the codes' \"residual\" must be true or false")
+            if has_residual:
                 missing = [f for f, _ in storage.RESIDUAL_FILES.values() if f not in files]
                 if missing:
                     raise storage.IndexFormatError(f"{path}: the codes' second level lacks {missing}")

@@ -249,7 +249,9 @@ def _state_arrays(state: dict, n: int) -> tuple[dict, dict]:
         fields["codes"] = storage.codes_entry(state["codes"])
         if state["codes"].residual is None:  # no stale second level beside new codes
             fields["drop"] += [fname for fname, _ in storage.RESIDUAL_FILES.values()]
-    fields.update(_deleted_fields(state["deleted"], arrays))
+    deleted = _deleted_fields(state["deleted"], arrays)
+    fields["drop"] += deleted.pop("drop", [])  # both lists of files to drop
+    fields.update(deleted)
     return arrays, fields
 
 

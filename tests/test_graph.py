@@ -4,6 +4,7 @@ implementation of the paper's algorithm, edge cases, determinism, input checks."
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -637,6 +638,76 @@ def test_codes_select_and_append_keep_the_second_level(coded2):
     grown.check(6000, 64)
 
 
+def test_second_level_off_at_query_time_is_the_first_level_alone(small):
+    import dataclasses
+
+    idx, q = small
+    plain = engine.Index.from_vectors(idx.vectors)
+    plain.graph, plain.graph_params = idx.graph, idx.graph_params
+    plain.codes = dataclasses.replace(idx.codes, residual=None)
+    for impl in IMPLS:
+        a = idx.search(q, 10, mode="graph", impl=impl, ef=4, residual_rows=0, rerank=50)
+        b = plain.search(q, 10, mode="graph", impl=impl, ef=4, rerank=50)
+        assert torch.equal(a.ids, b.ids)
+
+
+def test_codes_refuse_values_their_float32_arithmetic_cannot_hold(small):
+    """A row whose coordinates overflow float32 once rotated: a clear error at build time,
+    and the index keeps what it had (no codes that a later load would refuse)."""
+    x = engine.synthetic.vectors(500, 32, seed=1)
+    x[7] = 1e38
+    with pytest.raises(ValueError, match="too large"):
+        engine.graph.build_codes(x)
+    idx = engine.Index.from_vectors(x)
+    with pytest.raises(ValueError, match="too large"):
+        idx.build_graph(4)
+    assert idx.graph is None and idx.codes is None
+    ok = engine.Index.from_vectors(engine.synthetic.vectors(500, 32, seed=1)).build_graph(4, code_bytes=8)
+    before = ok.codes
+    with pytest.raises(ValueError):
+        ok.build_graph(6, code_bytes=16, method="bogus")
+    assert ok.codes is before and ok.graph.shape[1] == 4  # a failed build changes nothing
+
+
+def test_tiny_and_empty_indexes_get_finite_codes(tmp_path):
+    """Codes of 0 or 1 rows (no sample to train on) are finite, save and load, and keep
+    serving after rows are added (the first level alone: rebuild the codes to train them)."""
+    q = engine.synthetic.qnets(2, [32, 32, 1], seed=3)
+    for n in (0, 1):
+        idx = engine.Index.from_vectors(engine.synthetic.vectors(10, 32, seed=1)[:n]).build_graph(4)
+        assert idx.codes.residual is None and bool(torch.isfinite(idx.codes.levels).all())
+        idx.save(tmp_path / f"e{n}")
+        back = engine.Index.load(tmp_path / f"e{n}", verify=True)
+        back.add(engine.synthetic.vectors(300, 32, seed=2))
+        r = back.search(q, 5, mode="graph", ef=8)
+        assert r.ids.shape == (2, 5) and bool((r.ids >= 0).all())
+
+
+def test_build_graph_takes_the_second_level_size_and_numpy_ints(tmp_path, small):
+    idx, _ = small
+    x = idx.vectors
+    a = engine.Index.from_vectors(x).build_graph(4, residual_bytes=0)
+    assert a.codes.residual is None
+    b = engine.Index.from_vectors(x).build_graph(4, code_bytes=np.int64(8), residual_bytes=np.int64(2))
+    assert b.codes.residual.bits.shape == (600, 2) and type(b.codes.params["residual_bytes"]) is int
+    b.save(tmp_path / "b")  # the params are plain JSON
+    assert engine.Index.load(tmp_path / "b").codes.params["residual_bytes"] == 2
+
+
+def test_update_drops_a_stale_second_level(tmp_path, small):
+    idx, _ = small
+    idx.save(tmp_path / "i")
+    live = engine.Index.load(tmp_path / "i")
+    live.build_codes(16, residual_bytes=0)
+    live.add(engine.synthetic.vectors(40, 32, seed=8))
+    m = engine.storage.read_manifest(tmp_path / "i")
+    assert m["codes"]["residual"] is False and not any("residual" in f for f in m["files"])
+    assert not any("residual" in f for f in os.listdir(tmp_path / "i"))
+    _edit_manifest(tmp_path / "i", lambda m: m["codes"].__setitem__("residual", "no"))
+    with pytest.raises(engine.storage.IndexFormatError, match="residual"):
+        engine.Index.load(tmp_path / "i")
+
+
 def test_index_without_a_second_level_still_loads_and_searches(tmp_path, small):
     """Codes built without residual bits (as indexes before them) are saved, loaded and
     searched through the first level alone."""
@@ -958,7 +1029,8 @@ def test_rerank_sizes_with_and_without_a_second_level():
     q = P(ef=32, rerank=7000, residual_rows=40_000)
     assert q.rerank_rows(1_000_000, 3072, residual=True) == 7000 and q.residual_rows_(1_000_000, 3072) == 40_000
     assert P(rerank=10).rerank_rows(1_000_000, 3072, residual=True) == 3072
-    for bad in (dict(residual_rows=0), dict(residual_factor=0.0), dict(residual_rerank=1.5),
+    assert P(residual_rows=0).residual_rows_(1_000_000, 3072) == 0  # the first level alone
+    for bad in (dict(residual_rows=-1), dict(residual_factor=0.0), dict(residual_rerank=1.5),
                 dict(residual_rerank=float("nan"))):
         with pytest.raises(ValueError):
             P(**bad)

@@ -336,6 +336,9 @@ class _SortedColumns:
 def _lloyd_max(cols: _SortedColumns, bits: int, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-column Lloyd-Max levels ``(D, 2^bits)`` (sorted) and their mean squared errors."""
     v = cols.v
+    if v.shape[1] == 0:  # no samples: the Gaussian levels, finite placeholders
+        lev = torch.tensor(_GAUSS_LEVELS[bits], dtype=torch.float32)[None, :].repeat(v.shape[0], 1)
+        return lev, torch.zeros(v.shape[0], dtype=torch.float64)
     mean = cols.s1[:, -1:] / v.shape[1]
     std = (cols.s2[:, -1:] / v.shape[1] - mean * mean).clamp_min(1e-24).sqrt()
     lev = torch.tensor(_GAUSS_LEVELS[bits], dtype=torch.float64)[None, :] * std + mean
@@ -503,8 +506,14 @@ def build_codes(vectors: torch.Tensor, *, bytes_per_vector: int = 64, residual_b
         train_size: rows sampled for the principal directions and the quantisers.
         seed: the sample.
 
+    The quantisers are trained on the rows present (no second level from fewer than two);
+    rows appended later (``Index.add``) are encoded with them, so an index that has grown
+    far beyond the rows its codes were trained on is better served by new codes
+    (``Index.build_codes``).
+
     Raises:
-        ValueError / TypeError: bad arguments.
+        ValueError / TypeError: bad arguments, or values too large for the codes' float32
+        arithmetic.
     """
     if not isinstance(vectors, (torch.Tensor, DequantizedRows)) or vectors.dim() != 2:
         raise TypeError("vectors must be a 2-D torch.Tensor (or engine.quant.DequantizedRows)")
@@ -561,6 +570,10 @@ def build_codes(vectors: torch.Tensor, *, bytes_per_vector: int = 64, residual_b
         from tqdm import tqdm
 
         starts = tqdm(starts, desc="candidate codes", unit="chunk")
+    quantisers = [rotation, levels, mean] + ([res.rotation, res.levels, res.mean] if res is not None else [])
+    if not all(bool(torch.isfinite(t).all()) for t in quantisers):
+        raise ValueError("build_codes: the vectors' values are too large for the codes' float32 arithmetic "
+                         "(their principal coordinates or quantisers overflow)")
     first = LinearCodes(out, rotation, dims_t, bits_t, levels, mean, n, {}, res)
     for s in starts:
         _encode_rows(vectors[s : s + chunk].to("cpu", torch.float32), out, s, first,
@@ -568,6 +581,6 @@ def build_codes(vectors: torch.Tensor, *, bytes_per_vector: int = 64, residual_b
     params = {"bytes_per_vector": int(bytes_per_vector), "train_size": int(m), "seed": int(seed),
               "coordinates": int(len(coded)), "sub_codes": int(nsub),
               "bits": {str(b): int((cbits == b).sum()) for b in (1, 2, 4)},
-              "residual_bytes": coords // 8 if res is not None else 0,
+              "residual_bytes": int(coords // 8) if res is not None else 0,
               "build_seconds": round(time.perf_counter() - t0, 3)}
     return LinearCodes(out, rotation, dims_t, bits_t, levels, mean, n, params, res)

@@ -61,7 +61,8 @@ class DefaultSearchParams:
         first-level estimates estimated again with both levels, of which the best
         ``rerank`` are re-ranked exactly (default: ``residual_factor`` times the rerank
         default above; the exact re-rank then defaults to ``residual_rerank`` times it).
-        Ignored by codes without a second level.
+        0 (or any value not above ``rerank``): the first level alone. Ignored by codes
+        without a second level.
     lin_factor: linear candidates scored by the q-net, ``ef_lin = lin_factor * ef``.
     width: documents expanded per beam step; max_steps: beam steps on the neighbour graph
         per pass. 0 by default: with ``lin_factor * ef`` linear candidates, the second
@@ -114,7 +115,7 @@ class DefaultSearchParams:
         _number("rerank_factor", self.rerank_factor, 0.0, 1e6, lo_open=True)
         _number("rerank_share", self.rerank_share, 0.0, 1.0)
         if self.residual_rows is not None:
-            _int("residual_rows", self.residual_rows)
+            _int("residual_rows", self.residual_rows, 0)
         _number("residual_factor", self.residual_factor, 0.0, 1e6, lo_open=True)
         _number("residual_rerank", self.residual_rerank, 0.0, 1.0, lo_open=True)
         _number("lin_factor", self.lin_factor, 0.0, 1e6, lo_open=True)
