@@ -55,6 +55,17 @@ void best_of(std::vector<Item>& all, int64_t m, std::vector<Scored>& out) {
   for (int64_t j = 0; j < keep; ++j) out[j] = Scored{static_cast<float>(all[j].s), all[j].id};
 }
 
+// rotation^T w in float64: a direction in the coordinates of a level of the codes
+// (rotation: (d, r) row-major).
+std::vector<double> rotated(const float* rotation, int64_t d, int64_t r, const float* w) {
+  std::vector<double> wr(static_cast<size_t>(r), 0.0);
+  for (int64_t i = 0; i < d; ++i) {
+    const float* row = rotation + i * r;
+    for (int64_t k = 0; k < r; ++k) wr[k] += static_cast<double>(row[k]) * w[i];
+  }
+  return wr;
+}
+
 }  // namespace
 
 void linear_topk(const cpu::ScanOps& ops, const VectorsView& v, const float* w, int64_t m, int threads,
@@ -103,11 +114,7 @@ void rows_topk(const cpu::ScanOps& ops, const VectorsView& v, const int64_t* ids
 }
 
 double build_lut(const CodesView& c, const float* w, uint8_t* lut) {
-  std::vector<double> wr(static_cast<size_t>(c.r), 0.0);
-  for (int64_t i = 0; i < c.d; ++i) {
-    const float* row = c.rotation + i * c.r;
-    for (int64_t k = 0; k < c.r; ++k) wr[k] += static_cast<double>(row[k]) * w[i];
-  }
+  const std::vector<double> wr = rotated(c.rotation, c.d, c.r, w);
   std::vector<double> f(static_cast<size_t>(c.nsub * 16), 0.0);
   double range = 0.0;
   std::vector<double> lo(static_cast<size_t>(c.nsub));
@@ -138,11 +145,7 @@ double build_lut(const CodesView& c, const float* w, uint8_t* lut) {
 }
 
 void build_residual(const CodesView& c, const float* w, double scale, int32_t* g) {
-  std::vector<double> wr(static_cast<size_t>(c.rr), 0.0);
-  for (int64_t i = 0; i < c.d; ++i) {
-    const float* row = c.res_rotation + i * c.rr;
-    for (int64_t k = 0; k < c.rr; ++k) wr[k] += static_cast<double>(row[k]) * w[i];
-  }
+  const std::vector<double> wr = rotated(c.res_rotation, c.d, c.rr, w);
   const double bound = static_cast<double>((int64_t(1) << 29) / c.rr);
   for (int64_t k = 0; k < c.rr; ++k) {
     const double step = static_cast<double>(c.res_levels[2 * k + 1]) - static_cast<double>(c.res_levels[2 * k]);
@@ -225,11 +228,13 @@ void codes_topk(const cpu::ScanOps& ops, const CodesView& c, const VectorsView& 
     sel.resize(static_cast<size_t>(kChunkBlocks * cpu::kCodeBlock));
     int64_t got = ops.select_ge(sums.data() + lo, hi - lo, thr, lo, sel.data());
     if (allow) got = std::remove_if(sel.begin(), sel.begin() + got, [&](int64_t i) { return !allow[i]; }) - sel.begin();
-    bsum.assign(static_cast<size_t>(got), 0);
-    if (two) ops.bit_sums(c.res_bits, nbytes, sel.data(), got, g.data(), bsum.data());
+    if (two) {
+      bsum.resize(static_cast<size_t>(got));
+      ops.bit_sums(c.res_bits, nbytes, sel.data(), got, g.data(), bsum.data());
+    }
     for (int64_t j = 0; j < got; ++j) {
       const int64_t i = sel[j];
-      if ((sums[i] >> kShift) <= cut) bin[ch].push_back(Cand{sums[i], bsum[j], i});
+      if ((sums[i] >> kShift) <= cut) bin[ch].push_back(Cand{sums[i], two ? bsum[j] : 0, i});
       else if (two) keys[ch].push_back(key_of(sums[i], bsum[j], i));
       else over[ch].push_back(i);
     }

@@ -412,9 +412,9 @@ def _cells(y: torch.Tensor, groups: list) -> torch.Tensor:
     return code
 
 
-def _dequantize(y: torch.Tensor, groups: list, levels: torch.Tensor) -> torch.Tensor:
-    """The quantised values ``(rows, r)`` of the rotated rows y."""
-    return levels.T.gather(0, _cells(y, groups).long())
+def _dequantize(cells: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """The quantised values ``(rows, r)`` of the levels ``cells`` (:func:`_cells`)."""
+    return levels.T.gather(0, cells.long())
 
 
 def _encode(y: torch.Tensor, groups: list, dims: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -448,7 +448,7 @@ def _encode_rows(x: torch.Tensor, out: torch.Tensor, s: int, c: LinearCodes, res
     cells = _cells(y, c._groups())
     out[s // BLOCK : s // BLOCK + rows // BLOCK] = _pack_cells(cells, c.dims, c.bits)
     if res_bits is not None and skip < x.shape[0]:
-        yq = c.levels.T.gather(0, cells[skip : x.shape[0]].long())
+        yq = _dequantize(cells[skip : x.shape[0]], c.levels)
         res_bits[s + skip : s + x.shape[0]] = c.residual.encode(torch.addmm(xc[skip:], yq, c.rotation.T, alpha=-1))
 
 
@@ -562,7 +562,7 @@ def build_codes(vectors: torch.Tensor, *, bytes_per_vector: int = 64, residual_b
     if coords >= 8 and ys.shape[0] >= 2:
         xs = ys @ P.T  # the sample, centred
         y1 = xs @ rotation
-        res = _residual_quantiser(xs, _dequantize(y1, groups, levels) @ rotation.T, coords)
+        res = _residual_quantiser(xs, _dequantize(_cells(y1, groups), levels) @ rotation.T, coords)
         res.bits = torch.empty((n, coords // 8), dtype=torch.uint8)
     chunk = 1 << 15
     starts = range(0, n, chunk)
